@@ -1,0 +1,52 @@
+# One command sets up everything and runs the tests (`make test`), one the demo (`make demo`).
+# Both create .venv if missing and install the pinned CPU torch before the rest.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test lint typecheck pytest demo policy results bench clean
+
+setup: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first, pinned: the CPU build on disk; an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy rl_lb
+
+pytest: setup
+	$(BIN)/pytest -n 2 --dist loadfile
+
+test: lint typecheck pytest
+
+demo: setup
+	$(BIN)/rl-lb demo
+
+# Reproduces the shipped policy (fixed seed and config) and its results table.
+policy: setup
+	$(BIN)/rl-lb train --config training/configs/shipped.toml --export rl_lb/policies/shipped
+
+results: setup
+	$(BIN)/python docs/make_results.py
+
+bench: setup
+	$(BIN)/python benchmarks/pickers.py
+	$(BIN)/python benchmarks/sim_throughput.py
+	$(BIN)/python benchmarks/policy_inference.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

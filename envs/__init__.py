@@ -1,0 +1,1 @@
+"""rl-lb envs wing."""

@@ -1,0 +1,230 @@
+"""A balancer is a weight policy plus a picker; named presets are the baselines.
+
+`GuardedBalancer` is how a learned policy is served: its output is checked every interval and the
+least-latency preset takes over, with the reason recorded, whenever it cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import NamedTuple
+
+import numpy as np
+
+from rl_lb.errors import ConfigError, ModelError
+from rl_lb.pickers import make_picker
+from rl_lb.policies import make_policy
+from rl_lb.types import FloatArray, LoadView, Picker, PoolSnapshot, WeightPolicy
+
+__all__ = [
+    "BALANCER_NAMES",
+    "FALLBACK_REASONS",
+    "PRESETS",
+    "Balancer",
+    "Decision",
+    "GuardedBalancer",
+    "make_balancer",
+]
+
+log = logging.getLogger("rl_lb.balancer")
+
+PRESETS: dict[str, tuple[str, str]] = {
+    "round-robin": ("uniform", "round-robin"),
+    "random": ("uniform", "random"),
+    "least-request": ("uniform", "p2c"),
+    "least-latency": ("uniform", "p2c-latency"),
+    "inverse-latency": ("inverse-latency", "random"),
+    "capacity": ("capacity", "p2c"),
+    "jsq": ("uniform", "jsq"),
+    "learned": ("learned", "p2c"),
+}
+BALANCER_NAMES: tuple[str, ...] = tuple(PRESETS)
+FALLBACK_PRESET = "least-latency"
+FALLBACK_REASONS: tuple[str, ...] = (
+    "missing",
+    "load-failed",
+    "exception",
+    "shape",
+    "nan",
+    "negative",
+    "all-zero",
+    "stale",
+)
+"""Why a guarded balancer is on its fallback; the proxy exports a counter for each."""
+
+
+class Decision(NamedTuple):
+    """What one control interval decided."""
+
+    weights: FloatArray
+    picker: Picker
+    mode: str
+    """"primary" or "fallback"."""
+    reason: str
+    """"" in primary mode, else one of `FALLBACK_REASONS`."""
+
+
+class Balancer:
+    """A weight policy and a picker under one name."""
+
+    def __init__(self, name: str, policy: WeightPolicy, picker: Picker) -> None:
+        self.name = name
+        self.policy = policy
+        self.picker = picker
+        self._active = picker
+
+    def decide(self, snapshot: PoolSnapshot, now: float) -> Decision:
+        """Weights for the next interval, installed in the picker (off the request path)."""
+        weights = self.policy.weights(snapshot)
+        self.picker.update(weights)
+        self._active = self.picker
+        return Decision(weights, self.picker, "primary", "")
+
+    def pick(self, view: LoadView) -> int:
+        """One backend for one request, with the picker of the last decision."""
+        return self._active.pick(view)
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self._active = self.picker
+
+
+class GuardedBalancer(Balancer):
+    """Serves `primary` while its output can be trusted, else `fallback` (least-latency).
+
+    Checked every interval: the policy raised, returned the wrong shape, NaN, negative or
+    all-zero weights, or the snapshot is older than `max_staleness_s`. It returns to the
+    primary as soon as the cause is gone. A missing primary (no model, or one that failed to
+    load) keeps it on the fallback for good, with that reason.
+    """
+
+    def __init__(
+        self,
+        primary: Balancer | None,
+        fallback: Balancer | None = None,
+        *,
+        max_staleness_s: float | None = None,
+        missing_reason: str = "missing",
+        name: str | None = None,
+    ) -> None:
+        self.primary = primary
+        self.fallback = fallback or make_balancer(FALLBACK_PRESET)
+        chosen = primary or self.fallback
+        super().__init__(name or chosen.name, chosen.policy, chosen.picker)
+        self.max_staleness_s = max_staleness_s
+        self.missing_reason = missing_reason
+        self.mode = "primary" if primary else "fallback"
+        self.reason = "" if primary else missing_reason
+        self.fallback_counts: Counter[str] = Counter()
+        self.switches = 0
+
+    def decide(self, snapshot: PoolSnapshot, now: float) -> Decision:
+        weights, reason = self._primary_weights(snapshot, now)
+        if reason:
+            decision = self.fallback.decide(snapshot, now)
+            decision = decision._replace(mode="fallback", reason=reason)
+            self.fallback_counts[reason] += 1
+        else:
+            assert self.primary is not None
+            assert weights is not None
+            self.primary.picker.update(weights)
+            decision = Decision(weights, self.primary.picker, "primary", "")
+        if decision.mode != self.mode or decision.reason != self.reason:
+            self._log_change(decision)
+        self.mode, self.reason = decision.mode, decision.reason
+        self._active = decision.picker
+        return decision
+
+    def _primary_weights(self, snapshot: PoolSnapshot, now: float) -> tuple[FloatArray | None, str]:
+        """The primary's weights, or why they cannot be used."""
+        if self.primary is None:
+            return None, self.missing_reason
+        if self.max_staleness_s is not None and snapshot.age(now) > self.max_staleness_s:
+            return None, "stale"
+        try:
+            raw = self.primary.policy.weights(snapshot)
+        except Exception:
+            log.exception("policy %s raised; using %s", self.primary.name, self.fallback.name)
+            return None, "exception"
+        weights = np.asarray(raw, dtype=np.float64)
+        if weights.shape != (len(snapshot),):
+            return None, "shape"
+        if not np.all(np.isfinite(weights)):
+            return None, "nan"
+        if np.any(weights < 0):
+            return None, "negative"
+        live = snapshot.live
+        if not live.any():
+            return weights, ""  # nothing to weigh: the picker will answer "no backend"
+        weights = np.where(live, weights, 0.0)
+        total = weights.sum()
+        if total <= 0:
+            return None, "all-zero"
+        return weights / total, ""
+
+    def _log_change(self, decision: Decision) -> None:
+        self.switches += 1
+        if decision.mode == "fallback":
+            log.warning(
+                "balancer %s: fallback to %s (%s)", self.name, self.fallback.name, decision.reason
+            )
+        else:
+            log.warning("balancer %s: back to the policy (was: %s)", self.name, self.reason)
+
+    def reset(self) -> None:
+        super().reset()
+        if self.primary is not None:
+            self.primary.reset()
+        self.fallback.reset()
+
+
+def _child_rng(rng: random.Random | None) -> random.Random | None:
+    return random.Random(rng.getrandbits(64)) if rng is not None else None
+
+
+def make_balancer(
+    name: str,
+    *,
+    rng: random.Random | None = None,
+    max_staleness_s: float | None = None,
+    on_load_error: str = "raise",
+) -> Balancer:
+    """A balancer by name: a preset, `learned[:PATH|URI]` or `POLICY+PICKER`.
+
+    Learned policies come back guarded. With `on_load_error="fallback"` a model that fails to
+    load gives a guarded balancer on its fallback (reason "load-failed") instead of an error,
+    which is what a proxy wants at start-up.
+    """
+    if name in PRESETS:
+        policy_name, picker_name = PRESETS[name]
+    elif name.startswith("learned:"):
+        policy_name, picker_name = name, "p2c"
+    elif "+" in name:
+        policy_name, _, picker_name = name.partition("+")
+    else:
+        raise ConfigError(
+            "balancer",
+            f"unknown balancer {name!r}",
+            f"choose a preset ({', '.join(BALANCER_NAMES)}), learned:PATH, "
+            "or POLICY+PICKER such as capacity+p2c-latency",
+        )
+    picker = make_picker(picker_name, rng=_child_rng(rng))
+    if not policy_name.startswith("learned"):
+        return Balancer(name, make_policy(policy_name), picker)
+    fallback = make_balancer(FALLBACK_PRESET, rng=_child_rng(rng))
+    try:
+        primary = Balancer(name, make_policy(policy_name), picker)
+    except ModelError as error:
+        if on_load_error != "fallback":
+            raise
+        log.error("cannot load the learned policy (%s); serving %s", error, FALLBACK_PRESET)
+        return GuardedBalancer(
+            None,
+            fallback,
+            max_staleness_s=max_staleness_s,
+            missing_reason="load-failed",
+            name=name,
+        )
+    return GuardedBalancer(primary, fallback, max_staleness_s=max_staleness_s, name=name)

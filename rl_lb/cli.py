@@ -1,0 +1,84 @@
+"""The `rl-lb` command. Sub-commands come from the wings through the `rl_lb.commands` entry points.
+
+Each entry point names a `register(app: typer.Typer) -> None` function next to the wing's code
+(`envs/cli.py`, `training/cli.py`, `serving/cli.py`), so the core never imports a wing and a
+wing that is not installed simply adds no commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from rl_lb import __version__
+from rl_lb.errors import RlLbError
+
+__all__ = ["app", "main"]
+
+ENTRY_POINT_GROUP = "rl_lb.commands"
+
+app = typer.Typer(
+    name="rl-lb",
+    help="A load balancer that learns: simulate, train, evaluate and serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"rl-lb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """A load balancer that learns: simulate, train, evaluate and serve."""
+
+
+def _register_wings() -> None:
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+        except ImportError as error:  # a wing whose optional dependencies are missing
+            err_console.print(f"[yellow]rl-lb: commands of '{entry.name}' unavailable: {error}")
+            continue
+        register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors become one red line and exit status 2."""
+    _register_wings()
+    try:
+        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+    except RlLbError as error:
+        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+        return error.exit_code
+    except typer.Exit as done:
+        return int(done.exit_code or 0)
+    except typer.Abort:
+        err_console.print("[red]aborted")
+        return 130
+    except Exception as error:
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            return error.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
