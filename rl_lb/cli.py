@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer._click.exceptions import ClickException
 
 from rl_lb import __version__
 from rl_lb.errors import RlLbError
@@ -48,6 +49,9 @@ def _root(
 
 
 def _register_wings() -> None:
+    from rl_lb import scenario_cli
+
+    scenario_cli.register(app)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             register = entry.load()
@@ -70,13 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         err_console.print("[red]aborted")
         return 130
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.exceptions.ClickException):
-            error.show()
-            return error.exit_code
-        raise
+    except ClickException as error:
+        error.show()
+        return error.exit_code
     return 0
 
 

@@ -1,0 +1,63 @@
+"""Cost of one `pick` per picker, 16 backends, with a live `PoolMetrics` as the view.
+
+The budget is 3 µs per pick on one core. Run: `.venv/bin/python benchmarks/pickers.py`.
+Prints two cases per picker: every backend available (the fast path) and two unavailable
+(the cached table for that availability pattern).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import timeit
+
+import numpy as np
+
+from rl_lb.metrics import PoolMetrics
+from rl_lb.pickers import PICKER_NAMES, make_picker
+
+BACKENDS = 16
+PICKS = 200_000
+REPEATS = 5
+
+
+def _pool(rng: random.Random) -> PoolMetrics:
+    """A pool with uneven in-flight counts and latency history, as after some traffic."""
+    metrics = PoolMetrics([f"b{i}" for i in range(BACKENDS)], time.monotonic)
+    for i in range(BACKENDS):
+        metrics.in_flight[i] = rng.randrange(0, 20)
+        for _ in range(5):
+            metrics.record(i, rng.lognormvariate(-4.0, 0.5), error=rng.random() < 0.05)
+    return metrics
+
+
+def main() -> None:
+    rng = random.Random(7)
+    weights = np.array([rng.uniform(0.5, 2.0) for _ in range(BACKENDS)])
+    weights /= weights.sum()
+    print(f"µs per pick, {BACKENDS} backends, best of {REPEATS} × {PICKS} picks")
+    print(f"{'picker':<14}{'all available':>15}{'2 unavailable':>15}")
+    for name in PICKER_NAMES:
+        figures = []
+        for unavailable in ((), (3, 11)):
+            metrics = _pool(rng)
+            for i in unavailable:
+                metrics.set_health(i, False)
+            picker = make_picker(name, random.Random(1))
+            picker.update(weights)
+            scope = {"pick": picker.pick, "view": metrics}
+            best = min(
+                timeit.repeat(
+                    "pick(view)",
+                    timer=time.process_time,
+                    globals=scope,
+                    number=PICKS,
+                    repeat=REPEATS,
+                )
+            )
+            figures.append(best / PICKS * 1e6)
+        print(f"{name:<14}{figures[0]:>15.2f}{figures[1]:>15.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Live per-backend figures: in-flight, peak-EWMA latency and a sliding window of answers.
+
+The equations here are a contract: the simulator's numba kernels (`envs/nb_metrics.py`) reproduce
+them bit for bit, so a policy reads the same numbers in simulation and behind the proxy. That is
+why the histogram constants and `bucket_index` are module-level and importable.
+
+State is stored struct-of-arrays in plain Python lists: the request path touches one scalar per
+list, which is several times cheaper with lists than with numpy. Only `snapshot`, called once per
+control interval, uses numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from rl_lb.errors import ConfigError
+from rl_lb.types import Clock, FloatArray, IntArray, PoolSnapshot
+
+__all__ = ["BUCKETS", "GROWTH", "LOWEST", "PoolMetrics", "bucket_index", "bucket_value"]
+
+LOWEST = 1e-5
+"""Lower edge of histogram bucket 0, in seconds; anything faster lands in bucket 0."""
+GROWTH = 2.0 ** (1.0 / 8.0)
+"""Ratio of consecutive bucket edges: a bucket's midpoint is within 4.4% of any value in it."""
+BUCKETS = 256
+"""LOWEST × GROWTH**256 ≈ 11.9 h: the last bucket catches everything slower."""
+
+_LOG_GROWTH = math.log(GROWTH)
+_NEVER = -(2**62)
+"""Sub-window id of a ring entry that was never used: outside every window."""
+_QUANTILES = (0.5, 0.95, 0.99)
+
+
+def bucket_index(x: float) -> int:
+    """Histogram bucket of a latency of x seconds: clamp(floor(log(x/LOWEST)/log(GROWTH)))."""
+    if x <= 0.0:
+        return 0
+    if x == math.inf:
+        return BUCKETS - 1
+    k = math.floor(math.log(x / LOWEST) / _LOG_GROWTH)
+    if k < 0:
+        return 0
+    return min(k, BUCKETS - 1)
+
+
+def bucket_value(k: int) -> float:
+    """The latency a quantile reports for bucket k: its geometric midpoint."""
+    return LOWEST * math.pow(GROWTH, k + 0.5)
+
+
+def _quantile(cumulative: IntArray, total: int, q: float) -> float:
+    """Smallest bucket whose cumulative count reaches max(1, ceil(q·total)); NaN when empty."""
+    if total == 0:
+        return math.nan
+    need = max(1, math.ceil(q * total))
+    return bucket_value(int(np.searchsorted(cumulative, need, side="left")))
+
+
+class PoolMetrics:
+    """Per-backend trackers of one pool; implements `rl_lb.types.LoadView`.
+
+    Times passed to `record` must not decrease for a backend (the proxy's monotonic clock and the
+    simulator's event order guarantee it): the EWMA and the sub-window ring assume it.
+    `remove_backend` shifts the indices of the later backends down, so callers must not finish a
+    request on a removed backend under its old index.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        clock: Clock,
+        *,
+        window_s: float = 10.0,
+        slots: int = 10,
+        ewma_tau_s: float = 10.0,
+        error_penalty_s: float = 5.0,
+    ) -> None:
+        for label, value in (
+            ("window_s", window_s),
+            ("ewma_tau_s", ewma_tau_s),
+            ("error_penalty_s", error_penalty_s),
+        ):
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError("metrics", f"{label} = {value}", "use a positive number")
+        if slots < 1:
+            raise ConfigError("metrics", f"slots = {slots}", "use at least 1 sub-window")
+        self._clock = clock
+        self.window_s = float(window_s)
+        self.slots = int(slots)
+        self.slot_len = self.window_s / self.slots
+        self.ewma_tau_s = float(ewma_tau_s)
+        self.error_penalty_s = float(error_penalty_s)
+
+        self.names: list[str] = []
+        self.in_flight: list[int] = []
+        self.healthy: list[bool] = []
+        self.ejected: list[bool] = []
+        self.available: list[bool] = []
+        self._est: list[float] = []
+        self._stamp: list[float] = []
+        self._has: list[bool] = []
+        self._last: list[float] = []
+        self._created: list[float] = []
+        self._slot_id: list[list[int]] = []
+        self._hist: list[list[list[int]]] = []
+        self._answers: list[list[int]] = []
+        self._errors: list[list[int]] = []
+        for name in names:
+            self.add_backend(name)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def add_backend(self, name: str) -> int:
+        """Track a new backend (healthy, not ejected, no history); returns its index."""
+        if name in self.names:
+            raise ConfigError("metrics", f"backend {name!r} is listed twice", "use unique names")
+        self.names.append(name)
+        self.in_flight.append(0)
+        self.healthy.append(True)
+        self.ejected.append(False)
+        self.available.append(True)
+        self._est.append(0.0)
+        self._stamp.append(0.0)
+        self._has.append(False)
+        self._last.append(-math.inf)
+        self._created.append(self._clock())
+        self._slot_id.append([_NEVER] * self.slots)
+        self._hist.append([[0] * BUCKETS for _ in range(self.slots)])
+        self._answers.append([0] * self.slots)
+        self._errors.append([0] * self.slots)
+        return len(self.names) - 1
+
+    def remove_backend(self, i: int) -> None:
+        """Forget backend i; the lists are edited in place so views held by pickers stay valid."""
+        for column in (
+            self.names,
+            self.in_flight,
+            self.healthy,
+            self.ejected,
+            self.available,
+            self._est,
+            self._stamp,
+            self._has,
+            self._last,
+            self._created,
+            self._slot_id,
+            self._hist,
+            self._answers,
+            self._errors,
+        ):
+            del column[i]
+
+    def set_health(self, i: int, healthy: bool) -> None:
+        self.healthy[i] = healthy
+        self.available[i] = healthy and not self.ejected[i]
+
+    def set_ejected(self, i: int, ejected: bool) -> None:
+        self.ejected[i] = ejected
+        self.available[i] = self.healthy[i] and not ejected
+
+    def start(self, i: int) -> float:
+        """A request sent to backend i; returns its start time for `finish`."""
+        self.in_flight[i] += 1
+        return self._clock()
+
+    def finish(self, i: int, started_at: float, *, error: bool) -> float:
+        """The answer to a request begun with `start`; returns its latency."""
+        self.in_flight[i] -= 1
+        now = self._clock()
+        latency = now - started_at
+        self.record(i, latency, error, now)
+        return latency
+
+    def record(self, i: int, latency_s: float, error: bool, now: float | None = None) -> None:
+        """An answer from backend i completed at `now` (default: the clock), in-flight untouched.
+
+        The peak-EWMA sees an error as `error_penalty_s` so that a fast-failing backend looks
+        slow; the histogram keeps the real latency so quantiles describe what clients waited.
+        """
+        t = self._clock() if now is None else now
+        x = self.error_penalty_s if error else latency_s
+        est = self._est
+        if not self._has[i]:
+            est[i] = x
+            self._has[i] = True
+        elif x > est[i]:
+            est[i] = x
+        else:
+            w = math.exp(-(t - self._stamp[i]) / self.ewma_tau_s)
+            est[i] = est[i] * w + x * (1.0 - w)
+        self._stamp[i] = t
+        self._last[i] = t
+
+        s = math.floor(t / self.slot_len)
+        r = s % self.slots
+        ids = self._slot_id[i]
+        answers = self._answers[i]
+        errors = self._errors[i]
+        if ids[r] != s:
+            ids[r] = s
+            self._hist[i][r] = [0] * BUCKETS
+            answers[r] = 0
+            errors[r] = 0
+        self._hist[i][r][bucket_index(latency_s)] += 1
+        answers[r] += 1
+        if error:
+            errors[r] += 1
+
+    def cost(self, index: int) -> float:
+        """Peak-EWMA latency decayed to now; 0 if the backend never answered, so it gets probed."""
+        if not self._has[index]:
+            return 0.0
+        return self._est[index] * math.exp(-(self._clock() - self._stamp[index]) / self.ewma_tau_s)
+
+    def snapshot(self, weights: FloatArray) -> PoolSnapshot:
+        """Every backend's figures now; `weights` is the array applied during the interval."""
+        now = self._clock()
+        current = math.floor(now / self.slot_len)
+        first = current - self.slots + 1
+        n = len(self.names)
+        columns = np.empty((7, n), dtype=np.float64)
+        for i in range(n):
+            live = [r for r, s in enumerate(self._slot_id[i]) if first <= s <= current]
+            answers = sum(self._answers[i][r] for r in live)
+            errors = sum(self._errors[i][r] for r in live)
+            counts = np.array([self._hist[i][r] for r in live], dtype=np.int64).reshape(-1, BUCKETS)
+            cumulative = np.cumsum(counts.sum(axis=0))
+            span = max(now - max(self._created[i], first * self.slot_len), 1e-9)
+            columns[:, i] = (
+                self._est[i] * math.exp(-(now - self._stamp[i]) / self.ewma_tau_s)
+                if self._has[i]
+                else math.nan,
+                *(_quantile(cumulative, answers, q) for q in _QUANTILES),
+                errors / answers if answers else 0.0,
+                answers / span,
+                now - self._last[i],
+            )
+        ewma, p50, p95, p99, error_rate, throughput, staleness = columns
+        return PoolSnapshot(
+            taken_at=now,
+            names=tuple(self.names),
+            in_flight=np.array(self.in_flight, dtype=np.int64),
+            ewma_s=ewma,
+            p50_s=p50,
+            p95_s=p95,
+            p99_s=p99,
+            error_rate=error_rate,
+            throughput_rps=throughput,
+            staleness_s=staleness,
+            healthy=np.array(self.healthy, dtype=np.bool_),
+            ejected=np.array(self.ejected, dtype=np.bool_),
+            weights=weights,
+            window_s=self.window_s,
+        )
