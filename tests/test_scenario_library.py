@@ -1,0 +1,182 @@
+"""The shipped scenario library (`scenarios/*.toml`) and its table in docs/scenarios.md."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rl_lb._scenario_parse import (
+    _ARRIVAL_KEYS,
+    _BACKEND_KEYS,
+    _EVENT_KEYS,
+    _HEALTH_KEYS,
+    _METRICS_KEYS,
+    _SERVICE_KEYS,
+    _TOP_KEYS,
+)
+from rl_lb.scenarios import Scenario, load_scenario, scenario_library_dir
+
+LIBRARY = sorted(scenario_library_dir().glob("*.toml"))
+NAMES = [p.stem for p in LIBRARY]
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "scenarios.md"
+SEEDS = range(12)
+
+
+def samples(name: str) -> list[Scenario]:
+    family = load_scenario(name)
+    return [family.sample(np.random.default_rng(seed)) for seed in SEEDS]
+
+
+def by_name(scenario: Scenario, prefix: str) -> list[int]:
+    return [i for i, b in enumerate(scenario.backends) if b.name.startswith(prefix)]
+
+
+def test_library_has_the_issues_scenarios() -> None:
+    assert set(NAMES) == {
+        "steady",
+        "heterogeneous",
+        "slow-backend",
+        "degrading",
+        "fast-failure",
+        "bursty",
+        "stale-metrics",
+        "gc-pauses",
+        "many-proxies",
+        "park",
+    }
+
+
+@pytest.mark.parametrize("path", LIBRARY, ids=NAMES)
+def test_every_file_loads_samples_and_fits_a_live_run(path: Path) -> None:
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    assert raw["name"] == path.stem
+    assert raw["shuffle_backends"] is True
+    family = load_scenario(path)
+    assert family.description
+    assert "\n" not in family.description
+    for s in samples(str(path)):
+        assert 1 <= len(s.backends) <= 16
+        assert (s.duration_s, s.control_interval_s) == (120, 1.0)
+        assert s.timeout_s == (5.0 if path.stem == "park" else 1.0)
+        peak = max((s.arrivals.rate, *s.arrivals.mmpp_rates, *(p.rate for p in s.arrivals.profile)))
+        assert peak <= 1500
+        assert all(0.001 <= b.service.mean_s <= 0.1 for b in s.backends if b.name != "slow")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shuffling_moves_the_trouble_around(name: str) -> None:
+    first_names = {s.backends[0].name for s in samples(name)}
+    assert len(first_names) > 2
+
+
+def _load(s: Scenario) -> float:
+    return s.arrivals.rate / s.capacity_rps
+
+
+def test_steady_and_many_proxies() -> None:
+    for s in samples("steady"):
+        assert len(s.backends) == 4
+        assert len({(b.concurrency, b.service) for b in s.backends}) == 1
+        assert 0.65 <= _load(s) <= 0.75
+    for s in samples("many-proxies"):
+        assert (len(s.backends), s.metrics.proxies) == (8, 8)
+
+
+@pytest.mark.parametrize("name", ["heterogeneous", "stale-metrics"])
+def test_heterogeneous_capacities_are_1_1_2_4_8(name: str) -> None:
+    for s in samples(name):
+        capacities = sorted(b.capacity_rps for b in s.backends)
+        assert [c / capacities[0] for c in capacities] == pytest.approx([1, 1, 2, 4, 8])
+        assert 0.75 <= _load(s) <= 0.85
+        assert s.metrics.delay_s == (0.5 if name == "stale-metrics" else 0.0)
+
+
+def test_slow_backend_is_ten_times_slower() -> None:
+    for s in samples("slow-backend"):
+        (slow,) = by_name(s, "slow")
+        fast = s.backends[by_name(s, "fast")[0]]
+        assert len(s.backends) == 10
+        assert 9 <= s.backends[slow].service.mean_s / fast.service.mean_s <= 11
+
+
+def test_degrading_ramps_one_backend_from_1_to_5_over_a_minute() -> None:
+    for s in samples("degrading"):
+        (i,) = by_name(s, "degrading")
+        (event,) = s.backends[i].events
+        assert (event.slowdown, event.slowdown_to) == (1.0, 5.0)
+        assert 50 <= event.until_s - event.at_s <= 70
+        assert event.until_s < s.duration_s
+        assert sum(bool(b.events) for b in s.backends) == 1
+
+
+def test_fast_failure_errors_half_its_requests_for_most_of_the_episode() -> None:
+    for s in samples("fast-failure"):
+        (i,) = by_name(s, "flaky")
+        (event,) = s.backends[i].events
+        assert (event.error_rate, event.error_latency_s) == (0.5, 0.001)
+        assert event.until_s - event.at_s >= 0.75 * s.duration_s
+
+
+def test_bursty_switches_between_40_and_110_percent() -> None:
+    for s in samples("bursty"):
+        loads = [r / s.capacity_rps for r in s.arrivals.mmpp_rates]
+        assert loads == pytest.approx([0.4, 1.1])
+        assert s.arrivals.process == "mmpp"
+
+
+def test_gc_pauses_stall_for_200_ms() -> None:
+    for s in samples("gc-pauses"):
+        paused = [b.pauses for b in s.backends if b.pauses is not None]
+        assert len(paused) == 3
+        assert all(p.duration_s == 0.2 and 4 <= p.every_s <= 6 for p in paused)
+
+
+def test_park_is_parks_setup() -> None:
+    for s in samples("park"):
+        speeds = sorted(b.capacity_rps for b in s.backends)
+        assert [x / speeds[-1] * 1.05 for x in speeds] == pytest.approx(
+            [0.15 + 0.1 * k for k in range(10)]
+        )
+        assert {(b.concurrency, b.service.dist, b.service.shape) for b in s.backends} == {
+            (1, "pareto", 1.5)
+        }
+        assert 0.89 <= _load(s) <= 0.93
+
+
+def test_docs_library_table_matches_the_files() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    section = text[text.index("## The library") :]
+    rows = dict(re.findall(r"^\| `([a-z-]+)` \| (\d+) \|", section, re.M))
+    loads = dict(re.findall(r"^\| `([a-z-]+)` \| \d+ \| ([^|]+) \|", section, re.M))
+    assert sorted(rows) == NAMES
+    for name in NAMES:
+        nominal = load_scenario(name).nominal()
+        assert int(rows[name]) == len(nominal.backends)
+        assert f"{_load(nominal):.0%}" in loads[name]
+
+
+def test_docs_describe_every_key() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    keys = (
+        _TOP_KEYS
+        + _ARRIVAL_KEYS
+        + _METRICS_KEYS
+        + _HEALTH_KEYS
+        + _BACKEND_KEYS
+        + _SERVICE_KEYS
+        + _EVENT_KEYS
+        + ("every_s", "duration_s")
+    )
+    cells = (
+        [f"| `{k}` |" for k in keys],
+        [f"| `[{k}]` |" for k in keys],
+        [f"| `[[{k}]]` |" for k in keys],
+    )
+    missing = [
+        k for k, *forms in zip(keys, *cells, strict=True) if not any(f in text for f in forms)
+    ]
+    assert not missing, missing
