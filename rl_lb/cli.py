@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one red line and exit status 2."""
     _register_wings()
     try:
-        app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+        result = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
     except RlLbError as error:
         err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return error.exit_code
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except ClickException as error:
         error.show()
         return error.exit_code
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,335 @@
+"""Open-loop load generator: requests leave on a fixed schedule whatever the answers.
+
+A closed-loop client that waits for an answer before sending the next request slows down exactly
+when the system under test does, and so hides the latency its users would see (coordinated
+omission). Here the whole schedule (Poisson or constant gaps) is drawn up front, each request is
+dispatched at its intended time, and its latency runs from that intended time: when the generator
+itself falls behind, the lag is part of the latency and is also reported on its own (`lag_ms`).
+
+Every request's intended send time, latency, status and failure cause is kept (the count is capped
+at `MAX_REQUESTS`), so quantiles are exact rather than histogram estimates, and the live benchmark
+can plot latency over time from the same records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+import numpy as np
+import numpy.typing as npt
+from yarl import URL
+
+from rl_lb.errors import ConfigError
+
+__all__ = [
+    "CAUSES",
+    "ERROR_CAUSES",
+    "MAX_CONNECTIONS",
+    "MAX_DURATION_S",
+    "MAX_RATE",
+    "MAX_REQUESTS",
+    "MAX_TIMEOUT_S",
+    "LoadResult",
+    "Process",
+    "format_summary",
+    "make_schedule",
+    "run_load",
+    "validate",
+]
+
+Process = Literal["poisson", "constant"]
+MAX_RATE = 10_000.0
+MAX_DURATION_S = 3600.0
+MAX_REQUESTS = 2_000_000
+"""Caps the stored records (about 30 bytes each)."""
+MAX_CONNECTIONS = 1024
+MAX_TIMEOUT_S = 120.0
+MIN_SLEEP_S = 0.001
+"""Shortest sleep between dispatch rounds: requests due within it leave together, which bounds
+the generator's CPU use; the few hundred microseconds of lag this costs are measured."""
+
+CAUSES: tuple[str, ...] = ("ok", "4xx", "5xx", "timeout", "connect", "io")
+"""Outcome of a request; index = the code stored in `LoadResult.cause`."""
+ERROR_CAUSES: tuple[str, ...] = CAUSES[1:]
+_OK, _4XX, _5XX, _TIMEOUT, _CONNECT, _IO = range(len(CAUSES))
+
+FloatArray = npt.NDArray[np.float64]
+
+
+def validate(
+    url: str,
+    rate: float,
+    duration: float,
+    connections: int = 64,
+    timeout: float = 5.0,
+    process: str = "poisson",
+) -> None:
+    """Refuse flags that would make a meaningless or runaway run, with the fix in one line."""
+    if process not in ("poisson", "constant"):
+        raise ConfigError("--process", f"unknown process {process!r}", "use poisson or constant")
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError("URL", f"{url!r} is not an http(s) URL", "e.g. http://127.0.0.1:8080/")
+    if not 0 < rate <= MAX_RATE:
+        raise ConfigError(
+            "--rate", f"{rate:g} requests/s is out of range", f"use 0 < rate <= {MAX_RATE:g}"
+        )
+    if not 0 < duration <= MAX_DURATION_S:
+        raise ConfigError(
+            "--duration",
+            f"{duration:g} s is out of range",
+            f"use 0 < duration <= {MAX_DURATION_S:g}",
+        )
+    if rate * duration > MAX_REQUESTS:
+        raise ConfigError(
+            "--rate/--duration",
+            f"{rate * duration:.0f} requests is more than one run may send",
+            f"keep rate × duration <= {MAX_REQUESTS}",
+        )
+    if not 1 <= connections <= MAX_CONNECTIONS:
+        raise ConfigError(
+            "--connections", f"{connections} is out of range", f"use 1-{MAX_CONNECTIONS}"
+        )
+    if not 0 < timeout <= MAX_TIMEOUT_S:
+        raise ConfigError(
+            "--timeout", f"{timeout:g} s is out of range", f"use 0 < timeout <= {MAX_TIMEOUT_S:g}"
+        )
+
+
+def make_schedule(rate: float, duration: float, process: str, seed: int) -> FloatArray:
+    """Intended send times (s from the start) of every request in [0, duration)."""
+    if process == "constant":
+        return np.arange(math.ceil(rate * duration - 1e-9), dtype=np.float64) / rate
+    if process != "poisson":
+        raise ValueError(f"unknown arrival process {process!r}")
+    rng = np.random.default_rng(seed)
+    expected = rate * duration
+    batch = int(expected + 10 * math.sqrt(expected) + 10)
+    times = np.cumsum(rng.exponential(1.0 / rate, size=batch))
+    while times[-1] < duration:  # astronomically rare; keeps the schedule exact anyway
+        extra = times[-1] + np.cumsum(rng.exponential(1.0 / rate, size=batch))
+        times = np.concatenate([times, extra])
+    return times[times < duration]
+
+
+@dataclass(frozen=True, eq=False)
+class LoadResult:
+    """One run: the per-request records and the summary figures derived from them.
+
+    Latencies run from the intended send time; failures (timeouts, refused connections, 4xx/5xx)
+    count at the time they took to fail, as in the monitor's window quantiles.
+    """
+
+    url: str
+    rate: float
+    duration_s: float
+    process: str
+    started_at: float
+    """time.monotonic() of second 0 of the schedule (compare with `EmulatedPool.started_at`)."""
+    sent_s: FloatArray
+    """Intended send time of each request, seconds from `started_at`."""
+    latency_s: FloatArray
+    lag_s: FloatArray
+    """How late the generator dispatched each request (already inside `latency_s`)."""
+    status: npt.NDArray[np.int16]
+    """HTTP status, 0 when no answer came."""
+    cause: npt.NDArray[np.int8]
+    """Index into `CAUSES`."""
+    span_s: float
+    """From second 0 to the last dispatch, at least `duration_s`: the achieved rate's divisor."""
+
+    @property
+    def requests(self) -> int:
+        return len(self.sent_s)
+
+    @property
+    def failed(self) -> npt.NDArray[np.bool_]:
+        failed: npt.NDArray[np.bool_] = self.cause != _OK
+        return failed
+
+    @property
+    def errors(self) -> dict[str, int]:
+        counts = np.bincount(self.cause, minlength=len(CAUSES))
+        return {name: int(counts[i + 1]) for i, name in enumerate(ERROR_CAUSES)}
+
+    @property
+    def error_count(self) -> int:
+        return int(self.failed.sum())
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.requests / self.span_s
+
+    def quantile_ms(self, q: float) -> float:
+        """Exact quantile (numpy's linear interpolation) of all latencies, in ms; NaN if none."""
+        if self.requests == 0:
+            return math.nan
+        return float(np.quantile(self.latency_s, q)) * 1e3
+
+    def effective_quantile_ms(self, q: float, timeout_s: float) -> float:
+        """Quantile where every failed request counts as at least `timeout_s` (effective p99)."""
+        if self.requests == 0:
+            return math.nan
+        punished = np.where(self.failed, np.maximum(self.latency_s, timeout_s), self.latency_s)
+        return float(np.quantile(punished, q)) * 1e3
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON figures (`--json`); NaN (no requests) becomes null."""
+        lat = self.latency_s
+        figures: dict[str, Any] = {
+            "url": self.url,
+            "rate": self.rate,
+            "duration_s": self.duration_s,
+            "process": self.process,
+            "requests": self.requests,
+            "errors": self.errors,
+            "mean_ms": float(lat.mean()) * 1e3 if self.requests else math.nan,
+            "p50_ms": self.quantile_ms(0.5),
+            "p90_ms": self.quantile_ms(0.9),
+            "p99_ms": self.quantile_ms(0.99),
+            "p999_ms": self.quantile_ms(0.999),
+            "max_ms": float(lat.max()) * 1e3 if self.requests else math.nan,
+            "achieved_rate": self.achieved_rate,
+            "lag_ms": float(self.lag_s.mean()) * 1e3 if self.requests else math.nan,
+            "max_lag_ms": float(self.lag_s.max()) * 1e3 if self.requests else math.nan,
+        }
+        return {
+            k: None if isinstance(v, float) and math.isnan(v) else v for k, v in figures.items()
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        """Per-request rows (send time s, latency ms, status, cause) for plots over time."""
+        return [
+            {"sent_s": s, "latency_ms": lat * 1e3, "status": int(st), "cause": CAUSES[c]}
+            for s, lat, st, c in zip(
+                self.sent_s.tolist(), self.latency_s.tolist(), self.status, self.cause, strict=True
+            )
+        ]
+
+
+class _Run:
+    """The mutable state of one run; requests write their own row of the arrays."""
+
+    def __init__(self, url: str, schedule: FloatArray, session: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.schedule = schedule
+        self.session = session
+        n = len(schedule)
+        self.latency = np.full(n, math.nan)
+        self.lag = np.zeros(n)
+        self.status = np.zeros(n, dtype=np.int16)
+        self.cause = np.zeros(n, dtype=np.int8)
+        self.pending: set[asyncio.Task[None]] = set()
+
+    async def dispatch(self, start: float) -> float:
+        """Send each request at its time, never waiting for answers; returns the last send."""
+        schedule, n, i = self.schedule, len(self.schedule), 0
+        last = start
+        loop = asyncio.get_running_loop()
+        while i < n:
+            now = time.monotonic()
+            due = int(np.searchsorted(schedule, now - start, side="right"))
+            for j in range(i, due):
+                intended = start + float(schedule[j])
+                self.lag[j] = now - intended
+                task = loop.create_task(self._one(j, intended))
+                self.pending.add(task)
+                task.add_done_callback(self.pending.discard)
+            if due > i:
+                last = now
+            i = due
+            if i < n:
+                await asyncio.sleep(max(start + float(schedule[i]) - time.monotonic(), MIN_SLEEP_S))
+        return last
+
+    async def _one(self, j: int, intended: float) -> None:
+        status, cause = 0, _OK
+        try:
+            async with self.session.get(self.url, allow_redirects=False) as response:
+                await response.read()
+                status = response.status
+            cause = _5XX if status >= 500 else _4XX if status >= 400 else _OK
+        except TimeoutError:
+            cause = _TIMEOUT
+        except aiohttp.ClientConnectorError:
+            cause = _CONNECT
+        except aiohttp.ClientError:
+            cause = _IO
+        self.latency[j] = time.monotonic() - intended
+        self.status[j] = status
+        self.cause[j] = cause
+
+    async def cancel(self) -> None:
+        for task in self.pending:
+            task.cancel()
+        await asyncio.gather(*self.pending, return_exceptions=True)
+
+
+async def run_load(
+    url: str,
+    rate: float,
+    duration: float,
+    *,
+    process: Process = "poisson",
+    connections: int = 64,
+    timeout: float = 5.0,
+    seed: int = 0,
+) -> LoadResult:
+    """Send `rate` GET requests/s to `url` for `duration` s, open loop, and measure every one.
+
+    `connections` caps the pooled keep-alive connections; a request that finds them all busy
+    waits for one, and that wait is part of its latency. `timeout` bounds each request from its
+    dispatch. Returns once every request has been answered or has failed.
+    """
+    validate(url, rate, duration, connections, timeout, process)
+    schedule = make_schedule(rate, duration, process, seed)
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=client_timeout, auto_decompress=False
+    ) as session:
+        run = _Run(url, schedule, session)
+        start = time.monotonic() + MIN_SLEEP_S
+        try:
+            last = await run.dispatch(start)
+            while run.pending:
+                await asyncio.gather(*list(run.pending))
+        finally:
+            await run.cancel()
+    return LoadResult(
+        url=url,
+        rate=rate,
+        duration_s=duration,
+        process=process,
+        started_at=start,
+        sent_s=schedule,
+        latency_s=run.latency,
+        lag_s=run.lag,
+        status=run.status,
+        cause=run.cause,
+        span_s=max(duration, last - start),
+    )
+
+
+def format_summary(result: LoadResult) -> Sequence[str]:
+    """Human-readable lines for the CLI."""
+    s = result.summary()
+
+    def ms(key: str) -> str:
+        value = s[key]
+        return "-" if value is None else f"{value:.2f}"
+
+    errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v) or "none"
+    return [
+        f"{s['requests']} requests to {s['url']} at {s['achieved_rate']:.1f}/s "
+        f"({s['process']}, asked {s['rate']:g}/s for {s['duration_s']:g} s)",
+        f"latency ms: mean {ms('mean_ms')}  p50 {ms('p50_ms')}  p90 {ms('p90_ms')}  "
+        f"p99 {ms('p99_ms')}  p99.9 {ms('p999_ms')}  max {ms('max_ms')}",
+        f"errors: {errors}; generator lag ms: mean {ms('lag_ms')}  max {ms('max_lag_ms')}",
+    ]

@@ -1,0 +1,144 @@
+"""The `backends`, `loadgen` and `demo` sub-commands: the tools around the proxy.
+
+They run on uvloop when it is installed, because the load generator's own CPU time bounds the rate
+it can hold on one core and its scheduling lag shows up in every latency it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+import typer
+
+from rl_lb.scenarios import Scenario
+
+__all__ = ["load_scenario_sample", "register", "run_async", "wait_for_stop_signal"]
+
+T = TypeVar("T")
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion on a fresh event loop (uvloop when installed)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None
+    try:
+        import uvloop
+    except ImportError:
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGINT or SIGTERM, so the caller's cleanup runs instead of a traceback."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def load_scenario_sample(name_or_path: str, seed: int) -> Scenario:
+    """One concrete scenario drawn from a shipped name or a file, reproducibly from `seed`."""
+    from rl_lb.scenarios import load_scenario
+
+    return load_scenario(name_or_path).sample(np.random.default_rng(seed))
+
+
+async def _serve_backends(scenario: Scenario, seed: int, time_scale: float, base_port: int) -> None:
+    from serving.backends import EmulatedPool, describe
+
+    async with EmulatedPool(
+        scenario, seed=seed, time_scale=time_scale, base_port=base_port
+    ) as pool:
+        typer.echo(f"scenario {scenario.name}: {len(pool.backends)} backends (Ctrl-C to stop)")
+        for line in describe(pool):
+            typer.echo(line)
+        await wait_for_stop_signal()
+    typer.echo("backends stopped")
+
+
+def backends(
+    scenario: Annotated[
+        str, typer.Option("--scenario", help="Shipped scenario name or TOML file.")
+    ],
+    seed: Annotated[int, typer.Option(help="Seeds the scenario draw and every service time.")] = 0,
+    time_scale: Annotated[
+        float, typer.Option(help="Real seconds per scenario second for the event timeline.")
+    ] = 1.0,
+    base_port: Annotated[
+        int, typer.Option(help="First port (one per backend); 0 picks free ports.")
+    ] = 0,
+) -> None:
+    """Run a scenario's backends as real HTTP servers on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    sampled = load_scenario_sample(scenario, seed)
+    run_async(_serve_backends(sampled, seed, time_scale, base_port))
+
+
+def loadgen(
+    url: Annotated[str, typer.Argument(help="Where to send GET requests.")],
+    rate: Annotated[float, typer.Option(help="Requests per second.")],
+    duration: Annotated[float, typer.Option(help="Seconds of sending.")],
+    process: Annotated[str, typer.Option(help="Gaps between sends: poisson or constant.")] = (
+        "poisson"
+    ),
+    connections: Annotated[int, typer.Option(help="Pooled keep-alive connections.")] = 64,
+    timeout: Annotated[float, typer.Option(help="Per-request timeout, seconds.")] = 5.0,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the summary as JSON ('-': stdout).")
+    ] = None,
+    records: Annotated[
+        Path | None, typer.Option(help="Write one CSV row per request (sent_s, latency_ms, ...).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the Poisson schedule.")] = 0,
+) -> None:
+    """Open-loop load: send on schedule whatever the answers, latency from the intended send."""
+    from serving.loadgen import format_summary, run_load, validate
+
+    validate(url, rate, duration, connections, timeout, process)
+    result = run_async(
+        run_load(
+            url,
+            rate,
+            duration,
+            process=process,  # type: ignore[arg-type]
+            connections=connections,
+            timeout=timeout,
+            seed=seed,
+        )
+    )
+    for line in format_summary(result):
+        typer.echo(line, err=json_out == Path("-"))
+    if json_out is not None:
+        text = json.dumps(result.summary(), indent=2)
+        if json_out == Path("-"):
+            sys.stdout.write(text + "\n")
+        else:
+            json_out.write_text(text + "\n")
+    if records is not None:
+        with records.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["sent_s", "latency_ms", "status", "cause"])
+            writer.writeheader()
+            writer.writerows(result.records())
+
+
+def register(app: typer.Typer) -> None:
+    from serving.demo import demo
+
+    app.command()(backends)
+    app.command()(loadgen)
+    app.command()(demo)
