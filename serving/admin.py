@@ -1,0 +1,238 @@
+"""The admin API: state, snapshot, Prometheus metrics, and live changes to the pool and policy.
+
+It listens on its own address (127.0.0.1 by default) so that it is never reachable through the
+proxy port. With a token configured, every call must carry `Authorization: Bearer TOKEN`
+(compared in constant time); `serving.config` refuses a non-loopback address without one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from rl_lb.balancers import Balancer, GuardedBalancer
+from rl_lb.errors import RlLbError
+from rl_lb.features import MAX_BACKENDS, FeatureEncoder
+from rl_lb.types import PoolSnapshot
+from serving.controller import balancer_spec
+from serving.prom import CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from serving.app import ProxyServer
+
+__all__ = ["make_admin_app", "policy_info", "snapshot_json"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_COLUMNS = (
+    "in_flight",
+    "ewma_s",
+    "p50_s",
+    "p95_s",
+    "p99_s",
+    "error_rate",
+    "throughput_rps",
+    "staleness_s",
+    "healthy",
+    "ejected",
+    "weights",
+)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, allow_nan=False))
+
+
+def _refused(error: RlLbError, status: int = 400) -> web.Response:
+    return _json({"error": str(error), "status": status}, status)
+
+
+def policy_info(balancer: Balancer) -> dict[str, Any]:
+    """Name and version of the policy behind a balancer (the primary one when guarded)."""
+    inner = balancer.primary if isinstance(balancer, GuardedBalancer) else balancer
+    policy = inner.policy if inner is not None else None
+    return {
+        "balancer": balancer.name,
+        "policy": getattr(policy, "name", None),
+        "version": getattr(policy, "version", None),
+        "loaded": inner is not None,
+    }
+
+
+def snapshot_json(snapshot: PoolSnapshot, now: float) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "taken_at": snapshot.taken_at,
+        "age_s": snapshot.age(now),
+        "window_s": snapshot.window_s,
+        "names": list(snapshot.names),
+    }
+    for column in _COLUMNS:
+        data[column] = _finite(getattr(snapshot, column).tolist())
+    return data
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "the body is not JSON", "status": 400}),
+            content_type="application/json",
+        ) from None
+
+
+def _field(data: Any, *names: str) -> tuple[str, str]:
+    if isinstance(data, dict):
+        for name in names:
+            if isinstance(data.get(name), str):
+                return name, data[name]
+    raise web.HTTPBadRequest(
+        text=json.dumps({"error": f"expected a JSON object with {' or '.join(names)}"}),
+        content_type="application/json",
+    )
+
+
+def make_admin_app(server: ProxyServer) -> web.Application:
+    """The admin routes of one `ProxyServer`."""
+    token = server.config.admin_token
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None:
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _json({"error": "missing or wrong bearer token", "status": 401}, 401)
+        return await handler(request)
+
+    monitor, controller = server.monitor, server.controller
+
+    async def state(request: web.Request) -> web.Response:
+        snapshot = controller.current_snapshot()
+        detector = monitor.detector
+        backends = []
+        for b, row in zip(monitor.backends, snapshot.backends, strict=True):
+            backends.append(
+                {
+                    "url": b.url,
+                    "healthy": row.healthy,
+                    "ejected": row.ejected,
+                    "times_ejected": detector.times_ejected[b.index],
+                    "draining": b.draining,
+                    "in_flight": row.in_flight,
+                    "open_exchanges": b.active,
+                    "ewma_s": _finite(row.ewma_s),
+                    "p50_s": _finite(row.p50_s),
+                    "p99_s": _finite(row.p99_s),
+                    "error_rate": row.error_rate,
+                    "throughput_rps": row.throughput_rps,
+                    "weight": row.weight,
+                }
+            )
+        external = controller.external
+        return _json(
+            {
+                "backends": backends,
+                "mode": controller.mode,
+                "reason": controller.reason,
+                "fallback_counts": dict(controller.fallback_counts),
+                "mode_changes": controller.switches,
+                "decisions": controller.decisions,
+                **policy_info(controller.balancer),
+                "external_weights": None if external is None else external.fixed.values.tolist(),
+                "control_interval_s": controller.interval,
+                "metrics_delay_s": controller.delay,
+                "inference_s": _finite(controller.inference_s),
+                "ready": server.ready,
+                "worker": server.worker,
+            }
+        )
+
+    async def snapshot(request: web.Request) -> web.Response:
+        current = controller.snapshot or controller.current_snapshot()
+        data = snapshot_json(current, monitor.clock())
+        encoder = FeatureEncoder()
+        fits = 1 <= len(current) <= MAX_BACKENDS
+        data["observation"] = encoder.encode(current).tolist() if fits else None
+        data["feature_names"] = list(encoder.names)
+        return _json(data)
+
+    async def post_policy(request: web.Request) -> web.Response:
+        key, value = _field(await _body(request), "path", "uri", "balancer")
+        spec = value if key == "balancer" else balancer_spec("learned", value)
+        try:
+            installed = await controller.swap_balancer(spec)
+        except RlLbError as error:
+            return _refused(error)
+        return _json({**policy_info(installed), "mode": controller.mode})
+
+    async def post_weights(request: web.Request) -> web.Response:
+        data = await _body(request)
+        weights = data.get("weights") if isinstance(data, dict) else data
+        if not isinstance(weights, list):
+            return _json({"error": "expected a JSON list of weights", "status": 400}, 400)
+        try:
+            decision = controller.set_external(weights)
+        except RlLbError as error:
+            return _refused(error)
+        return _json({"mode": decision.mode, "weights": decision.weights.tolist()})
+
+    async def delete_weights(request: web.Request) -> web.Response:
+        decision = controller.clear_external()
+        return _json({"mode": decision.mode, "reason": decision.reason})
+
+    async def post_backend(request: web.Request) -> web.Response:
+        _, url = _field(await _body(request), "url")
+        try:
+            backend = monitor.add(url)
+        except RlLbError as error:
+            return _refused(error)
+        return _json({"url": backend.url, "backends": len(monitor.backends)}, 201)
+
+    async def delete_backend(request: web.Request) -> web.Response:
+        _, url = _field(await _body(request), "url")
+        try:
+            backend = monitor.drain(url)
+        except RlLbError as error:
+            return _refused(error, 404)
+        return _json({"url": backend.url, "draining": backend.index >= 0}, 202)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=server.prometheus.render(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        ready = server.ready
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    app = web.Application(middlewares=[authenticate])
+    app.add_routes(
+        [
+            web.get("/admin/state", state),
+            web.get("/admin/snapshot", snapshot),
+            web.post("/admin/policy", post_policy),
+            web.post("/admin/weights", post_weights),
+            web.delete("/admin/weights", delete_weights),
+            web.post("/admin/backends", post_backend),
+            web.delete("/admin/backends", delete_backend),
+            web.get("/metrics", metrics),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+        ]
+    )
+    return app

@@ -1,0 +1,255 @@
+"""`ProxyServer`: the proxy, its monitor, control loop and admin API wired into one object.
+
+Tests, the demo and the live benchmark embed it in-process (`async with ProxyServer(config)`,
+port 0 for an ephemeral port); `rl-lb serve` runs it under `run`, which adds the signals
+(SIGTERM/SIGINT: graceful stop; SIGHUP: reload the config file) and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from rl_lb.errors import RlLbError
+from serving.admin import make_admin_app
+from serving.config import ProxyConfig, load_config
+from serving.controller import Controller, balancer_spec, build_balancer
+from serving.monitor import Monitor
+from serving.prom import ProxyMetrics
+from serving.proxy import Forwarder, LimitedServer, ProxyStats
+
+__all__ = ["ProxyServer", "run"]
+
+log = logging.getLogger("rl_lb.serving")
+
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_LINGERING_S = 2.0
+"""How long an unread request body (after a 413, say) is drained before the connection closes."""
+
+
+class ProxyServer:
+    """One proxy worker. `start()` returns once it accepts connections; `stop()` is graceful.
+
+    Only worker 0 serves the admin API (each worker has its own metrics and control loop; see
+    docs/proxy.md). `flags` are the command-line overrides to re-apply on a config reload.
+    """
+
+    def __init__(
+        self, config: ProxyConfig, *, worker: int = 0, flags: Mapping[str, Any] | None = None
+    ) -> None:
+        self.config = config
+        self.worker = worker
+        self.flags = dict(flags or {})
+        self.port = 0
+        self.admin_port: int | None = None
+        self.stats = ProxyStats()
+        self._runner: web.ServerRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        self.monitor = Monitor(config, self._session)
+        for url in config.backends:
+            self.monitor.add(url)
+        spec = balancer_spec(config.balancer, config.policy)
+        balancer = build_balancer(spec, config.max_staleness_s, strict=False)
+        self.controller = Controller(config, self.monitor, balancer)
+        self.prometheus = ProxyMetrics(self.monitor, self.controller, self.stats)
+        self.monitor.on_pool_change = self.controller.decide
+        self.controller.decide()
+
+        forwarder = Forwarder(config, self.monitor, self.controller, self.stats)
+        server = LimitedServer(
+            forwarder,
+            config.max_connections,
+            auto_decompress=False,
+            access_log=None,
+            max_line_size=config.max_header_bytes,
+            max_field_size=config.max_header_bytes,
+            keepalive_timeout=config.header_timeout_s,
+            lingering_time=_LINGERING_S,
+        )
+        self._runner = web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout_s)
+        await self._runner.setup()
+        host, port = config.listen_address
+        site = web.TCPSite(self._runner, host, port, reuse_port=config.workers > 1 or None)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+        admin = config.admin_address
+        if admin is not None and self.worker == 0:
+            self._admin_runner = web.AppRunner(make_admin_app(self), access_log=None)
+            await self._admin_runner.setup()
+            await web.TCPSite(self._admin_runner, *admin).start()
+            self.admin_port = self._admin_runner.addresses[0][1]
+
+        self._tasks.append(asyncio.create_task(self.controller.run()))
+        if config.health_path:
+            self._tasks.append(asyncio.create_task(self.monitor.run_health_checks()))
+        log.info(
+            "worker %d: proxy on %s:%d, %d backends, balancer %s (%s%s)",
+            self.worker,
+            host,
+            self.port,
+            len(self.monitor.backends),
+            balancer.name,
+            self.controller.mode,
+            f": {self.controller.reason}" if self.controller.reason else "",
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, let open exchanges finish (up to `shutdown_timeout_s`), close pools."""
+        self._stopping = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        await self.monitor.close()
+
+    async def __aenter__(self) -> ProxyServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def ready(self) -> bool:
+        """A decision is made, a backend is live and the proxy is not shutting down."""
+        return (
+            not self._stopping
+            and self.controller.decisions > 0
+            and any(self.monitor.metrics.available)
+        )
+
+    def _session(self, url: str) -> aiohttp.ClientSession:
+        """The connection pool of one backend."""
+        config = self.config
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=config.max_in_flight + 2, limit_per_host=0, ttl_dns_cache=300
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=config.total_timeout_s or None,
+                sock_connect=config.connect_timeout_s,
+                sock_read=config.read_timeout_s,
+            ),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            trust_env=False,
+        )
+
+    # -- reload -----------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config file: backends added/drained, balancer swapped; else nothing.
+
+        Settings that need new sockets or pools (addresses, timeouts, limits) are reported and
+        left as they are until a restart.
+        """
+        path = self.config.config_path
+        if path is None:
+            log.warning("reload: no config file to re-read (started without --config)")
+            return False
+        try:
+            new = load_config(path, self.flags)
+        except RlLbError as error:
+            log.error("reload refused, the old config stays: %s", error)
+            return False
+        old = self.config
+        spec, new_spec = (
+            balancer_spec(old.balancer, old.policy),
+            balancer_spec(new.balancer, new.policy),
+        )
+        if new_spec != spec:
+            try:
+                await self.controller.swap_balancer(new_spec)
+            except RlLbError as error:
+                log.error("reload: balancer %s refused, the old one stays: %s", new_spec, error)
+                new = dataclasses.replace(new, balancer=old.balancer, policy=old.policy)
+        for url in new.backends:
+            if self.monitor.find(url) is None:
+                self.monitor.add(url)
+        for url in old.backends:
+            if url not in new.backends and self.monitor.find(url) is not None:
+                self.monitor.drain(url)
+        live = ("backends", "balancer", "policy", "config_path")
+        ignored = [
+            f.name
+            for f in dataclasses.fields(ProxyConfig)
+            if f.name not in live and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        if ignored:
+            log.warning("reload: %s change only at restart", ", ".join(ignored))
+        keep = {name: getattr(old, name) for name in ignored}
+        self.config = dataclasses.replace(new, **keep)
+        log.info("reloaded %s", path)
+        return True
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+async def _serve(
+    config: ProxyConfig, flags: Mapping[str, Any], worker: int, forward: Callable[[int], None]
+) -> None:
+    server = ProxyServer(config, worker=worker, flags=flags)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_stop(signum: int) -> None:
+        log.info("worker %d: %s, finishing open requests", worker, signal.Signals(signum).name)
+        forward(signum)
+        stop.set()
+
+    def on_hup() -> None:
+        forward(signal.SIGHUP)
+        task = loop.create_task(server.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await stop.wait()
+    await server.stop()
+
+
+def run(
+    config: ProxyConfig,
+    flags: Mapping[str, Any] | None = None,
+    worker: int = 0,
+    forward: Callable[[int], None] = lambda signum: None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (uvloop when installed); `forward` passes signals on to the
+    other workers."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(_serve(config, flags or {}, worker, forward))

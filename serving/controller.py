@@ -1,0 +1,237 @@
+"""The control loop: once per interval, snapshot → balancer → weights for the picker.
+
+It runs on the event loop between requests, never inside one: the request path only calls
+`controller.picker.pick(view)`, and the picker is swapped here as a whole. Three sources of
+weights share one rule set (the guard of `GuardedBalancer`, so that whatever cannot be trusted
+goes to least-latency with a reason):
+
+* the configured balancer (a preset, or a learned policy guarded by least-latency);
+* external weights posted to the admin API (a Gymnasium env stepping a live proxy): they must
+  be refreshed within two intervals, or the fallback takes over with reason "stale";
+* nothing else: a balancer swap (admin API, SIGHUP) is validated before it is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from rl_lb.balancers import FALLBACK_PRESET, Balancer, Decision, GuardedBalancer, make_balancer
+from rl_lb.errors import ConfigError, ModelError
+from rl_lb.pickers import make_picker
+from rl_lb.types import FloatArray, Picker, PoolSnapshot
+from serving.config import ProxyConfig
+from serving.monitor import Monitor
+
+__all__ = ["Controller", "balancer_spec", "build_balancer"]
+
+log = logging.getLogger("rl_lb.serving.controller")
+
+VALIDATION_TIMEOUT_S = 5.0
+"""Bound on loading a new policy and running its test forward pass."""
+
+
+def balancer_spec(balancer: str, policy: str | None) -> str:
+    """The `make_balancer` name for a balancer flag and an optional model path or URI."""
+    return f"learned:{policy}" if policy and balancer == "learned" else balancer
+
+
+def build_balancer(spec: str, max_staleness_s: float, *, strict: bool) -> Balancer:
+    """`strict`: a model that cannot load is an error (a swap), else a fallback (start-up)."""
+    return make_balancer(
+        spec,
+        max_staleness_s=max_staleness_s,
+        on_load_error="raise" if strict else "fallback",
+    )
+
+
+class _Fixed:
+    """A policy that returns the weights last posted to the admin API."""
+
+    name = "external"
+
+    def __init__(self, weights: FloatArray) -> None:
+        self.values = weights
+
+    def weights(self, snapshot: PoolSnapshot) -> FloatArray:
+        return self.values
+
+    def reset(self) -> None:
+        """Nothing to forget: the poster owns the state."""
+
+
+class _External:
+    """External weights and the two guarded balancers that serve them (fresh, or stale)."""
+
+    def __init__(self, weights: FloatArray, now: float) -> None:
+        self.fixed = _Fixed(weights)
+        self.set_at = now
+        fallback = make_balancer(FALLBACK_PRESET)
+        primary = Balancer("external", self.fixed, make_picker("p2c"))
+        self.fresh = GuardedBalancer(primary, fallback, name="external")
+        self.stale = GuardedBalancer(None, fallback, missing_reason="stale", name="external")
+
+
+class Controller:
+    """Decides the weights every `control_interval_s`; the picker for requests is `picker`."""
+
+    def __init__(self, config: ProxyConfig, monitor: Monitor, balancer: Balancer) -> None:
+        self.config = config
+        self.monitor = monitor
+        self.balancer = balancer
+        self.interval = config.control_interval_s
+        self.delay = config.metrics_delay_s
+        self.picker: Picker = balancer.picker
+        self.mode = "fallback"
+        self.reason = ""
+        self.decisions = 0
+        self.switches = 0
+        self.fallback_counts: Counter[str] = Counter()
+        self.inference_s = math.nan
+        """Duration of the last decision (policy forward pass included)."""
+        self.on_inference: Callable[[float], None] = lambda seconds: None
+        """Hook for the exported histogram of decision times."""
+        self.external: _External | None = None
+        self.snapshot: PoolSnapshot | None = None
+        """The snapshot of the last decision (delayed by `metrics_delay_s`)."""
+        self.weights: dict[str, float] = {}
+        """Weight per backend URL, as decided for the current interval."""
+        self._taken: deque[PoolSnapshot] = deque()
+        self._lock = asyncio.Lock()
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    def current_snapshot(self) -> PoolSnapshot:
+        """The pool now, with the weights applied since the last decision."""
+        names = self.monitor.metrics.names
+        weights = np.array([self.weights.get(n, 0.0) for n in names], dtype=np.float64)
+        return self.monitor.metrics.snapshot(weights)
+
+    def _delayed(self, fresh: PoolSnapshot) -> PoolSnapshot:
+        """The newest snapshot at least `delay` old (the oldest kept one until there is one)."""
+        if self.delay <= 0:
+            return fresh
+        taken = self._taken
+        if taken and len(taken[0]) != len(fresh):
+            taken.clear()  # the pool changed: older figures describe another pool
+        taken.append(fresh)
+        cutoff = fresh.taken_at - self.delay
+        while len(taken) > 1 and taken[1].taken_at <= cutoff:
+            taken.popleft()
+        return taken[0]
+
+    def decide(self) -> Decision:
+        """One control step (also run at once when the pool changes)."""
+        self.monitor.tick()
+        now = self.monitor.clock()
+        snapshot = self._delayed(self.current_snapshot())
+        started = time.perf_counter()
+        decision = self._source(now).decide(snapshot, now)
+        elapsed = time.perf_counter() - started
+        self.inference_s = elapsed
+        self.on_inference(elapsed)
+        if decision.mode == "primary" and self.external is not None:
+            decision = decision._replace(mode="external")
+        if decision.mode == "fallback":
+            self.fallback_counts[decision.reason] += 1
+        if (decision.mode, decision.reason) != (self.mode, self.reason) and self.decisions:
+            self.switches += 1
+            log.warning(
+                "balancer mode %s%s (was %s%s)",
+                decision.mode,
+                f" ({decision.reason})" if decision.reason else "",
+                self.mode,
+                f" ({self.reason})" if self.reason else "",
+            )
+        self.mode, self.reason = decision.mode, decision.reason
+        self.picker = decision.picker
+        self.weights = dict(zip(snapshot.names, decision.weights.tolist(), strict=True))
+        self.snapshot = snapshot
+        self.decisions += 1
+        return decision
+
+    def _source(self, now: float) -> Balancer:
+        external = self.external
+        if external is None:
+            return self.balancer
+        if now - external.set_at > 2 * self.interval:
+            return external.stale
+        return external.fresh
+
+    async def run(self) -> None:
+        """Decide every interval until cancelled; a failing step is logged, never fatal."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self.interval
+            await asyncio.sleep(max(next_at - loop.time(), 0.0))
+            try:
+                self.decide()
+            except Exception:
+                log.exception("control step failed; keeping the previous weights")
+            if loop.time() > next_at + self.interval:
+                next_at = loop.time()  # fell behind (a stalled loop): do not burst
+
+    # -- changes from the admin API and SIGHUP ----------------------------------------------
+
+    def set_external(self, weights: Sequence[float]) -> Decision:
+        """Serve posted weights; refused (ConfigError) when the guard would not trust them."""
+        try:
+            array = np.asarray(weights, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ConfigError("weights", "not a list of numbers") from None
+        if array.ndim != 1:
+            raise ConfigError("weights", "not a flat list of numbers")
+        now = self.monitor.clock()
+        candidate = _External(array, now)
+        check = candidate.fresh.decide(self.current_snapshot(), now)
+        if check.mode != "primary":
+            raise ConfigError("weights", f"refused ({check.reason})", "same rules as a policy")
+        if self.external is None:
+            log.info("external weights mode")
+            self.external = candidate
+        else:
+            self.external.fixed.values = array
+            self.external.set_at = now
+        return self.decide()
+
+    def clear_external(self) -> Decision:
+        if self.external is not None:
+            log.info("external weights mode off")
+        self.external = None
+        return self.decide()
+
+    async def swap_balancer(self, spec: str) -> Balancer:
+        """Load and validate a balancer (bounded time) and install it; the old one stays on error.
+
+        Raises `ModelError` or `ConfigError` with the reason when the new one is refused.
+        """
+        async with self._lock:
+            snapshot = self.current_snapshot()
+            try:
+                candidate = await asyncio.wait_for(
+                    asyncio.to_thread(self._validated, spec, snapshot), VALIDATION_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise ModelError(
+                    spec, f"validation took over {VALIDATION_TIMEOUT_S:g} s", "use a smaller model"
+                ) from None
+            old, self.balancer = self.balancer, candidate
+            log.warning("balancer %s replaced by %s", old.name, candidate.name)
+            self.decide()
+            return candidate
+
+    def _validated(self, spec: str, snapshot: PoolSnapshot) -> Balancer:
+        """A new balancer whose test forward pass on the current snapshot is trusted."""
+        candidate = build_balancer(spec, self.config.max_staleness_s, strict=True)
+        decision = candidate.decide(snapshot, snapshot.taken_at)
+        if decision.mode != "primary":
+            raise ModelError(spec, f"its output on the current pool is refused ({decision.reason})")
+        candidate.reset()
+        return candidate

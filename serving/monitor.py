@@ -1,0 +1,269 @@
+"""The live state of the pool: who is up, who is busy, how fast each backend answers.
+
+`Monitor` owns the core trackers (`PoolMetrics`, `OutlierDetector`, `HealthChecker`) and keeps
+them in step as backends come and go. Requests hold a `Backend` object rather than an index,
+because removing a backend shifts the indices of the later ones; the monitor renumbers the
+objects, and only removes a backend once its last exchange is over (drain).
+
+The picker reads `view`, whose `available` list adds two proxy-only reasons to skip a backend on
+top of health and ejection: it is draining, or it has `max_in_flight` exchanges open (the
+circuit breaker). Those do not go into the snapshot: they are not facts about the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+
+import aiohttp
+
+from rl_lb.errors import ConfigError
+from rl_lb.health import HealthChecker, OutlierDetector
+from rl_lb.metrics import PoolMetrics
+from rl_lb.types import Clock
+from serving.config import ProxyConfig, normalise_backend
+
+__all__ = ["LATENCY_BUCKETS", "STATUS_CLASSES", "Backend", "Monitor", "PoolView"]
+
+log = logging.getLogger("rl_lb.serving.monitor")
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds (s) of the exported latency histogram; a last bucket takes the rest."""
+STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
+"""Exported request outcomes; "error" is a connection failure or a timeout (no status)."""
+
+
+class Backend:
+    """One upstream: its URL, its connection pool, and counters for the exported metrics."""
+
+    __slots__ = (
+        "active",
+        "draining",
+        "index",
+        "latency_counts",
+        "latency_sum",
+        "outcomes",
+        "session",
+        "url",
+    )
+
+    def __init__(self, url: str, index: int, session: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.index = index
+        """Position in the trackers' lists; -1 once removed."""
+        self.session = session
+        self.active = 0
+        """Exchanges open (request sent, response not fully relayed yet)."""
+        self.draining = False
+        self.outcomes = [0] * len(STATUS_CLASSES)
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def observe(self, latency_s: float, outcome: int) -> None:
+        self.outcomes[outcome] += 1
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, latency_s)] += 1
+        self.latency_sum += latency_s
+
+
+class PoolView:
+    """`LoadView` for the picker: the metrics' own lists plus a proxy-side availability list."""
+
+    def __init__(self, metrics: PoolMetrics) -> None:
+        self.in_flight = metrics.in_flight
+        self.available: list[bool] = []
+        self.cost = metrics.cost
+
+
+SessionFactory = Callable[[str], aiohttp.ClientSession]
+
+
+class Monitor:
+    """Trackers, backends and the active health checks of one proxy worker."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        session_factory: SessionFactory,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self._new_session = session_factory
+        self.metrics = PoolMetrics([], clock)
+        self.detector = OutlierDetector(
+            0,
+            consecutive_failures=config.consecutive_failures,
+            base_ejection_s=config.base_ejection_s,
+            max_ejection_s=max(300.0, config.base_ejection_s),
+            max_ejection_percent=config.max_ejection_percent,
+        )
+        self.checker = HealthChecker(0)
+        self.backends: list[Backend] = []
+        self.view = PoolView(self.metrics)
+        self.on_pool_change: Callable[[], object] = lambda: None
+        """Called after a backend is added or removed (the controller re-decides at once)."""
+        self._closing: set[asyncio.Task[None]] = set()
+        self._max_in_flight = config.max_in_flight
+
+    # -- membership -------------------------------------------------------------------------
+
+    def find(self, url: str) -> Backend | None:
+        url = normalise_backend(url, "url")
+        return next((b for b in self.backends if b.url == url), None)
+
+    def add(self, url: str) -> Backend:
+        url = normalise_backend(url, "url")
+        existing = self.find(url)
+        if existing is not None and not existing.draining:
+            raise ConfigError("url", f"{url} is in the pool already")
+        if existing is not None:
+            raise ConfigError("url", f"{url} is still draining", "add it again once it is gone")
+        index = self.metrics.add_backend(url)
+        self.detector.add_backend()
+        self.checker.add_backend()
+        self.view.available.append(True)
+        backend = Backend(url, index, self._new_session(url))
+        self.backends.append(backend)
+        log.info("backend %s added", url)
+        self._changed()
+        return backend
+
+    def drain(self, url: str) -> Backend:
+        """Stop picking the backend; it leaves the pool once its open exchanges are over."""
+        backend = self.find(url)
+        if backend is None:
+            raise ConfigError("url", f"{url} is not in the pool")
+        if not backend.draining:
+            backend.draining = True
+            self.metrics.set_health(backend.index, False)
+            self._refresh(backend)
+            log.info("backend %s draining (%d open)", backend.url, backend.active)
+            if backend.active == 0:
+                self._remove(backend)
+        return backend
+
+    def _remove(self, backend: Backend) -> None:
+        i = backend.index
+        self.metrics.remove_backend(i)
+        self.detector.remove_backend(i)
+        self.checker.remove_backend(i)
+        del self.view.available[i]
+        del self.backends[i]
+        for later in self.backends[i:]:
+            later.index -= 1
+        backend.index = -1
+        task = asyncio.get_running_loop().create_task(backend.session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        log.info("backend %s removed", backend.url)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Tell the controller; a failure there must not fail the request that ended a drain."""
+        try:
+            self.on_pool_change()
+        except Exception:
+            log.exception("re-deciding the weights after a pool change failed")
+
+    def _refresh(self, backend: Backend) -> None:
+        i = backend.index
+        self.view.available[i] = (
+            self.metrics.available[i]
+            and not backend.draining
+            and backend.active < self._max_in_flight
+        )
+
+    # -- the request path -------------------------------------------------------------------
+
+    def begin(self, backend: Backend) -> float:
+        """An exchange opens: in-flight up, circuit breaker armed; returns its start time."""
+        backend.active += 1
+        if backend.active >= self._max_in_flight:
+            self.view.available[backend.index] = False
+        return self.metrics.start(backend.index)
+
+    def answered(self, backend: Backend, started: float, status: int) -> None:
+        """Response headers (status > 0) or a failure (status 0) came back."""
+        failed = status == 0 or status >= 500
+        i = backend.index
+        latency = self.metrics.finish(i, started, error=failed)
+        backend.observe(latency, min(status // 100, 6) - 1 if status else 5)
+        if self.detector.on_result(i, failed, self.clock()):
+            self.metrics.set_ejected(i, True)
+            self._refresh(backend)
+            log.warning(
+                "backend %s ejected after %d consecutive failures (ejection #%d)",
+                backend.url,
+                self.detector.config.consecutive_failures,
+                self.detector.times_ejected[i],
+            )
+
+    def abandon(self, backend: Backend) -> None:
+        """The exchange ended for the client's reasons (it left, its body was too large):
+        in-flight comes down, but nothing is recorded against the backend."""
+        self.metrics.in_flight[backend.index] -= 1
+
+    def end(self, backend: Backend) -> None:
+        """The exchange is over (response relayed, or given up)."""
+        backend.active -= 1
+        if backend.draining:
+            if backend.active == 0:
+                self._remove(backend)
+        elif backend.active == self._max_in_flight - 1:
+            self._refresh(backend)
+
+    # -- periodic work ----------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """End the ejections that have run out (called every control interval)."""
+        for i in self.detector.expire(self.clock()):
+            self.metrics.set_ejected(i, False)
+            self._refresh(self.backends[i])
+            log.info("backend %s back from ejection", self.backends[i].url)
+
+    async def run_health_checks(self) -> None:
+        """Check every backend each `health_interval_s` until cancelled."""
+        assert self.config.health_path is not None
+        while True:
+            started = self.clock()
+            checks = [self.check(b) for b in list(self.backends) if not b.draining]
+            for outcome in await asyncio.gather(*checks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    log.error("health check failed to run: %r", outcome)
+            elapsed = self.clock() - started
+            await asyncio.sleep(max(self.config.health_interval_s - elapsed, 0.0))
+
+    async def check(self, backend: Backend) -> bool:
+        """One active check: `GET {health_path}`, 2xx within the timeout passes."""
+        assert self.config.health_path is not None
+        timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        try:
+            async with backend.session.get(
+                backend.url + self.config.health_path, timeout=timeout, allow_redirects=False
+            ) as response:
+                await response.read()
+                passed = 200 <= response.status < 300
+        except (aiohttp.ClientError, TimeoutError, RuntimeError):
+            passed = False  # RuntimeError: the session closed under it (backend removed)
+        if backend.index >= 0 and not backend.draining:
+            self._apply_check(backend, passed)
+        return passed
+
+    def _apply_check(self, backend: Backend, passed: bool) -> None:
+        i = backend.index
+        if self.checker.on_check(i, passed):
+            self.metrics.set_health(i, passed)
+            log.warning("backend %s %s", backend.url, "healthy" if passed else "unhealthy")
+        if self.detector.on_health_check(i, passed, self.clock()):
+            self.metrics.set_ejected(i, False)
+            log.info("backend %s un-ejected by a passing health check", backend.url)
+        self._refresh(backend)
+
+    async def close(self) -> None:
+        """Close every connection pool."""
+        await asyncio.gather(*(b.session.close() for b in self.backends), *self._closing)

@@ -1,0 +1,124 @@
+"""Prometheus exposition of one proxy worker, in its own `CollectorRegistry`.
+
+The request path only bumps plain integers on `Backend` and `ProxyStats`; this collector turns
+them into metric families when /metrics is scraped, so a scrape costs O(backends) and a request
+costs no prometheus-client lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from rl_lb.balancers import FALLBACK_REASONS
+from serving.controller import Controller
+from serving.monitor import LATENCY_BUCKETS, STATUS_CLASSES, Monitor
+from serving.proxy import ProxyStats
+
+__all__ = ["CONTENT_TYPE", "MODES", "ProxyMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MODES = ("primary", "fallback", "external")
+
+
+class _PoolCollector(Collector):
+    def __init__(self, monitor: Monitor, controller: Controller, stats: ProxyStats) -> None:
+        self.monitor = monitor
+        self.controller = controller
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._backends()
+        controller = self.controller
+        mode = GaugeMetricFamily(
+            "rl_lb_balancer_mode", "1 for the mode the balancer is in", labels=["mode"]
+        )
+        for name in MODES:
+            mode.add_metric([name], float(controller.mode == name))
+        yield mode
+        fallbacks = CounterMetricFamily(
+            "rl_lb_fallback_decisions",
+            "Control intervals decided by the fallback, by reason",
+            labels=["reason"],
+        )
+        for reason in sorted(set(FALLBACK_REASONS) | set(controller.fallback_counts)):
+            fallbacks.add_metric([reason], controller.fallback_counts[reason])
+        yield fallbacks
+        yield CounterMetricFamily(
+            "rl_lb_mode_changes", "Balancer mode or reason changes", value=controller.switches
+        )
+        yield CounterMetricFamily(
+            "rl_lb_retries", "Requests retried on another backend", value=self.stats.retries
+        )
+        errors = CounterMetricFamily(
+            "rl_lb_proxy_errors", "Responses produced by the proxy itself", labels=["reason"]
+        )
+        for reason, count in sorted(self.stats.errors.items()):
+            errors.add_metric([reason], count)
+        yield errors
+
+    def _backends(self) -> Iterator[Metric]:
+        labels = ["backend"]
+        requests = CounterMetricFamily(
+            "rl_lb_backend_requests",
+            "Exchanges by outcome (status class, or error: no response)",
+            labels=["backend", "code"],
+        )
+        latency = HistogramMetricFamily(
+            "rl_lb_backend_latency_seconds", "Time to response headers", labels=labels
+        )
+        gauges = {
+            name: GaugeMetricFamily(f"rl_lb_backend_{name}", text, labels=labels)
+            for name, text in (
+                ("in_flight", "Requests sent and not answered yet"),
+                ("weight", "Weight of the current control interval"),
+                ("healthy", "1 when the active health checks pass"),
+                ("ejected", "1 while ejected by the outlier detector"),
+            )
+        }
+        metrics = self.monitor.metrics
+        weights = self.controller.weights
+        for b in self.monitor.backends:
+            i = b.index
+            for code, count in zip(STATUS_CLASSES, b.outcomes, strict=True):
+                requests.add_metric([b.url, code], count)
+            cumulative, buckets = 0, []
+            for bound, count in zip(
+                (*LATENCY_BUCKETS, float("inf")), b.latency_counts, strict=True
+            ):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([b.url], buckets, b.latency_sum)
+            gauges["in_flight"].add_metric([b.url], metrics.in_flight[i])
+            gauges["weight"].add_metric([b.url], weights.get(b.url, 0.0))
+            gauges["healthy"].add_metric([b.url], float(metrics.healthy[i]))
+            gauges["ejected"].add_metric([b.url], float(metrics.ejected[i]))
+        yield requests
+        yield latency
+        yield from gauges.values()
+
+
+class ProxyMetrics:
+    """The registry of one worker; `inference` is fed by the control loop."""
+
+    def __init__(self, monitor: Monitor, controller: Controller, stats: ProxyStats) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_PoolCollector(monitor, controller, stats))
+        self.inference = Histogram(
+            "rl_lb_policy_inference_seconds",
+            "Time of one balancer decision (policy forward pass included)",
+            buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0),
+            registry=self.registry,
+        )
+        controller.on_inference = self.inference.observe
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
