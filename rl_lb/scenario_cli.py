@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rl_lb.scenarios import ScenarioFamily, library_scenarios, load_scenario
+if TYPE_CHECKING:  # the parser is imported when a command runs, not when the CLI starts
+    from rl_lb.scenarios import ScenarioFamily
 
 __all__ = ["register", "summary"]
 
@@ -33,6 +34,8 @@ def _validate(
     ],
 ) -> None:
     """Parse and validate scenario files; print a one-line summary of each."""
+    from rl_lb.scenarios import load_scenario
+
     for file in files:
         family = load_scenario(file)
         typer.echo(f"{family.source}: ok: {summary(family)}")
@@ -40,6 +43,8 @@ def _validate(
 
 def _list() -> None:
     """List the scenario library with one-line descriptions."""
+    from rl_lb.scenarios import library_scenarios, load_scenario
+
     families = [load_scenario(path) for path in library_scenarios()]
     width = max((len(f.name) for f in families), default=0)
     for family in families:

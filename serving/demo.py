@@ -13,10 +13,9 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import aiohttp
-import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -26,7 +25,7 @@ from rl_lb.scenarios import Scenario
 from serving.backends import EmulatedPool
 from serving.loadgen import LoadResult, run_load
 
-__all__ = ["BALANCERS", "DemoRow", "demo", "run_demo"]
+__all__ = ["BALANCERS", "DemoRow", "run_demo"]
 
 BALANCERS = ("learned", "least-latency", "round-robin")
 REFRESH_S = 0.5
@@ -191,29 +190,3 @@ async def run_demo(
             rows.append(await _one_run(scenario, balancer, rate, duration, seed, live))
     console.print(comparison_table(rows))
     return rows
-
-
-def demo(
-    scenario: Annotated[str, typer.Option(help="Shipped scenario name or TOML file.")] = (
-        "slow-backend"
-    ),
-    duration: Annotated[float, typer.Option(help="Seconds of load per balancer.")] = 20.0,
-    rate_scale: Annotated[
-        float, typer.Option(help="Multiplies the scenario's arrival rate.")
-    ] = 0.25,
-    seed: Annotated[int, typer.Option(help="Seeds the scenario draw, backends and load.")] = 0,
-) -> None:
-    """Learned vs least-latency vs round-robin on emulated backends, through the real proxy."""
-    from rl_lb.errors import ConfigError
-    from serving.tools_cli import load_scenario_sample, run_async
-
-    if not 0 < duration <= 600:
-        raise ConfigError(
-            "--duration", f"{duration:g} s is out of range", "use 0 < duration <= 600"
-        )
-    if not 0 < rate_scale <= 10:
-        raise ConfigError("--rate-scale", f"{rate_scale:g} is out of range", "use 0 < X <= 10")
-    sampled = load_scenario_sample(scenario, seed)
-    if sampled.arrivals.rate * rate_scale * duration < 1:
-        raise ConfigError("--rate-scale", "that is less than one request", "raise it or --duration")
-    run_async(run_demo(sampled, duration=duration, rate_scale=rate_scale, seed=seed))

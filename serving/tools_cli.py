@@ -136,9 +136,33 @@ def loadgen(
             writer.writerows(result.records())
 
 
-def register(app: typer.Typer) -> None:
-    from serving.demo import demo
+def demo(
+    scenario: Annotated[str, typer.Option(help="Shipped scenario name or TOML file.")] = (
+        "slow-backend"
+    ),
+    duration: Annotated[float, typer.Option(help="Seconds of load per balancer.")] = 20.0,
+    rate_scale: Annotated[
+        float, typer.Option(help="Multiplies the scenario's arrival rate.")
+    ] = 0.25,
+    seed: Annotated[int, typer.Option(help="Seeds the scenario draw, backends and load.")] = 0,
+) -> None:
+    """Learned vs least-latency vs round-robin on emulated backends, through the real proxy."""
+    from rl_lb.errors import ConfigError
+    from serving.demo import run_demo
 
+    if not 0 < duration <= 600:
+        raise ConfigError(
+            "--duration", f"{duration:g} s is out of range", "use 0 < duration <= 600"
+        )
+    if not 0 < rate_scale <= 10:
+        raise ConfigError("--rate-scale", f"{rate_scale:g} is out of range", "use 0 < X <= 10")
+    sampled = load_scenario_sample(scenario, seed)
+    if sampled.arrivals.rate * rate_scale * duration < 1:
+        raise ConfigError("--rate-scale", "that is less than one request", "raise it or --duration")
+    run_async(run_demo(sampled, duration=duration, rate_scale=rate_scale, seed=seed))
+
+
+def register(app: typer.Typer) -> None:
     app.command()(backends)
     app.command()(loadgen)
     app.command()(demo)
