@@ -1,0 +1,227 @@
+"""From a concrete `Scenario` to the kernel's arrays: `make_spec`, `new_state`, `grow_state`.
+
+Everything random that does not depend on the balancer (MMPP phase path, GC pause timeline) is
+drawn here, up front, from the simulator's own generator: so two balancers run with the same seed
+face the same traffic phases and the same pauses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from envs import kernel
+from envs.nb_metrics import MetricsState, new_metrics
+from envs.nb_pickers import PICKER_CODES
+from envs.nb_state import Spec, State
+from rl_lb.errors import ScenarioError
+from rl_lb.health import OutlierConfig
+from rl_lb.scenarios import Arrivals, BackendSpec, Scenario
+
+__all__ = [
+    "BUDGET_TAU_S",
+    "ERROR_PENALTY_S",
+    "MAX_RETRIES",
+    "RETRY_BUDGET",
+    "SLOTS",
+    "grow_state",
+    "make_spec",
+    "new_state",
+]
+
+ERROR_PENALTY_S = 5.0
+SLOTS = 10
+"""The `PoolMetrics` defaults the proxy runs with (tests/test_sim_metrics.py checks they agree)."""
+MAX_RETRIES = 2
+RETRY_BUDGET = 0.2
+"""The proxy's retry policy on connect failures: at most 2 retries, at most 20% of requests."""
+BUDGET_TAU_S = 10.0
+"""Memory of the retry budget: requests and retries are counted with an exponential decay."""
+_KINDS = {
+    "exponential": kernel.EXPONENTIAL,
+    "lognormal": kernel.LOGNORMAL,
+    "pareto": kernel.PARETO,
+    "constant": kernel.CONSTANT,
+}
+
+
+def _service_params(b: BackendSpec) -> tuple[int, float, float, float]:
+    s = b.service
+    if s.dist == "lognormal":
+        sigma2 = math.log1p(s.cv**2)
+        return _KINDS[s.dist], s.mean_s, math.sqrt(sigma2), math.log(s.mean_s) - sigma2 / 2
+    if s.dist == "pareto":
+        return _KINDS[s.dist], s.mean_s, s.shape, s.mean_s * (s.shape - 1) / s.shape
+    return _KINDS[s.dist], s.mean_s, 0.0, 0.0
+
+
+def _segments(
+    a: Arrivals, duration: float, rng: np.random.Generator
+) -> tuple[list[float], list[float]]:
+    """Piecewise-constant arrival rate: boundaries (last = end of arrivals) and rates."""
+    if a.process == "mmpp":
+        dwell = np.asarray(a.mmpp_dwell_s, dtype=np.float64)
+        phase = int(rng.choice(len(dwell), p=dwell / dwell.sum()))
+        bounds, rates, t = [0.0], [], 0.0
+        while t < duration:
+            rates.append(a.mmpp_rates[phase])
+            t = min(t + rng.exponential(dwell[phase]), duration)
+            bounds.append(t)
+            phase = (phase + 1) % len(dwell)
+        return bounds, rates
+    bounds, rates = [0.0], [a.rate]
+    for step in sorted(a.profile, key=lambda s: s.at_s):
+        if 0.0 < step.at_s < duration:
+            bounds.append(step.at_s)
+            rates.append(step.rate)
+        elif step.at_s <= 0.0:
+            rates[0] = step.rate
+    bounds.append(duration)
+    return bounds, rates
+
+
+def _pauses(
+    backends: tuple[BackendSpec, ...], horizon: float, rng: np.random.Generator
+) -> tuple[list[int], list[float], list[float], list[float]]:
+    ptr, start, end, cum = [0], [], [], []
+    for b in backends:
+        total, t = 0.0, 0.0
+        if b.pauses is not None:
+            while True:
+                t += rng.exponential(b.pauses.every_s)
+                if t >= horizon:
+                    break
+                start.append(t)
+                end.append(t + b.pauses.duration_s)
+                cum.append(total)
+                total += b.pauses.duration_s
+                t += b.pauses.duration_s
+        ptr.append(len(start))
+    return ptr, start, end, cum
+
+
+def make_spec(scenario: Scenario, rng: np.random.Generator) -> Spec:
+    backends = scenario.backends
+    if not backends:
+        raise ScenarioError(scenario.name, "no backends", "add at least one [[backends]] table")
+    timeouts = sorted({b.timeout_s for b in backends})
+    events = [(i, e) for i, b in enumerate(backends) for e in b.events]
+    ev_ptr = np.searchsorted([i for i, _ in events], np.arange(len(backends) + 1))
+    service = [_service_params(b) for b in backends]
+    bounds, rates = _segments(scenario.arrivals, scenario.duration_s, rng)
+    horizon = scenario.duration_s + min(scenario.timeout_s, scenario.duration_s) + 1.0
+    pz_ptr, pz_start, pz_end, pz_cum = _pauses(backends, horizon, rng)
+    outlier = OutlierConfig()
+    refresh = scenario.metrics.picker_refresh_s
+    f64 = np.float64
+    return Spec(
+        concurrency=np.array([b.concurrency for b in backends], dtype=np.int64),
+        queue_limit=np.array([b.queue_limit for b in backends], dtype=np.int64),
+        timeout=np.array([b.timeout_s for b in backends], dtype=f64),
+        tgroup=np.array([timeouts.index(b.timeout_s) for b in backends], dtype=np.int64),
+        group_timeout=np.array(timeouts, dtype=f64),
+        svc_kind=np.array([s[0] for s in service], dtype=np.int64),
+        svc_mean=np.array([s[1] for s in service], dtype=f64),
+        svc_a=np.array([s[2] for s in service], dtype=f64),
+        svc_b=np.array([s[3] for s in service], dtype=f64),
+        ev_ptr=ev_ptr.astype(np.int64),
+        ev_at=np.array([e.at_s for _, e in events], dtype=f64),
+        ev_until=np.array([e.until_s for _, e in events], dtype=f64),
+        ev_slow=np.array([e.slowdown for _, e in events], dtype=f64),
+        ev_slow_to=np.array(
+            [math.nan if e.slowdown_to is None else e.slowdown_to for _, e in events], dtype=f64
+        ),
+        ev_err=np.array([e.error_rate for _, e in events], dtype=f64),
+        ev_err_lat=np.array([e.error_latency_s for _, e in events], dtype=f64),
+        ev_down=np.array([e.down for _, e in events], dtype=np.bool_),
+        pz_ptr=np.array(pz_ptr, dtype=np.int64),
+        pz_start=np.array(pz_start, dtype=f64),
+        pz_end=np.array(pz_end, dtype=f64),
+        pz_cum=np.array(pz_cum, dtype=f64),
+        seg_t=np.array(bounds, dtype=f64),
+        seg_rate=np.array(rates, dtype=f64),
+        trace=np.array(sorted(scenario.arrivals.trace), dtype=f64),
+        use_trace=scenario.arrivals.process == "trace",
+        proxies=int(scenario.metrics.proxies),
+        hc_interval=float(scenario.health.interval_s),
+        healthy_threshold=int(scenario.health.healthy_threshold),
+        unhealthy_threshold=int(scenario.health.unhealthy_threshold),
+        consecutive_failures=outlier.consecutive_failures,
+        eject_base_s=outlier.base_ejection_s,
+        eject_max_s=outlier.max_ejection_s,
+        max_ejection_percent=outlier.max_ejection_percent,
+        refresh_s=float(refresh),
+        max_retries=MAX_RETRIES,
+        retry_budget=RETRY_BUDGET,
+        budget_tau_s=BUDGET_TAU_S,
+    )
+
+
+def _requests(capacity: int) -> dict[str, np.ndarray]:
+    return {
+        "r_arrival": np.zeros(capacity),
+        "r_proxy": np.zeros(capacity, dtype=np.int64),
+        "r_backend": np.zeros(capacity, dtype=np.int64),
+        "r_latency": np.zeros(capacity),
+        "r_outcome": np.zeros(capacity, dtype=np.int64),
+        "r_retries": np.zeros(capacity, dtype=np.int64),
+        "r_qnext": np.zeros(capacity, dtype=np.int64),
+        "r_tnext": np.zeros(capacity, dtype=np.int64),
+        "r_acct": np.zeros(capacity),
+        "resolved": np.zeros(capacity, dtype=np.int64),
+        "h_t": np.zeros(capacity),
+        "h_r": np.zeros(capacity, dtype=np.int64),
+        "h_kind": np.zeros(capacity, dtype=np.int64),
+    }
+
+
+def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
+    """Fresh state at t = 0: every backend healthy, uniform weights, p2c; `kernel.start` then
+    draws the first arrival."""
+    n, proxies = len(spec.concurrency), spec.proxies
+    pn = (proxies, n)
+    metrics: MetricsState = new_metrics(
+        proxies,
+        n,
+        window_s=scenario.metrics.window_s,
+        slots=SLOTS,
+        ewma_tau_s=scenario.metrics.ewma_tau_s,
+        error_penalty_s=ERROR_PENALTY_S,
+    )
+    return State(
+        m=metrics,
+        busy=np.zeros(n, dtype=np.int64),
+        q_head=np.full(n, -1, dtype=np.int64),
+        q_tail=np.full(n, -1, dtype=np.int64),
+        q_len=np.zeros(n, dtype=np.int64),
+        tg_head=np.full(len(spec.group_timeout), -1, dtype=np.int64),
+        tg_tail=np.full(len(spec.group_timeout), -1, dtype=np.int64),
+        **_requests(capacity),
+        counts=np.zeros(4, dtype=np.int64),
+        clock=np.array([0.0, np.inf, 0.0, spec.refresh_s if spec.refresh_s > 0 else np.inf]),
+        inflight=np.zeros(pn, dtype=np.int64),
+        board=np.zeros(pn, dtype=np.int64),
+        board_cost=np.zeros(pn),
+        weights=np.full(pn, 1.0 / n),
+        picker=np.full(proxies, PICKER_CODES["p2c"], dtype=np.int64),
+        rr=np.zeros(pn),
+        healthy=np.ones(pn, dtype=np.bool_),
+        ejected=np.zeros(pn, dtype=np.bool_),
+        avail=np.ones(pn, dtype=np.bool_),
+        eject_until=np.full(pn, -np.inf),
+        eject_count=np.zeros(pn, dtype=np.int64),
+        consec=np.zeros(pn, dtype=np.int64),
+        hc_streak=np.zeros(pn, dtype=np.int64),
+        budget=np.zeros((proxies, 3)),
+        tried=np.full(spec.max_retries + 1, -1, dtype=np.int64),
+    )
+
+
+def grow_state(state: State, capacity: int) -> State:
+    """The same state with room for `capacity` requests (the kernel asked for more)."""
+    fresh = _requests(capacity)
+    for name, array in fresh.items():
+        old = getattr(state, name)
+        array[: len(old)] = old
+    return state._replace(**fresh)  # type: ignore[arg-type]

@@ -1,0 +1,173 @@
+"""`BackendPoolEnv`: the simulator as a Gymnasium environment, one step per control interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from envs import ENV_ID, kernel
+from envs.simulator import ControlLoop, Simulator
+from rl_lb.errors import ScenarioError
+from rl_lb.features import MAX_BACKENDS, FeatureEncoder
+from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
+from rl_lb.types import PoolSnapshot
+
+__all__ = ["ENV_ID", "BackendPoolEnv", "interval_reward"]
+
+ERROR_WEIGHT = 10.0
+"""Reward cost of an interval where every request failed, on top of its latency terms."""
+
+ScenarioSource = str | Path | Scenario | ScenarioFamily
+
+
+def _family(source: ScenarioSource) -> Scenario | ScenarioFamily:
+    family = source if isinstance(source, Scenario | ScenarioFamily) else load_scenario(source)
+    size = len(family.backends) if isinstance(family, Scenario) else family.max_backends
+    if size > MAX_BACKENDS:
+        raise ScenarioError(
+            family.name,
+            f"{size} backends, the policy sees at most {MAX_BACKENDS}",
+            "use a smaller pool for training",
+        )
+    return family
+
+
+def interval_reward(
+    effective_p99_s: float, mean_s: float, error_rate: float, ideal_s: float
+) -> float:
+    """-(log(effective p99 / ideal) + log(mean / ideal) + ERROR_WEIGHT × error rate).
+
+    Ratios are floored at 1 so the reward is at most 0; see `BackendPoolEnv` for why.
+    """
+    tail = math.log(max(effective_p99_s, ideal_s) / ideal_s)
+    body = math.log(max(mean_s, ideal_s) / ideal_s)
+    return -(tail + body + ERROR_WEIGHT * error_rate)
+
+
+class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Set the traffic weights of a simulated backend pool, one control interval at a time.
+
+    Each episode draws one scenario (uniformly from the files given, with the file's own
+    randomisation) and runs it for `duration_s`; the episode is truncated there. Every proxy of
+    the scenario applies the same weights with the same picker (`picker`, "p2c" by default);
+    each keeps its own health view, so an ejected backend is skipped whatever its weight.
+
+    ## Action Space
+    `Box(-1, 1, (MAX_BACKENDS,), float32)`: one score per backend slot. `FeatureEncoder.decode`
+    turns them into weights (a softmax over live backends; absent and dead slots get 0).
+
+    ## Observation Space
+    `FeatureEncoder(history).observation_space`: `Box(-10, 10, (MAX_BACKENDS, n_features))`,
+    the encoding of proxy 0's snapshot — taken `metrics.delay_s` before the decision — with the
+    snapshots of the previous steps as history. Column 0 is the present mask.
+
+    ## Rewards
+    Over the requests resolved during the interval, with failed requests (error, timeout,
+    rejected, no backend) counted at the scenario's timeout in the effective latency:
+
+        r = -(log(effective p99 / ideal) + log(mean latency / ideal) + 10 × error rate)
+
+    where ideal is `scenario.ideal_latency_s`, so pools of 10 ms and 200 ms backends weigh
+    alike. Tail latency comes first, but the effective p99 alone is a cliff: past 1% failures it
+    equals the timeout whatever else changes. The mean (real latencies) keeps the gradient
+    informative there and the error rate makes fewer failures better even when both latencies
+    are pinned. Each ratio is floored at 1, so r <= 0; an interval with no resolved request
+    scores 0.
+
+    `info` holds the interval's `requests`, `errors`, `p50_ms`, `p99_ms`, `effective_p99_ms`,
+    `mean_ms`, the applied `weights` and the `scenario` name.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (Gymnasium's class attribute)
+
+    def __init__(
+        self,
+        scenario: ScenarioSource | Sequence[ScenarioSource],
+        *,
+        picker: str = "p2c",
+        history: int = 4,
+    ) -> None:
+        sources = (
+            [scenario]
+            if isinstance(scenario, str | Path | Scenario | ScenarioFamily)
+            else list(scenario)
+        )
+        if not sources:
+            raise ScenarioError("scenario", "no scenario given", "pass a file, a name or a list")
+        self.families = [_family(s) for s in sources]
+        self.picker = picker
+        self.encoder = FeatureEncoder(history)
+        self.observation_space = self.encoder.observation_space
+        self.action_space = self.encoder.action_space
+        self.scenario: Scenario | None = None
+        self._sim: Simulator | None = None
+        self._loop: ControlLoop | None = None
+        self._history: list[PoolSnapshot] = []
+
+    def _observe(self) -> np.ndarray:
+        assert self._loop is not None
+        snapshot = self._loop.visible()[0]
+        past = self._history[len(self._history) - (self.encoder.history - 1) :]
+        return self.encoder.encode(snapshot, past if self.encoder.history > 1 else [])
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        family = self.families[int(self.np_random.integers(len(self.families)))]
+        scenario = family if isinstance(family, Scenario) else family.sample(self.np_random)
+        self.scenario = scenario
+        self._sim = Simulator(scenario, int(self.np_random.integers(2**63)))
+        self._loop = ControlLoop(self._sim)
+        self._history = []
+        return self._observe(), {"scenario": scenario.name}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._loop is None or self._sim is None or self.scenario is None:
+            raise RuntimeError("call reset() before step()")
+        if self._loop.done:
+            raise RuntimeError("the episode is over: call reset()")
+        sim, loop = self._sim, self._loop
+        snapshot = loop.visible()[0]
+        weights = self.encoder.decode(np.asarray(action), snapshot)
+        for p in range(sim.proxies):
+            sim.set_decision(p, weights, self.picker)
+        first, last = loop.step()
+        self._history.append(snapshot)
+        reward, info = self._score(sim.resolved(first, last))
+        info["weights"] = weights
+        return self._observe(), reward, False, loop.done, info
+
+    def _score(self, ids: np.ndarray) -> tuple[float, dict[str, Any]]:
+        assert self._sim is not None
+        assert self.scenario is not None
+        st = self._sim.state
+        latency = st.r_latency[ids]
+        failed = st.r_outcome[ids] != kernel.OK
+        info: dict[str, Any] = {
+            "scenario": self.scenario.name,
+            "requests": len(ids),
+            "errors": int(failed.sum()),
+        }
+        if len(ids) == 0:
+            info.update(
+                dict.fromkeys(("p50_ms", "p99_ms", "effective_p99_ms", "mean_ms"), math.nan)
+            )
+            return 0.0, info
+        effective = np.where(failed, self.scenario.timeout_s, latency)
+        p50, p99 = np.quantile(latency, [0.5, 0.99])
+        effective_p99 = float(np.quantile(effective, 0.99))
+        mean = float(latency.mean())
+        info.update(
+            p50_ms=float(p50) * 1e3,
+            p99_ms=float(p99) * 1e3,
+            effective_p99_ms=effective_p99 * 1e3,
+            mean_ms=mean * 1e3,
+        )
+        error_rate = info["errors"] / len(ids)
+        return interval_reward(effective_p99, mean, error_rate, self.scenario.ideal_latency_s), info

@@ -1,0 +1,167 @@
+"""Compare balancers on scenarios over several seeds: `evaluate` (records) and `render` (tables).
+
+At a given seed every balancer meets the same scenario draw and the same simulator seed, so the
+differences between rows are the balancers', not the dice's.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from envs.episode import SUMMARY_KEYS, run_episode, summarise
+from rl_lb.balancers import make_balancer
+from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
+
+__all__ = ["RECORD_KEYS", "evaluate", "render", "student_t"]
+
+RECORD_KEYS: tuple[str, ...] = ("scenario", "balancer", "seed", *SUMMARY_KEYS)
+PARALLEL_FROM = 8
+"""Jobs from which two worker processes pay for their start-up (numba loads its cache)."""
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+"""Two-sided 95% Student t quantiles for 1..30 degrees of freedom."""
+
+Progress = Callable[[int, int], None]
+"""Called with (jobs done, jobs in all) after each episode."""
+ScenarioSource = str | Path | Scenario | ScenarioFamily
+
+
+def student_t(df: int) -> float:
+    """97.5% quantile of Student's t (Cornish-Fisher beyond the table, error < 1e-3)."""
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def _job(scenario: Scenario, balancer: str, seed: int) -> dict[str, Any]:
+    result = run_episode(scenario, balancer, seed)
+    return {"scenario": scenario.name, "balancer": balancer, "seed": seed, **summarise(result)}
+
+
+def evaluate(
+    scenarios: Sequence[ScenarioSource],
+    balancers: Sequence[str],
+    seeds: int | Iterable[int],
+    *,
+    progress: Progress | None = None,
+    workers: int | None = None,
+) -> list[dict[str, Any]]:
+    """One record per (scenario, balancer, seed), keys `RECORD_KEYS`, in that nested order.
+
+    `seeds` is a count (seeds 0..N-1) or the seeds themselves. A scenario family is sampled with
+    the seed; the simulator runs with it too. Invalid scenarios raise `ScenarioError` and
+    unknown balancers `ConfigError` before anything runs. `workers` defaults to 2 processes when
+    there are at least `PARALLEL_FROM` episodes and 2 cores, else 1.
+    """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    families = [
+        s if isinstance(s, Scenario | ScenarioFamily) else load_scenario(s) for s in scenarios
+    ]
+    for name in balancers:
+        make_balancer(name)
+    jobs = [
+        (f if isinstance(f, Scenario) else f.sample(np.random.default_rng(seed)), name, seed)
+        for f in families
+        for name in balancers
+        for seed in seed_list
+    ]
+    if workers is None:
+        workers = 2 if len(jobs) >= PARALLEL_FROM and (os.cpu_count() or 1) >= 2 else 1
+    records: list[dict[str, Any] | None] = [None] * len(jobs)
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            records[i] = _job(*job)
+            if progress is not None:
+                progress(i + 1, len(jobs))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = {pool.submit(_job, *job): i for i, job in enumerate(jobs)}
+            for done, future in enumerate(as_completed(futures), start=1):
+                records[futures[future]] = future.result()
+                if progress is not None:
+                    progress(done, len(jobs))
+    return [r for r in records if r is not None]
+
+
+def _cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    array = np.asarray(values, dtype=np.float64) * scale
+    mean = float(array.mean())
+    if len(array) < 2:
+        return f"{mean:.{digits}f}"
+    half = student_t(len(array) - 1) * float(array.std(ddof=1)) / math.sqrt(len(array))
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def render(records: Sequence[dict[str, Any]], console: Console) -> None:
+    """One table per scenario, one row per balancer: means over seeds ± 95% Student t CI."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        grouped[record["scenario"]][record["balancer"]].append(record)
+    for scenario, rows in grouped.items():
+        seeds = max(len(r) for r in rows.values())
+        table = Table(title=f"{scenario} ({seeds} seeds, mean ± 95% CI)", title_justify="left")
+        table.add_column("balancer")
+        for header in (
+            "requests",
+            "error %",
+            "mean ms",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "eff p99 ms",
+        ):
+            table.add_column(header, justify="right")
+        for balancer, runs in rows.items():
+            errors = [r["errors"] / r["requests"] if r["requests"] else 0.0 for r in runs]
+            table.add_row(
+                balancer,
+                _cell([r["requests"] for r in runs], digits=0),
+                _cell(errors, 100.0, 2),
+                *(_cell([r[k] for r in runs]) for k in SUMMARY_KEYS[2:]),
+            )
+        console.print(table)

@@ -1,0 +1,389 @@
+"""The discrete-event loop of the simulator, in numba: one call advances to a given time.
+
+Python only steps in at control-interval boundaries (snapshots, balancer decisions), so the per
+request path — arrival, pick, queue, service, answer, metrics — never leaves compiled code.
+Events are: arrivals (piecewise-constant Poisson rate or a trace), answers (a binary heap of
+service completions and error answers), client timeouts (one FIFO per distinct timeout value,
+since deadlines = arrival + constant are then in order), health checks and bulletin-board
+refreshes (periodic). `Spec` and `State` (envs/nb_state.py) hold the arrays.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from envs.jit import jit
+from envs.nb_metrics import cost, record
+from envs.nb_pickers import pick
+from envs.nb_random import exponential, normal, uniform
+from envs.nb_state import Spec, State
+
+__all__ = [
+    "CONSTANT",
+    "ERROR",
+    "EXPONENTIAL",
+    "LOGNORMAL",
+    "NEED_ROOM",
+    "NO_BACKEND",
+    "OK",
+    "OUTCOMES",
+    "PARETO",
+    "PENDING",
+    "REACHED",
+    "REJECTED",
+    "TIMEOUT",
+    "advance",
+    "start",
+]
+
+PENDING, OK, ERROR, TIMEOUT, REJECTED, NO_BACKEND = -1, 0, 1, 2, 3, 4
+OUTCOMES: tuple[str, ...] = ("ok", "error", "timeout", "rejected", "no-backend")
+REACHED, NEED_ROOM = 0, 1
+_SERVICE, _ERROR_ANSWER = 0, 1
+EXPONENTIAL, LOGNORMAL, PARETO, CONSTANT = 0, 1, 2, 3
+
+
+@jit
+def _push(st: State, t: float, r: int, kind: int) -> None:
+    i = st.counts[2]
+    st.counts[2] += 1
+    while i > 0:
+        parent = (i - 1) >> 1
+        if st.h_t[parent] <= t:
+            break
+        st.h_t[i], st.h_r[i], st.h_kind[i] = st.h_t[parent], st.h_r[parent], st.h_kind[parent]
+        i = parent
+    st.h_t[i], st.h_r[i], st.h_kind[i] = t, r, kind
+
+
+@jit
+def _pop(st: State) -> None:
+    size = st.counts[2] - 1
+    st.counts[2] = size
+    t, r, kind = st.h_t[size], st.h_r[size], st.h_kind[size]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= size:
+            break
+        if child + 1 < size and st.h_t[child + 1] < st.h_t[child]:
+            child += 1
+        if st.h_t[child] >= t:
+            break
+        st.h_t[i], st.h_r[i], st.h_kind[i] = st.h_t[child], st.h_r[child], st.h_kind[child]
+        i = child
+    st.h_t[i], st.h_r[i], st.h_kind[i] = t, r, kind
+
+
+@jit
+def _conditions(sp: Spec, b: int, t: float) -> tuple[float, float, float, bool]:
+    """(slowdown, error probability, error latency, down) of backend b at time t."""
+    slow, ok_prob, err_lat, down = 1.0, 1.0, 0.0, False
+    for e in range(sp.ev_ptr[b], sp.ev_ptr[b + 1]):
+        if not sp.ev_at[e] <= t < sp.ev_until[e]:
+            continue
+        factor = sp.ev_slow[e]
+        if not math.isnan(sp.ev_slow_to[e]):
+            frac = (t - sp.ev_at[e]) / (sp.ev_until[e] - sp.ev_at[e])
+            factor += (sp.ev_slow_to[e] - factor) * frac
+        slow *= factor
+        if sp.ev_err[e] > 0.0:
+            ok_prob *= 1.0 - sp.ev_err[e]
+            err_lat = max(err_lat, sp.ev_err_lat[e])
+        down = down or sp.ev_down[e]
+    return slow, 1.0 - ok_prob, err_lat, down
+
+
+@jit
+def _paused_before(sp: Spec, b: int, t: float) -> float:
+    """Total pause time of backend b in [0, t]."""
+    lo, hi = sp.pz_ptr[b], sp.pz_ptr[b + 1]
+    if lo == hi or t <= sp.pz_start[lo]:
+        return 0.0
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if sp.pz_start[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    return float(sp.pz_cum[lo] + min(t, sp.pz_end[lo]) - sp.pz_start[lo])
+
+
+@jit
+def _service_time(sp: Spec, b: int, rng: np.ndarray) -> float:
+    kind = sp.svc_kind[b]
+    if kind == EXPONENTIAL:
+        return exponential(rng, sp.svc_mean[b])
+    if kind == LOGNORMAL:
+        return math.exp(sp.svc_b[b] + sp.svc_a[b] * normal(rng))
+    if kind == PARETO:
+        return float(sp.svc_b[b] * (1.0 - uniform(rng)) ** (-1.0 / sp.svc_a[b]))
+    return float(sp.svc_mean[b])
+
+
+@jit
+def _start_service(sp: Spec, st: State, b: int, r: int, t: float, rng: np.ndarray) -> None:
+    st.busy[b] += 1
+    st.r_acct[r] = t
+    _push(st, t + _service_time(sp, b, rng) * _conditions(sp, b, t)[0], r, _SERVICE)
+
+
+@jit
+def _resolve(st: State, r: int, outcome: int, latency: float) -> None:
+    st.r_outcome[r] = outcome
+    st.r_latency[r] = latency
+    st.resolved[st.counts[1]] = r
+    st.counts[1] += 1
+
+
+@jit
+def _set_avail(st: State, p: int, b: int) -> None:
+    st.avail[p, b] = st.healthy[p, b] and not st.ejected[p, b]
+
+
+@jit
+def _failure(sp: Spec, st: State, p: int, b: int, t: float) -> None:
+    """`rl_lb.health.OutlierDetector.on_result(failed=True)`: consecutive failures eject."""
+    if st.ejected[p, b]:
+        return
+    st.consec[p, b] += 1
+    if st.consec[p, b] < sp.consecutive_failures:
+        return
+    already = st.ejected[p].sum()
+    if already > 0 and 100.0 * (already + 1) / st.busy.shape[0] > sp.max_ejection_percent:
+        return
+    st.consec[p, b] = 0
+    st.ejected[p, b] = True
+    st.eject_count[p, b] += 1
+    st.eject_until[p, b] = t + min(sp.eject_base_s * st.eject_count[p, b], sp.eject_max_s)
+    _set_avail(st, p, b)
+
+
+@jit
+def _uneject(st: State, p: int, b: int) -> None:
+    st.ejected[p, b] = False
+    st.consec[p, b] = 0
+    _set_avail(st, p, b)
+
+
+@jit
+def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
+    """The proxy receives the answer of request r (if it has not timed out already)."""
+    if st.r_outcome[r] != PENDING:
+        return
+    p, b = st.r_proxy[r], st.r_backend[r]
+    latency = t - st.r_arrival[r]
+    st.inflight[p, b] -= 1
+    record(st.m, p, b, latency, error, t)
+    if error:
+        _failure(sp, st, p, b, t)
+        _resolve(st, r, ERROR, latency)
+    else:
+        if not st.ejected[p, b]:
+            st.consec[p, b] = 0
+        _resolve(st, r, OK, latency)
+
+
+@jit
+def _budget_allows_retry(sp: Spec, st: State, p: int) -> bool:
+    return bool(st.budget[p, 1] + 1.0 <= sp.retry_budget * st.budget[p, 0])
+
+
+@jit
+def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
+    r = st.counts[0]
+    st.counts[0] += 1
+    p = 0 if sp.proxies == 1 else int(uniform(rng) * sp.proxies)
+    st.r_arrival[r], st.r_proxy[r], st.r_backend[r] = t, p, -1
+    st.r_outcome[r], st.r_retries[r] = PENDING, 0
+    decay = math.exp(-(t - st.budget[p, 2]) / sp.budget_tau_s)
+    st.budget[p, 0] = st.budget[p, 0] * decay + 1.0
+    st.budget[p, 1] *= decay
+    st.budget[p, 2] = t
+    load = st.inflight[p] if sp.refresh_s <= 0.0 else st.board[p]
+    tried = st.tried
+    tried[:] = -1
+    for attempt in range(sp.max_retries + 1):
+        b = pick(
+            st.picker[p],
+            st.weights[p],
+            st.avail[p],
+            load,
+            st.rr[p],
+            st.m,
+            p,
+            t,
+            st.board_cost[p],
+            sp.refresh_s > 0.0,
+            rng,
+        )
+        if b < 0:
+            _resolve(st, r, NO_BACKEND if attempt == 0 else ERROR, 0.0)
+            break
+        st.r_backend[r] = b
+        _, err_prob, err_lat, down = _conditions(sp, b, t)
+        if down:
+            record(st.m, p, b, 0.0, True, t)
+            _failure(sp, st, p, b, t)
+            if attempt < sp.max_retries and _budget_allows_retry(sp, st, p):
+                st.budget[p, 1] += 1.0
+                st.r_retries[r] += 1
+                tried[attempt] = b
+                st.avail[p, b] = False
+                continue
+            _resolve(st, r, ERROR, 0.0)
+            break
+        if err_prob > 0.0 and uniform(rng) < err_prob:
+            st.inflight[p, b] += 1
+            _push(st, t + err_lat, r, _ERROR_ANSWER)
+        elif st.busy[b] >= sp.concurrency[b] and st.q_len[b] >= sp.queue_limit[b]:
+            record(st.m, p, b, 0.0, True, t)
+            _failure(sp, st, p, b, t)
+            _resolve(st, r, REJECTED, 0.0)
+            break
+        else:
+            st.inflight[p, b] += 1
+            if st.busy[b] < sp.concurrency[b]:
+                _start_service(sp, st, b, r, t, rng)
+            else:
+                st.r_qnext[r] = -1
+                if st.q_len[b] == 0:
+                    st.q_head[b] = r
+                else:
+                    st.r_qnext[st.q_tail[b]] = r
+                st.q_tail[b] = r
+                st.q_len[b] += 1
+        g = sp.tgroup[b]
+        st.r_tnext[r] = -1
+        if st.tg_head[g] < 0:
+            st.tg_head[g] = r
+        else:
+            st.r_tnext[st.tg_tail[g]] = r
+        st.tg_tail[g] = r
+        break
+    for b in tried:
+        if b >= 0:
+            _set_avail(st, p, b)
+
+
+@jit
+def _next_arrival(sp: Spec, st: State, t: float, rng: np.ndarray) -> float:
+    if sp.use_trace:
+        i = st.counts[3]
+        if i >= sp.trace.shape[0]:
+            return np.inf
+        st.counts[3] += 1
+        return float(sp.trace[i])
+    s = st.counts[3]
+    while s < sp.seg_rate.shape[0]:
+        rate = sp.seg_rate[s]
+        if rate > 0.0:
+            candidate = t + exponential(rng, 1.0 / rate)
+            if candidate < sp.seg_t[s + 1]:
+                return candidate
+        t = sp.seg_t[s + 1]
+        s += 1
+        st.counts[3] = s
+    return np.inf
+
+
+@jit
+def _health_checks(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
+    """Ejections that ran out end, then every proxy checks every backend (`rl_lb.health`).
+
+    A check is a request: it fails on a down backend and with the backend's error probability.
+    """
+    for b in range(st.busy.shape[0]):
+        _, err_prob, _, down = _conditions(sp, b, t)
+        for p in range(sp.proxies):
+            if st.ejected[p, b] and st.eject_until[p, b] <= t:
+                _uneject(st, p, b)
+            passed = not down and (err_prob <= 0.0 or uniform(rng) >= err_prob)
+            if passed == st.healthy[p, b]:
+                st.hc_streak[p, b] = 0
+            else:
+                st.hc_streak[p, b] += 1
+                need = sp.healthy_threshold if passed else sp.unhealthy_threshold
+                if st.hc_streak[p, b] >= need:
+                    st.healthy[p, b] = passed
+                    st.hc_streak[p, b] = 0
+            if passed and st.ejected[p, b]:
+                _uneject(st, p, b)
+            _set_avail(st, p, b)
+
+
+@jit
+def _next_timeout(sp: Spec, st: State) -> tuple[float, int]:
+    best, best_g = np.inf, -1
+    for g in range(st.tg_head.shape[0]):
+        r = st.tg_head[g]
+        while r >= 0 and st.r_outcome[r] != PENDING:
+            r = st.r_tnext[r]
+        st.tg_head[g] = r
+        if r >= 0 and st.r_arrival[r] + sp.group_timeout[g] < best:
+            best, best_g = st.r_arrival[r] + sp.group_timeout[g], g
+    return best, best_g
+
+
+@jit
+def start(sp: Spec, st: State, rng: np.ndarray) -> None:
+    """Draw the first arrival of a fresh state."""
+    st.clock[1] = _next_arrival(sp, st, 0.0, rng)
+
+
+@jit
+def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
+    """Run events until `t_end` (exclusive); NEED_ROOM when the request arrays are full."""
+    room = st.r_arrival.shape[0]
+    while True:
+        t_answer = st.h_t[0] if st.counts[2] > 0 else np.inf
+        t_timeout, g = _next_timeout(sp, st)
+        t_arrival, t_check, t_board = st.clock[1], st.clock[2], st.clock[3]
+        t = min(t_answer, t_timeout, t_arrival, t_check, t_board)
+        if t >= t_end:
+            st.clock[0] = t_end
+            return REACHED
+        st.clock[0] = t
+        if t_answer == t:
+            r, kind = st.h_r[0], st.h_kind[0]
+            b = st.r_backend[r]
+            _pop(st)
+            if kind == _ERROR_ANSWER:
+                _answer(sp, st, r, t, True)
+                continue
+            extra = _paused_before(sp, b, t) - _paused_before(sp, b, st.r_acct[r])
+            if extra > 0.0:
+                st.r_acct[r] = t
+                _push(st, t + extra, r, _SERVICE)
+                continue
+            st.busy[b] -= 1
+            if st.q_len[b] > 0:
+                nxt = st.q_head[b]
+                st.q_head[b] = st.r_qnext[nxt]
+                st.q_len[b] -= 1
+                _start_service(sp, st, b, nxt, t, rng)
+            _answer(sp, st, r, t, False)
+        elif t_timeout == t:
+            r = st.tg_head[g]
+            st.tg_head[g] = st.r_tnext[r]
+            p, b = st.r_proxy[r], st.r_backend[r]
+            st.inflight[p, b] -= 1
+            record(st.m, p, b, sp.group_timeout[g], True, t)
+            _failure(sp, st, p, b, t)
+            _resolve(st, r, TIMEOUT, sp.group_timeout[g])
+        elif t_check == t:
+            _health_checks(sp, st, t, rng)
+            st.clock[2] = t + sp.hc_interval
+        elif t_board == t:
+            for p in range(sp.proxies):
+                for b in range(st.busy.shape[0]):
+                    st.board[p, b] = st.inflight[p, b]
+                    st.board_cost[p, b] = cost(st.m, p, b, t)
+            st.clock[3] = t + sp.refresh_s
+        else:
+            if st.counts[0] >= room or st.counts[2] >= room:
+                return NEED_ROOM
+            _arrive(sp, st, t, rng)
+            st.clock[1] = _next_arrival(sp, st, t, rng)

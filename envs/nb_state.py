@@ -1,0 +1,113 @@
+"""The simulator's arrays: `Spec` (what the scenario fixed) and `State` (what changes).
+
+Plain named tuples of numpy arrays, so numba compiles the kernels once for every scenario and
+Python can read any figure between two kernel calls without a copy.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from envs.nb_metrics import MetricsState
+from rl_lb.types import FloatArray, IntArray
+
+__all__ = ["Spec", "State"]
+
+
+class Spec(NamedTuple):
+    """Everything the scenario fixed, as arrays (per backend unless said)."""
+
+    concurrency: IntArray
+    queue_limit: IntArray
+    timeout: FloatArray
+    tgroup: IntArray
+    """Index of the backend's timeout value in `group_timeout`."""
+    group_timeout: FloatArray
+    svc_kind: IntArray
+    svc_mean: FloatArray
+    svc_a: FloatArray
+    """lognormal sigma, pareto alpha."""
+    svc_b: FloatArray
+    """lognormal mu, pareto scale."""
+    ev_ptr: IntArray
+    """Events of backend b are ev_ptr[b]:ev_ptr[b+1] in the ev_* arrays."""
+    ev_at: FloatArray
+    ev_until: FloatArray
+    ev_slow: FloatArray
+    ev_slow_to: FloatArray
+    """NaN for a constant slowdown."""
+    ev_err: FloatArray
+    ev_err_lat: FloatArray
+    ev_down: np.ndarray
+    pz_ptr: IntArray
+    pz_start: FloatArray
+    pz_end: FloatArray
+    pz_cum: FloatArray
+    """Pause time of the same backend before each pause (prefix sums)."""
+    seg_t: FloatArray
+    """Rate segment boundaries; the last one is the end of arrivals."""
+    seg_rate: FloatArray
+    trace: FloatArray
+    use_trace: bool
+    proxies: int
+    hc_interval: float
+    healthy_threshold: int
+    unhealthy_threshold: int
+    consecutive_failures: int
+    eject_base_s: float
+    eject_max_s: float
+    max_ejection_percent: float
+    refresh_s: float
+    max_retries: int
+    retry_budget: float
+    budget_tau_s: float
+
+
+class State(NamedTuple):
+    """Everything that changes; request-sized arrays grow (see `Simulator._make_room`)."""
+
+    m: MetricsState
+    busy: IntArray
+    q_head: IntArray
+    q_tail: IntArray
+    q_len: IntArray
+    tg_head: IntArray
+    tg_tail: IntArray
+    r_arrival: FloatArray
+    r_proxy: IntArray
+    r_backend: IntArray
+    r_latency: FloatArray
+    r_outcome: IntArray
+    r_retries: IntArray
+    r_qnext: IntArray
+    r_tnext: IntArray
+    r_acct: FloatArray
+    resolved: IntArray
+    """Request ids in the order they were resolved (answered, failed or timed out)."""
+    h_t: FloatArray
+    h_r: IntArray
+    h_kind: IntArray
+    counts: IntArray
+    """[requests, resolved, heap size, trace or rate-segment index]."""
+    clock: FloatArray
+    """[now, next arrival, next health check, next board refresh]."""
+    inflight: IntArray
+    board: IntArray
+    board_cost: FloatArray
+    weights: FloatArray
+    picker: IntArray
+    rr: FloatArray
+    healthy: np.ndarray
+    ejected: np.ndarray
+    avail: np.ndarray
+    eject_until: FloatArray
+    eject_count: IntArray
+    consec: IntArray
+    hc_streak: IntArray
+    """Consecutive check results that disagree with the current healthy flag."""
+    budget: FloatArray
+    """[proxy, (decayed requests, decayed retries, time of last decay)]."""
+    tried: IntArray
+    """Scratch: backends a request already failed to connect to (excluded from its retries)."""
