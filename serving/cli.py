@@ -6,7 +6,8 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from serving import proxy_cli, tools_cli
+    from serving import bench_cli, proxy_cli, tools_cli
 
     proxy_cli.register(app)
     tools_cli.register(app)
+    bench_cli.register(app)

@@ -1,0 +1,162 @@
+"""The live benchmark's load generator, in a process of its own.
+
+A load generator sharing the proxy's (or the backends') event loop measures that loop's backlog as
+latency, and the two steal each other's CPU; so the benchmark runs the open-loop dispatcher of
+`serving.loadgen` here, in a child process, against a schedule it is handed in a file (the
+scenario's rate profile, which `run_load`'s single rate cannot express). Both processes read the
+same system-wide monotonic clock, so second 0 of the schedule lines up with the backends' timeline.
+
+    python -m serving.bench_load URL SCHEDULE.npy OUT.npz --timeout S
+
+The child imports its libraries, prints `ready`, then reads second 0 (a monotonic time) from its
+stdin: starting an interpreter takes longer than a benchmark may wait once its backends run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from serving.loadgen import LoadResult, _Run
+from serving.tools_cli import run_async
+
+__all__ = ["CONNECTIONS", "LoadProcess", "main"]
+
+CONNECTIONS = 512
+"""Keep-alive connections to the proxy: enough that none is waited for below ~10k requests/s."""
+STOP_GRACE_S = 5.0
+
+
+async def _run_schedule(
+    url: str, schedule: np.ndarray, start_at: float, timeout: float, out: Path
+) -> None:
+    """Send one GET per entry of `schedule` (s after `start_at`), measure each, save the arrays."""
+    connector = aiohttp.TCPConnector(limit=CONNECTIONS, limit_per_host=CONNECTIONS)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), auto_decompress=False
+    ) as session:
+        run = _Run(url, schedule, session)
+        try:
+            last = await run.dispatch(start_at)
+            while run.pending:
+                await asyncio.gather(*list(run.pending))
+        finally:
+            await run.cancel()
+    np.savez(
+        out,
+        sent_s=schedule,
+        latency_s=run.latency,
+        lag_s=run.lag,
+        status=run.status,
+        cause=run.cause,
+        meta=np.array([start_at, last - start_at]),
+    )
+
+
+class LoadProcess:
+    """The child process, seen from the benchmark: start early, begin on time, always stop."""
+
+    def __init__(self, url: str, schedule: np.ndarray, timeout: float, workdir: Path) -> None:
+        self.url = url
+        self._out = workdir / "load.npz"
+        self._log = workdir / "load.log"
+        schedule_file = workdir / "schedule.npy"
+        np.save(schedule_file, schedule)
+        command = [sys.executable, "-m", "serving.bench_load", url, str(schedule_file)]
+        with self._log.open("wb") as log:
+            self._process = subprocess.Popen(
+                [*command, str(self._out), "--timeout", repr(timeout)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+
+    def wait_ready(self) -> None:
+        """Block until the child has imported its libraries and waits for second 0."""
+        stdout = self._process.stdout
+        assert stdout is not None
+        if stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"load generator failed to start: {self._stderr()}")
+
+    def begin(self, start_at: float) -> None:
+        """Hand the ready child second 0 of its schedule (a monotonic time still to come)."""
+        stdin = self._process.stdin
+        assert stdin is not None
+        stdin.write(f"{start_at!r}\n".encode())
+        stdin.close()
+
+    def done(self) -> bool:
+        return self._process.poll() is not None
+
+    def _stderr(self) -> str:
+        self.stop()
+        return self._log.read_text(errors="replace")[-2000:]
+
+    def result(self) -> LoadResult:
+        """The records, once the child has exited; its stderr in the error if it failed."""
+        if self._process.wait() != 0 or not self._out.is_file():
+            raise RuntimeError(
+                f"load generator failed (exit {self._process.returncode}): {self._stderr()}"
+            )
+        with np.load(self._out) as data:
+            arrays = {key: data[key] for key in data.files}
+        started_at, last = (float(x) for x in arrays["meta"])
+        sent = arrays["sent_s"]
+        duration = float(sent[-1]) if len(sent) else 0.0
+        return LoadResult(
+            url=self.url,
+            rate=len(sent) / duration if duration > 0 else 0.0,
+            duration_s=duration,
+            process="schedule",
+            started_at=started_at,
+            sent_s=sent,
+            latency_s=arrays["latency_s"],
+            lag_s=arrays["lag_s"],
+            status=arrays["status"],
+            cause=arrays["cause"],
+            span_s=max(duration, last),
+        )
+
+    def stop(self) -> None:
+        """Terminate the child if it still runs (Ctrl-C, an error): SIGTERM, then SIGKILL."""
+        process = self._process
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.bench_load")
+    parser.add_argument("url")
+    parser.add_argument("schedule", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--timeout", type=float, required=True)
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and terminates us
+    schedule = np.load(args.schedule)
+    print("ready", flush=True)
+    start_at = float(sys.stdin.readline())
+    if start_at < time.monotonic():
+        print("bench_load: second 0 had passed when it arrived", file=sys.stderr)
+        return 1
+    run_async(_run_schedule(args.url, schedule, start_at, args.timeout, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

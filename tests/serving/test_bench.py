@@ -1,0 +1,170 @@
+"""`rl-lb bench live` and `bench sim2real` end to end on a tiny compressed scenario; their parts.
+
+The end-to-end runs start real processes (`rl-lb serve`, the load generator); each test checks
+that none is left once the command returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from envs.evaluate import RECORD_KEYS
+from rl_lb.cli import main
+from rl_lb.errors import ConfigError
+from rl_lb.scenarios import load_scenario
+from serving.bench import bench_scenario
+from serving.bench_cli import MARK_BEGIN, MARK_END, write_markdown
+from serving.bench_report import compare
+from serving.bench_scenario import arrival_schedule, time_scaled
+
+TINY = """\
+name = "tiny"
+description = "Three backends, one of them slowed 6x in the middle of the run."
+duration_s = 60
+control_interval_s = 1.0
+
+[arrivals]
+process = "poisson"
+rate = 60
+profile = [{ at_s = 30, rate = 90 }]
+
+[[backends]]
+name = "fast"
+count = 2
+concurrency = 4
+service = { dist = "lognormal", mean_s = 0.01, cv = 1.0 }
+
+[[backends]]
+name = "slowing"
+concurrency = 4
+service = { dist = "lognormal", mean_s = 0.01, cv = 1.0 }
+events = [{ at_s = 20, until_s = 50, slowdown = 6.0 }]
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture
+def no_leftovers() -> Iterator[None]:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not left, f"processes left running: {[p.cmdline() for p in left]}"
+
+
+def test_time_scaling_compresses_the_timeline_and_keeps_the_hardware(tiny: Path) -> None:
+    scenario = load_scenario(tiny).nominal()
+    scaled = time_scaled(scenario, 0.1, rate_scale=0.5)
+    assert scaled.duration_s == pytest.approx(6.0)
+    assert scaled.control_interval_s == pytest.approx(0.1)
+    assert scaled.health.interval_s == pytest.approx(scenario.health.interval_s * 0.1)
+    event = scaled.backends[2].events[0]
+    assert (event.at_s, event.until_s) == pytest.approx((2.0, 5.0))
+    assert scaled.arrivals.rate == pytest.approx(30.0)
+    step = scaled.arrivals.profile[0]
+    assert (step.at_s, step.rate) == pytest.approx((3.0, 45.0))
+    for before, after in zip(scenario.backends, scaled.backends, strict=True):
+        assert after.service == before.service
+        assert after.timeout_s == before.timeout_s
+    assert scaled.metrics.window_s == scenario.metrics.window_s  # the proxy's is fixed
+
+
+def test_the_schedule_follows_the_rate_profile(tiny: Path) -> None:
+    scenario = replace(load_scenario(tiny).nominal(), duration_s=600.0)
+    times = arrival_schedule(scenario, seed=3)
+    assert np.all(np.diff(times) >= 0)
+    assert times[0] >= 0.0
+    assert times[-1] < 600.0
+    before, after = np.sum(times < 30.0), np.sum(times >= 30.0)
+    assert before == pytest.approx(60 * 30, rel=0.1)
+    assert after == pytest.approx(90 * 570, rel=0.05)
+
+
+def test_bench_scenarios_refuse_what_one_live_proxy_cannot_run() -> None:
+    with pytest.raises(ConfigError, match="proxy replicas"):
+        bench_scenario("many-proxies", 0, duration=10)
+    with pytest.raises(ConfigError, match="give one of them"):
+        bench_scenario("steady", 0, duration=10, time_scale=0.1)
+
+
+def test_bench_scenarios_keep_the_proxys_shortest_health_period() -> None:
+    assert bench_scenario("degrading", 0, duration=4).health.interval_s == 0.05  # not 1/30 s
+
+
+def test_comparison_ranks_by_effective_p99_with_ties() -> None:
+    def record(balancer: str, p99: float, effective: float) -> dict[str, object]:
+        return {"scenario": "s", "balancer": balancer, "seed": 0, "requests": 100, "errors": 0,
+                "p50_ms": 1.0, "p99_ms": p99, "effective_p99_ms": effective}  # fmt: skip
+
+    sim = [record("a", 10.0, 10.0), record("b", 20.0, 20.0), record("c", 10.2, 10.2)]
+    live = [record("a", 12.0, 30.0), record("b", 21.0, 21.0), record("c", 20.0, 40.0)]
+    (comparison,) = compare(sim, live)
+    assert [r.ratio for r in comparison.rows] == pytest.approx([1.2, 1.05, 20.0 / 10.2])
+    assert [r.within for r in comparison.rows] == [True, True, False]
+    assert (comparison.sim_best, comparison.live_best) == (("a", "c"), ("b",))
+    assert not comparison.agrees
+    assert comparison.disagrees
+    tied = compare(sim, [record("a", 10, 10), record("b", 20, 20), record("c", 10, 9.8)])
+    assert tied[0].agrees  # live's best (c) is tied for best in the simulator
+
+
+def test_markdown_replaces_only_the_marked_report(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Title\nanalysis\n{MARK_BEGIN}\nold\n{MARK_END}\nafter\n")
+    write_markdown(doc, "new report")
+    assert doc.read_text() == f"# Title\nanalysis\n{MARK_BEGIN}\nnew report\n{MARK_END}\nafter\n"
+
+
+def test_bench_live_writes_evaluate_records_and_logs_to_mlflow(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_leftovers: None
+) -> None:
+    out = tmp_path / "live.json"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns.db'}")
+    argv = ["bench", "live", "--scenario", str(tiny), "--duration", "3", "--json", str(out)]
+    assert main([*argv, "--balancer", "least-latency", "--balancer", "round-robin"]) == 0
+    records = json.loads(out.read_text())
+    assert [r["balancer"] for r in records] == ["least-latency", "round-robin"]
+    for record in records:
+        assert tuple(record) == RECORD_KEYS
+        assert record["scenario"] == "tiny"
+        assert record["requests"] > 100
+        assert record["p50_ms"] <= record["p99_ms"] <= record["effective_p99_ms"]
+    artifacts = {p.name for p in (tmp_path / "mlartifacts").rglob("*.png")}
+    assert artifacts == {"latency_over_time.png", "weights_over_time.png"}
+
+
+def test_bench_sim2real_prints_and_writes_the_comparison(
+    tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_leftovers: None
+) -> None:
+    report = tmp_path / "sim2real.md"
+    report.write_text(f"analysis stays\n{MARK_BEGIN}\n{MARK_END}\n")
+    argv = [
+        "bench",
+        "sim2real",
+        "--scenario",
+        str(tiny),
+        "--duration",
+        "3",
+        "--markdown",
+        str(report),
+    ]
+    assert main([*argv, "--balancer", "least-latency", "--balancer", "round-robin"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny: simulator vs live" in out
+    assert "best balancer" in out
+    text = report.read_text()
+    assert text.startswith("analysis stays\n")
+    assert "| least-latency |" in text
+    assert "| round-robin |" in text
