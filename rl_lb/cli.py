@@ -48,23 +48,23 @@ def _root(
     """A load balancer that learns: simulate, train, evaluate and serve."""
 
 
-_registered = False
+_registered: set[str] = set()
 
 
 def _register_wings() -> None:
-    """Add the core's and every installed wing's commands, once per process."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
+    """Add the core's and every installed wing's commands, each once per process."""
     from rl_lb import scenario_cli
 
     scenario_cli.register(app)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if entry.name in _registered:
+            continue
         try:
             entry.load()(app)
         except ImportError as error:  # a wing whose optional dependencies are missing
             err_console.print(f"[yellow]rl-lb: commands of '{entry.name}' unavailable: {error}")
+            continue
+        _registered.add(entry.name)
 
 
 def main(argv: list[str] | None = None) -> int:

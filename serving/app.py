@@ -9,30 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import signal
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from rl_lb.errors import RlLbError
 from serving.admin import make_admin_app
 from serving.config import ProxyConfig, load_config
 from serving.controller import Controller, balancer_spec, build_balancer
+from serving.http_server import HttpServer
 from serving.monitor import Monitor
 from serving.prom import ProxyMetrics
-from serving.proxy import Forwarder, LimitedServer, ProxyStats
+from serving.proxy import Forwarder, ProxyStats
+from serving.upstream import UpstreamPool
 
 __all__ = ["ProxyServer", "run"]
 
 log = logging.getLogger("rl_lb.serving")
 
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_LINGERING_S = 2.0
-"""How long an unread request body (after a 413, say) is drained before the connection closes."""
+_SWEEP_MAX_S = 0.25
+"""Deadlines (request heads, backend reads) are checked at least this often, and at least eight
+times per shortest timeout: one periodic check instead of a timer per request."""
 
 
 class ProxyServer:
@@ -51,7 +53,8 @@ class ProxyServer:
         self.port = 0
         self.admin_port: int | None = None
         self.stats = ProxyStats()
-        self._runner: web.ServerRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._http: HttpServer | None = None
         self._admin_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -60,7 +63,7 @@ class ProxyServer:
 
     async def start(self) -> None:
         config = self.config
-        self.monitor = Monitor(config, self._session)
+        self.monitor = Monitor(config, self._pool)
         for url in config.backends:
             self.monitor.add(url)
         spec = balancer_spec(config.balancer, config.policy)
@@ -70,23 +73,20 @@ class ProxyServer:
         self.monitor.on_pool_change = self.controller.decide
         self.controller.decide()
 
-        forwarder = Forwarder(config, self.monitor, self.controller, self.stats)
-        server = LimitedServer(
-            forwarder,
-            config.max_connections,
-            auto_decompress=False,
-            access_log=None,
-            max_line_size=config.max_header_bytes,
-            max_field_size=config.max_header_bytes,
-            keepalive_timeout=config.header_timeout_s,
-            lingering_time=_LINGERING_S,
+        self.forwarder = Forwarder(config, self.monitor, self.controller, self.stats)
+        self._http = HttpServer(
+            self.forwarder,
+            self.stats.errors,
+            max_connections=config.max_connections,
+            max_header_bytes=config.max_header_bytes,
+            header_timeout=config.header_timeout_s,
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=config.shutdown_timeout_s)
-        await self._runner.setup()
         host, port = config.listen_address
-        site = web.TCPSite(self._runner, host, port, reuse_port=config.workers > 1 or None)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._http, host, port, reuse_port=config.workers > 1 or None, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
 
         admin = config.admin_address
         if admin is not None and self.worker == 0:
@@ -96,6 +96,7 @@ class ProxyServer:
             self.admin_port = self._admin_runner.addresses[0][1]
 
         self._tasks.append(asyncio.create_task(self.controller.run()))
+        self._tasks.append(asyncio.create_task(self._sweep()))
         if config.health_path:
             self._tasks.append(asyncio.create_task(self.monitor.run_health_checks()))
         log.info(
@@ -112,14 +113,37 @@ class ProxyServer:
     async def stop(self) -> None:
         """Stop accepting, let open exchanges finish (up to `shutdown_timeout_s`), close pools."""
         self._stopping = True
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._server is not None and self._http is not None:
+            self._server.close()
+            self.forwarder.stopping = True
+            self._http.stop()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.shutdown_timeout_s
+            while self._http.busy and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            self._http.close_all()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         await self.monitor.close()
+
+    async def _sweep(self) -> None:
+        """Close what is past its deadline: slow request heads, stalled backends, idle pools."""
+        config = self.config
+        timeouts = [config.header_timeout_s, config.read_timeout_s, config.connect_timeout_s]
+        if config.total_timeout_s:
+            timeouts.append(config.total_timeout_s)
+        period = min(_SWEEP_MAX_S, min(timeouts) / 8)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            now = loop.time()
+            assert self._http is not None
+            self._http.sweep(now)
+            for backend in self.monitor.backends:
+                backend.pool.sweep(now)
 
     async def __aenter__(self) -> ProxyServer:
         await self.start()
@@ -142,22 +166,14 @@ class ProxyServer:
             and any(self.monitor.metrics.available)
         )
 
-    def _session(self, url: str) -> aiohttp.ClientSession:
+    def _pool(self, url: str) -> UpstreamPool:
         """The connection pool of one backend."""
         config = self.config
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=config.max_in_flight + 2, limit_per_host=0, ttl_dns_cache=300
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=config.total_timeout_s or None,
-                sock_connect=config.connect_timeout_s,
-                sock_read=config.read_timeout_s,
-            ),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            trust_env=False,
+        return UpstreamPool(
+            url,
+            limit=config.max_in_flight + 2,
+            connect_timeout=config.connect_timeout_s,
+            read_timeout=config.read_timeout_s,
         )
 
     # -- reload -----------------------------------------------------------------------------
@@ -221,6 +237,9 @@ async def _serve(
 ) -> None:
     server = ProxyServer(config, worker=worker, flags=flags)
     await server.start()
+    # What start-up allocated (modules, the policy) lives as long as the process: out of the
+    # collector's sight, a full collection no longer walks it, which keeps GC pauses short.
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()

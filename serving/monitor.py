@@ -25,6 +25,7 @@ from rl_lb.health import HealthChecker, OutlierDetector
 from rl_lb.metrics import PoolMetrics
 from rl_lb.types import Clock
 from serving.config import ProxyConfig, normalise_backend
+from serving.upstream import UpstreamPool
 
 __all__ = ["LATENCY_BUCKETS", "STATUS_CLASSES", "Backend", "Monitor", "PoolView"]
 
@@ -48,15 +49,15 @@ class Backend:
         "latency_counts",
         "latency_sum",
         "outcomes",
-        "session",
+        "pool",
         "url",
     )
 
-    def __init__(self, url: str, index: int, session: aiohttp.ClientSession) -> None:
+    def __init__(self, url: str, index: int, pool: UpstreamPool) -> None:
         self.url = url
         self.index = index
         """Position in the trackers' lists; -1 once removed."""
-        self.session = session
+        self.pool = pool
         self.active = 0
         """Exchanges open (request sent, response not fully relayed yet)."""
         self.draining = False
@@ -79,7 +80,7 @@ class PoolView:
         self.cost = metrics.cost
 
 
-SessionFactory = Callable[[str], aiohttp.ClientSession]
+PoolFactory = Callable[[str], UpstreamPool]
 
 
 class Monitor:
@@ -88,12 +89,14 @@ class Monitor:
     def __init__(
         self,
         config: ProxyConfig,
-        session_factory: SessionFactory,
+        pool_factory: PoolFactory,
         clock: Clock = time.monotonic,
     ) -> None:
         self.config = config
         self.clock = clock
-        self._new_session = session_factory
+        self._new_pool = pool_factory
+        self._health_session: aiohttp.ClientSession | None = None
+        """Health checks use their own small aiohttp client (off the request path)."""
         self.metrics = PoolMetrics([], clock)
         self.detector = OutlierDetector(
             0,
@@ -127,7 +130,7 @@ class Monitor:
         self.detector.add_backend()
         self.checker.add_backend()
         self.view.available.append(True)
-        backend = Backend(url, index, self._new_session(url))
+        backend = Backend(url, index, self._new_pool(url))
         self.backends.append(backend)
         log.info("backend %s added", url)
         self._changed()
@@ -157,7 +160,7 @@ class Monitor:
         for later in self.backends[i:]:
             later.index -= 1
         backend.index = -1
-        task = asyncio.get_running_loop().create_task(backend.session.close())
+        task = asyncio.get_running_loop().create_task(backend.pool.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
         log.info("backend %s removed", backend.url)
@@ -187,12 +190,25 @@ class Monitor:
             self.view.available[backend.index] = False
         return self.metrics.start(backend.index)
 
-    def answered(self, backend: Backend, started: float, status: int) -> None:
-        """Response headers (status > 0) or a failure (status 0) came back."""
+    def answered(
+        self, backend: Backend, started: float, status: int, *, judged: bool = True
+    ) -> None:
+        """Response headers (status > 0) or a failure (status 0) came back.
+
+        `judged=False` leaves the outlier detector's verdict to `judge`, once the body is over:
+        a backend that sends a fine head and then breaks off must count as failing.
+        """
         failed = status == 0 or status >= 500
-        i = backend.index
-        latency = self.metrics.finish(i, started, error=failed)
+        latency = self.metrics.finish(backend.index, started, error=failed)
         backend.observe(latency, min(status // 100, 6) - 1 if status else 5)
+        if judged:
+            self.judge(backend, failed)
+
+    def judge(self, backend: Backend, failed: bool) -> None:
+        """The outcome of an exchange for the outlier detector (ejection on a failure streak)."""
+        i = backend.index
+        if i < 0:
+            return
         if self.detector.on_result(i, failed, self.clock()):
             self.metrics.set_ejected(i, True)
             self._refresh(backend)
@@ -242,14 +258,18 @@ class Monitor:
         """One active check: `GET {health_path}`, 2xx within the timeout passes."""
         assert self.config.health_path is not None
         timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        if self._health_session is None:
+            self._health_session = aiohttp.ClientSession(
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
+            )
         try:
-            async with backend.session.get(
+            async with self._health_session.get(
                 backend.url + self.config.health_path, timeout=timeout, allow_redirects=False
             ) as response:
                 await response.read()
                 passed = 200 <= response.status < 300
         except (aiohttp.ClientError, TimeoutError, RuntimeError):
-            passed = False  # RuntimeError: the session closed under it (backend removed)
+            passed = False  # RuntimeError: the session closed under it (shutting down)
         if backend.index >= 0 and not backend.draining:
             self._apply_check(backend, passed)
         return passed
@@ -266,4 +286,6 @@ class Monitor:
 
     async def close(self) -> None:
         """Close every connection pool."""
-        await asyncio.gather(*(b.session.close() for b in self.backends), *self._closing)
+        await asyncio.gather(*(b.pool.close() for b in self.backends), *self._closing)
+        if self._health_session is not None:
+            await self._health_session.close()

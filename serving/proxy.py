@@ -1,55 +1,43 @@
 """The request path: pick a backend, stream the request there and the response back.
 
 Nothing here buffers a body: request chunks go to the backend as the client sends them and
-response chunks to the client as the backend sends them, so memory stays flat whatever the
-size (aiohttp's flow control pauses whichever side runs ahead). The path is kept lean, since
-it is what gets profiled against nginx: one connection pool per backend, no cookie jar, no
-automatic headers or decompression, and no work that the control loop can do instead.
+response chunks to the client as the backend sends them, so memory stays flat whatever the size
+(a full write buffer on one side pauses reading on the other). The path is what gets profiled
+against nginx, so it is made of callbacks on two `asyncio.Protocol`s (`serving.http_server` for
+clients, `serving.upstream` for backends) joined by one `Exchange` per request: no task, future,
+timer or header dictionary per request, and no work that the control loop can do instead.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import math
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
-from typing import Any
-
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
 from rl_lb.types import Clock, NoBackendAvailable
 from serving.config import ProxyConfig
 from serving.controller import Controller
+from serving.http_message import (
+    Request,
+    error_response,
+    origin_form,
+    request_head,
+    response_head,
+)
+from serving.http_server import ClientConnection
 from serving.monitor import Backend, Monitor
+from serving.upstream import UpstreamConnection
 
-__all__ = ["HOP_BY_HOP", "IDEMPOTENT", "Forwarder", "LimitedServer", "ProxyStats", "RetryBudget"]
+__all__ = ["IDEMPOTENT", "Exchange", "Forwarder", "ProxyStats", "RetryBudget"]
 
 log = logging.getLogger("rl_lb.serving.proxy")
 
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "trailer",
-    }
-)
-"""RFC 9110 §7.6.1: meaningful for one connection only, never forwarded."""
-_NOT_FORWARDED = HOP_BY_HOP | {"expect", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
-"""Also rewritten by the proxy itself (Expect: 100-continue is answered here)."""
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_BODY = (204, 304)
+_INLINE = 1 << 14
+"""Response head and first body chunk leave in one write below this size (one segment)."""
 
 
 class RetryBudget:
@@ -106,84 +94,8 @@ class ProxyStats:
         """Responses the proxy produced itself, by reason (the X-RL-LB-Error value)."""
 
 
-class _BodyTooLargeError(Exception):
-    pass
-
-
-class _Body:
-    """The client's request body as an async iterable, re-iterable until a chunk is taken.
-
-    aiohttp asks for a fresh iterator per attempt, so a connection that failed before any chunk
-    was read can be retried with the same body; `consumed` says whether that is still possible.
-    """
-
-    __slots__ = ("client_error", "consumed", "limit", "request", "too_large")
-
-    def __init__(self, request: web.BaseRequest, limit: int) -> None:
-        self.request = request
-        self.limit = limit
-        self.consumed = False
-        self.too_large = False
-        self.client_error = False
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        request = self.request
-        if request.headers.get("Expect", "").lower() == "100-continue":
-            await request.writer.write(_CONTINUE)
-        self.consumed = True
-        content = request.content
-        limit = self.limit
-        total = 0
-        try:
-            while chunk := await content.readany():
-                total += len(chunk)
-                if limit and total > limit:
-                    self.too_large = True
-                    raise _BodyTooLargeError
-                yield chunk
-        except _BodyTooLargeError:
-            raise
-        except Exception:
-            self.client_error = True
-            raise
-
-
-def _error(
-    status: int,
-    reason: str,
-    message: str,
-    backend: str | None = None,
-    *,
-    close: bool = False,
-    extra: dict[str, str] | None = None,
-) -> web.Response:
-    body = json.dumps({"error": message, "status": status, "backend": backend}).encode()
-    headers = {"Content-Type": "application/json", "X-RL-LB-Error": reason, **(extra or {})}
-    response = web.Response(status=status, body=body, headers=headers)
-    if close:
-        response.force_close()
-    return response
-
-
-def _classify(error: BaseException) -> tuple[int, str, bool]:
-    """(status, reason, retriable) for a failed exchange: only failures to connect or
-    connections that broke are retriable (the request may be replayed if idempotent)."""
-    if isinstance(error, aiohttp.ConnectionTimeoutError):
-        return 504, "connect-timeout", True
-    if isinstance(error, TimeoutError):
-        return 504, "upstream-timeout", False
-    if isinstance(error, aiohttp.ClientConnectorError):
-        return 502, "connect-failed", True
-    if isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-        return 502, "upstream-reset", True
-    return 502, "upstream-error", False
-
-
 class Forwarder:
-    """The proxy's request handler (`aiohttp.web.Server(Forwarder(...))`)."""
+    """Turns each request head into an `Exchange` (or a refusal); the server's handler."""
 
     def __init__(
         self, config: ProxyConfig, monitor: Monitor, controller: Controller, stats: ProxyStats
@@ -194,90 +106,49 @@ class Forwarder:
         self.max_body = config.max_body_bytes
         self.retries = config.retries
         self.preserve_host = config.preserve_host
+        self.total_timeout = config.total_timeout_s or math.inf
         self.budget = RetryBudget(config.retry_budget, monitor.clock)
         self.retry_after = str(max(1, math.ceil(config.control_interval_s)))
+        self.stopping = False
 
-    def fail(self, status: int, reason: str, message: str, **kwargs: Any) -> web.Response:
-        self.stats.errors[reason] += 1
-        return _error(status, reason, message, **kwargs)
-
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        method = request.method
-        if method == "CONNECT":
-            return self.fail(
-                405, "connect", "CONNECT is refused: rl-lb is a reverse proxy", close=True
-            )
-        target = request.raw_path
-        if target[:1] != "/":
-            own = _origin_form(target, request)
-            if own is None:
-                return self.fail(
-                    400, "absolute-form", "requests for other hosts are refused", close=True
-                )
-            target = own
-        length = request.content_length
-        if self.max_body and length is not None and length > self.max_body:
-            return self.fail(413, "body-too-large", f"body over {self.max_body} bytes", close=True)
-        headers = self._upstream_headers(request)
-        body = _Body(request, self.max_body) if request.body_exists else None
-        self.budget.request()
-        return await self._forward(request, method, target, headers, body)
-
-    async def _forward(
+    def fail(
         self,
-        request: web.BaseRequest,
-        method: str,
-        target: str,
-        headers: CIMultiDict[str],
-        body: _Body | None,
-    ) -> web.StreamResponse:
-        monitor = self.monitor
-        tried: list[Backend] = []
-        backend = self._pick(tried)
-        if backend is None:
-            return self._unavailable()
-        while True:
-            started = monitor.begin(backend)
-            try:
-                upstream = await backend.session.request(
-                    method, URL(backend.url + target, encoded=True), headers=headers, data=body
-                )
-            except BaseException as error:
-                client_side = body is not None and (body.too_large or body.client_error)
-                if client_side or not isinstance(error, Exception):
-                    monitor.abandon(backend)
-                    monitor.end(backend)
-                    if body is None or not client_side:
-                        raise
-                    if body.too_large:
-                        return self.fail(
-                            413, "body-too-large", f"body over {self.max_body} bytes", close=True
-                        )
-                    return self.fail(400, "client-body", "the request body broke off", close=True)
-                monitor.answered(backend, started, 0)
-                monitor.end(backend)
-                status, reason, retriable = _classify(error)
-                log.debug("%s %s via %s failed: %r", method, target, backend.url, error)
-                tried.append(backend)
-                if (
-                    retriable
-                    and len(tried) <= self.retries
-                    and method in IDEMPOTENT
-                    and (body is None or not body.consumed)
-                ):
-                    next_backend = self._pick(tried)
-                    if next_backend is not None and self.budget.try_retry():
-                        self.stats.retries += 1
-                        backend = next_backend
-                        continue
-                return self.fail(status, reason, f"{reason}: {error}", backend=backend.url)
-            monitor.answered(backend, started, upstream.status)
-            try:
-                return await self._relay(request, upstream)
-            finally:
-                monitor.end(backend)
+        conn: ClientConnection,
+        status: int,
+        reason: str,
+        message: str,
+        backend: str | None = None,
+        *,
+        close: bool = False,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        """Answer with an error of the proxy's own (counted by reason)."""
+        self.stats.errors[reason] += 1
+        response = error_response(status, reason, message, backend, close=close, extra=extra)
+        conn.respond(response, keep_alive=not close)
 
-    def _pick(self, tried: list[Backend]) -> Backend | None:
+    def __call__(self, conn: ClientConnection, request: Request) -> None:
+        method = request.method
+        if method == b"CONNECT":
+            msg = "CONNECT is refused: rl-lb is a reverse proxy"
+            self.fail(conn, 405, "connect", msg, close=True)
+            return
+        if request.target[:1] != b"/":
+            own = origin_form(request.target, conn.sockname)
+            if own is None:
+                msg = "requests for other hosts are refused"
+                self.fail(conn, 400, "absolute-form", msg, close=True)
+                return
+            request.target = own
+        length = request.length
+        if self.max_body and length is not None and length > self.max_body:
+            msg = f"body over {self.max_body} bytes"
+            self.fail(conn, 413, "body-too-large", msg, close=True)
+            return
+        self.budget.request()
+        Exchange(self, conn, request).attempt(self.pick(()))
+
+    def pick(self, tried: tuple[Backend, ...] | list[Backend]) -> Backend | None:
         monitor = self.monitor
         try:
             backend = monitor.backends[self.controller.picker.pick(monitor.view)]
@@ -289,7 +160,7 @@ class Forwarder:
         others = [b for b in monitor.backends if available[b.index] and b not in tried]
         return random.choice(others) if others else None
 
-    def _unavailable(self) -> web.Response:
+    def unavailable(self, conn: ClientConnection) -> None:
         metrics = self.monitor.metrics
         busy = any(metrics.available[b.index] and not b.draining for b in self.monitor.backends)
         reason, message = (
@@ -297,113 +168,263 @@ class Forwarder:
             if busy
             else ("no-backend", "no live backend")
         )
-        return self.fail(503, reason, message, extra={"Retry-After": self.retry_after})
-
-    def _upstream_headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
-        incoming = request.headers
-        drop = _NOT_FORWARDED
-        if "Connection" in incoming:
-            named = {t.strip().lower() for v in incoming.getall("Connection") for t in v.split(",")}
-            drop = drop | named
-        if not self.preserve_host:
-            drop = drop | {"host"}
-        headers: CIMultiDict[str] = CIMultiDict()
-        for key, value in incoming.items():
-            if key.lower() not in drop:
-                headers.add(key, value)
-        remote = request.remote or "unknown"
-        chain = incoming.getall("X-Forwarded-For", ())
-        headers["X-Forwarded-For"] = ", ".join((*chain, remote)) if chain else remote
-        headers["X-Forwarded-Proto"] = request.scheme
-        if request.host:
-            headers["X-Forwarded-Host"] = request.host
-        headers["Via"] = _via(incoming, request.version)
-        return headers
-
-    async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
-        """Stream the backend's response; a break mid-body closes the client connection."""
-        incoming = upstream.headers
-        drop = HOP_BY_HOP
-        if "Connection" in incoming:
-            named = {t.strip().lower() for v in incoming.getall("Connection") for t in v.split(",")}
-            drop = drop | named
-        response = _Relayed(status=upstream.status, reason=upstream.reason)
-        headers = response.headers
-        for key, value in incoming.items():
-            if key.lower() not in drop:
-                headers.add(key, value)
-        headers["Via"] = _via(incoming, upstream.version)
-        try:
-            await response.prepare(request)
-            content = upstream.content
-            while chunk := await content.readany():
-                await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError, ConnectionError) as error:
-            upstream.close()
-            if isinstance(error, aiohttp.ClientError | TimeoutError):
-                self.stats.errors["upstream-broke"] += 1
-                log.debug("response from %s broke off: %s", upstream.url, error)
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        except BaseException:
-            upstream.close()
-            raise
-        upstream.release()
-        return response
+        self.fail(conn, 503, reason, message, extra={"Retry-After": self.retry_after})
 
 
-class _Relayed(web.StreamResponse):
-    """A streamed response whose head leaves with its first body chunk (or at the end).
+class Exchange:
+    """One request's way through the proxy: attempts on backends, then the response relayed."""
 
-    One write instead of two for every small response, which is most of them; the price is
-    that a client sees the head only once the backend sends the first byte of the body.
-    """
+    __slots__ = (
+        "backend",
+        "body_bytes",
+        "body_started",
+        "chunked_out",
+        "close_after",
+        "conn",
+        "done",
+        "forwarder",
+        "head",
+        "headed",
+        "request",
+        "sent",
+        "started",
+        "status",
+        "tried",
+        "up",
+    )
 
-    _send_headers_immediately = False
+    def __init__(self, forwarder: Forwarder, conn: ClientConnection, request: Request) -> None:
+        self.forwarder = forwarder
+        self.conn = conn
+        self.request = request
+        request.sink = self
+        self.tried: list[Backend] = []
+        self.backend: Backend | None = None
+        self.up: UpstreamConnection | None = None
+        self.started = 0.0
+        self.body_bytes = 0
+        self.body_started = False
+        """Some of the body went to a backend: the request can no longer be replayed."""
+        self.sent = not request.has_body
+        """The whole request went to the backend."""
+        self.head: bytes | None = None
+        """The response head, held back to leave with the first body bytes."""
+        self.headed = False
+        self.status = 0
+        self.chunked_out = False
+        self.close_after = False
+        self.done = False
 
+    # -- attempts ---------------------------------------------------------------------------
 
-def _via(headers: Any, version: Any) -> str:
-    hop = f"{version.major}.{version.minor} rl-lb" if version is not None else "1.1 rl-lb"
-    chain = headers.getall("Via", ())
-    return ", ".join((*chain, hop)) if chain else hop
-
-
-def _origin_form(target: str, request: web.BaseRequest) -> str | None:
-    """The origin-form of an absolute-form target naming this very socket; None otherwise.
-
-    The Host header cannot decide it (the client writes both), so the target must name the
-    address and port the connection arrived on.
-    """
-    try:
-        url = URL(target, encoded=True)
-    except ValueError:
-        return None
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    if url.scheme != "http" or not sockname:
-        return None
-    if url.port != sockname[1] or url.host not in (sockname[0], "localhost"):
-        return None
-    return url.raw_path_qs or "/"
-
-
-class LimitedServer(web.Server):
-    """`web.Server` that turns away connections over `max_connections` with a 503."""
-
-    def __init__(self, handler: Forwarder, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self.max_connections = max_connections
-        self.refused = 0
-
-    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
-        if len(self._connections) >= self.max_connections:
-            self.refused += 1
-            transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-                b"Content-Length: 0\r\nRetry-After: 1\r\nX-RL-LB-Error: max-connections\r\n\r\n"
-            )
-            transport.close()
+    def attempt(self, backend: Backend | None) -> None:
+        if backend is None:
+            self.done = True
+            self.forwarder.unavailable(self.conn)
             return
-        super().connection_made(handler, transport)
+        self.backend = backend
+        self.started = self.forwarder.monitor.begin(backend)
+        conn = backend.pool.acquire(self)
+        if conn is not None:
+            self.on_connected(conn)
+
+    def on_connected(self, up: UpstreamConnection) -> None:
+        backend = self.backend
+        if self.done or backend is None:
+            up.pool.release(up, reusable=True)
+            return
+        self.up = up
+        request = self.request
+        forwarder = self.forwarder
+        pool = backend.pool
+        head = request_head(
+            request, pool.prefix, pool.netloc, self.conn.peer, forwarder.preserve_host
+        )
+        deadline = self.started + forwarder.total_timeout
+        up.start(self, head, request.method == b"HEAD", deadline)
+        if self.conn.write_paused:
+            up.pause_reading(True)
+        if request.has_body and not self.sent:
+            if request.expect_continue and not request.buffered and not request.complete:
+                self.conn.write(_CONTINUE)
+            self.conn.attach(request)
+
+    def on_connect_failed(self, reason: str, message: str) -> None:
+        if not self.done:
+            self._attempt_failed(504 if reason == "connect-timeout" else 502, reason, message, True)
+
+    def _attempt_failed(self, status: int, reason: str, message: str, retriable: bool) -> None:
+        forwarder = self.forwarder
+        monitor = forwarder.monitor
+        backend = self.backend
+        assert backend is not None
+        monitor.answered(backend, self.started, 0)
+        monitor.end(backend)
+        self.up = None
+        request = self.request
+        log.debug("%s %s via %s failed: %s", request.method, request.target, backend.url, message)
+        tried = self.tried
+        tried.append(backend)
+        if (
+            retriable
+            and len(tried) <= forwarder.retries
+            and request.method in IDEMPOTENT
+            and not self.body_started
+        ):
+            next_backend = forwarder.pick(tried)
+            if next_backend is not None and forwarder.budget.try_retry():
+                forwarder.stats.retries += 1
+                self.conn.detach(request)
+                self.attempt(next_backend)
+                return
+        self.done = True
+        forwarder.fail(self.conn, status, reason, f"{reason}: {message}", backend=backend.url)
+
+    # -- the request body (from the client connection) --------------------------------------
+
+    def on_request_body(self, data: bytes) -> None:
+        up = self.up
+        if self.done or up is None:
+            return
+        self.body_bytes += len(data)
+        limit = self.forwarder.max_body
+        if limit and self.body_bytes > limit:
+            self._client_failed(413, "body-too-large", f"body over {limit} bytes")
+            return
+        self.body_started = True
+        if self.request.chunked:
+            up.send(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            up.send(data)
+        up.touch()
+
+    def on_request_end(self) -> None:
+        self.sent = True
+        if self.request.chunked and self.up is not None and not self.done:
+            up = self.up
+            up.send(b"0\r\n\r\n")
+
+    def on_request_error(self, message: str) -> None:
+        """The client left, or its body broke off or was malformed."""
+        if self.done:
+            return
+        if self.headed:
+            self._finish(broken=True, by_backend=False)
+            return
+        self._client_failed(400, "client-body", message)
+
+    def _client_failed(self, status: int, reason: str, message: str) -> None:
+        """The exchange ends for the client's reasons: nothing is held against the backend."""
+        self.done = True
+        backend = self.backend
+        monitor = self.forwarder.monitor
+        if backend is not None:
+            if self.up is None:
+                backend.pool.cancel(self)
+            else:
+                backend.pool.release(self.up, reusable=False)
+                self.up = None
+            if self.headed:
+                monitor.judge(backend, self.status >= 500)
+                monitor.end(backend)
+            else:
+                monitor.abandon(backend)
+                monitor.end(backend)
+        if self.conn.transport is not None and not self.headed:
+            self.forwarder.fail(self.conn, status, reason, message, close=True)
+        else:
+            self.conn.abort()
+
+    # -- flow control -----------------------------------------------------------------------
+
+    def on_client_paused(self, paused: bool) -> None:
+        if self.up is not None:
+            self.up.pause_reading(paused)
+
+    def on_upstream_paused(self, paused: bool) -> None:
+        self.conn.pause_reading(paused)
+
+    # -- the response (from the upstream connection) ----------------------------------------
+
+    def on_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], version: str
+    ) -> None:
+        backend = self.backend
+        assert backend is not None
+        self.forwarder.monitor.answered(backend, self.started, status, judged=False)
+        self.headed = True
+        self.status = status
+        out, length = response_head(status, reason, headers, version)
+        request = self.request
+        if not length and request.method != b"HEAD" and status not in _NO_BODY:
+            if request.version == "1.1":
+                self.chunked_out = True
+                out.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self.close_after = True
+        if self.close_after or not request.keep_alive or self.forwarder.stopping:
+            out.append(b"Connection: close\r\n")
+        elif request.version == "1.0":
+            out.append(b"Connection: keep-alive\r\n")
+        out.append(b"\r\n")
+        self.head = b"".join(out)
+
+    def on_body(self, data: bytes) -> None:
+        if self.chunked_out:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        head = self.head
+        if head is None:
+            self.conn.write(data)
+        elif len(data) < _INLINE:
+            self.head = None
+            self.conn.write(head + data)
+        else:
+            self.head = None
+            self.conn.write(head)
+            self.conn.write(data)
+
+    def flush(self) -> None:
+        """The head goes out at the latest when the backend's bytes at hand are handled."""
+        if self.head is not None:
+            head, self.head = self.head, None
+            self.conn.write(head)
+
+    def on_end(self) -> None:
+        if self.chunked_out:
+            self.on_body(b"")
+        self.flush()
+        self._finish(broken=False, by_backend=False)
+
+    def on_upstream_error(self, reason: str, message: str) -> None:
+        if self.done:
+            return
+        self.up = None
+        if not self.headed and reason == "upstream-timeout" and not self.sent:
+            # The backend was waiting for the rest of the body: the client is the slow one.
+            msg = "the request body did not arrive in time"
+            self._client_failed(408, "client-timeout", msg)
+            return
+        if not self.headed:
+            status = 504 if reason == "upstream-timeout" else 502
+            self._attempt_failed(status, reason, message, reason == "upstream-reset")
+            return
+        self.forwarder.stats.errors["upstream-broke"] += 1
+        assert self.backend is not None
+        log.debug("response from %s broke off: %s", self.backend.url, message)
+        self._finish(broken=True, by_backend=True)
+
+    def _finish(self, broken: bool, by_backend: bool) -> None:
+        """The response is over (`broken`: cut short, by the backend or the client)."""
+        self.done = True
+        backend = self.backend
+        assert backend is not None
+        up, self.up = self.up, None
+        if up is not None:
+            up.pool.release(up, reusable=not broken and up.keep_alive and up.done and self.sent)
+        monitor = self.forwarder.monitor
+        monitor.judge(backend, by_backend or self.status >= 500)
+        monitor.end(backend)
+        if broken:
+            self.conn.abort()
+        else:
+            self.conn.finish(keep_alive=not self.close_after)
