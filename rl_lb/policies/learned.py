@@ -1,0 +1,266 @@
+"""The learned policy as the proxy runs it: a numpy forward pass over an exported set network.
+
+Training (`training/export.py`) writes two files side by side: `policy.npz` (the actor's weights)
+and `policy.json` (what those weights mean: the feature layout they were trained on, the
+architecture, the activation, a version and the training run). Loading checks everything a
+mismatch could silently get wrong (layout, shapes, finite weights) and refuses with one
+`ModelError` line, because a policy fed the wrong columns would still produce plausible weights.
+
+The network (see `training/policy.py` for why it is shaped so): a shared per-slot MLP `phi`, the
+masked mean and max of its output over present slots, a shared MLP `rho` over
+`[slot, mean, max]`, a bias-free linear score per slot, 0 for absent slots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import zipfile
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from rl_lb.errors import ModelError
+from rl_lb.features import FeatureEncoder
+from rl_lb.types import FloatArray, PoolSnapshot
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HEADER_FILE",
+    "REGISTERED_MODEL",
+    "SHIPPED_DIR",
+    "WEIGHTS_FILE",
+    "LearnedPolicy",
+    "SetNetwork",
+]
+
+FORMAT = "rl-lb-policy"
+FORMAT_VERSION = 1
+HEADER_FILE = "policy.json"
+WEIGHTS_FILE = "policy.npz"
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+REGISTERED_MODEL = "rl-lb-policy"
+DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+"""The embedded MLflow store `rl-lb train` writes to when `MLFLOW_TRACKING_URI` is unset."""
+
+Float32Array = npt.NDArray[np.float32]
+Layer = tuple[Float32Array, Float32Array]
+
+_ACTIVATIONS: dict[str, Callable[[Float32Array], Float32Array]] = {
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, np.float32(0.0)),
+}
+
+
+@dataclass(frozen=True)
+class SetNetwork:
+    """The actor's deterministic forward pass. Weights are stored transposed, (in, out)."""
+
+    phi: tuple[Layer, ...]
+    rho: tuple[Layer, ...]
+    head: Float32Array
+    activation: str
+
+    def scores(self, observation: npt.NDArray[np.floating[Any]]) -> Float32Array:
+        """Unclipped scores (..., slots) for observations (..., slots, features)."""
+        act = _ACTIVATIONS[self.activation]
+        x = np.asarray(observation, dtype=np.float32)
+        mask = x[..., 0] > 0.5
+        h = x
+        for weight, bias in self.phi:
+            h = act(h @ weight + bias)
+        present = mask[..., None]
+        count = np.maximum(present.sum(axis=-2), 1).astype(np.float32)
+        mean = np.where(present, h, np.float32(0.0)).sum(axis=-2) / count
+        highest = np.where(present, h, -np.inf).max(axis=-2)
+        highest = np.where(np.isfinite(highest), highest, np.float32(0.0)).astype(np.float32)
+        pooled = np.concatenate([mean, highest], axis=-1)[..., None, :]
+        z = np.concatenate([h, np.broadcast_to(pooled, (*h.shape[:-1], pooled.shape[-1]))], -1)
+        for weight, bias in self.rho:
+            z = act(z @ weight + bias)
+        return (z @ self.head) * mask
+
+
+def _fail(where: Path | str, what: str, fix: str = "") -> ModelError:
+    return ModelError(str(where), what, fix or "re-export it with `rl-lb train` or pick another")
+
+
+def _resolve(spec: str | Path | None) -> tuple[Path, Path]:
+    """The (header, weights) pair a spec names: the shipped pair, a directory, or either file."""
+    if spec is None:
+        path = SHIPPED_DIR
+        if not (path / HEADER_FILE).exists():
+            raise ModelError(
+                str(path), "no shipped policy in this install", "run `make policy` to train it"
+            )
+    elif str(spec).startswith("models:/"):
+        path = _download(str(spec))
+    else:
+        path = Path(spec).expanduser()
+    if path.is_dir():
+        return path / HEADER_FILE, path / WEIGHTS_FILE
+    if path.suffix == ".npz":
+        return path.with_suffix(".json"), path
+    if path.suffix == ".json":
+        return path, path.with_suffix(".npz")
+    if not path.exists():
+        raise _fail(path, "no such model file or directory", "give a policy directory or .npz")
+    raise _fail(path, "not a policy file", "give a policy directory, its .npz or its .json")
+
+
+def _download(uri: str) -> Path:
+    """A registry URI → a local directory; mlflow is needed only for this kind of spec."""
+    try:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+    except ImportError:
+        raise ModelError(
+            uri, "models:/ URIs need mlflow", "install rl-lb[train] or give a file path"
+        ) from None
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError) as error:
+        what = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise _fail(uri, f"cannot fetch it from the registry: {what}", "check `rl-lb ui`") from None
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise _fail(path, "missing model header", f"it must sit next to its {WEIGHTS_FILE}")
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _fail(path, f"corrupt model header: {error}") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise _fail(path, f'not an {FORMAT} header (no "format": "{FORMAT}")')
+    if header.get("format_version") != FORMAT_VERSION:
+        raise _fail(
+            path,
+            f"model format {header.get('format_version')!r}, this rl-lb reads {FORMAT_VERSION}",
+            "re-export the model with this version of rl-lb",
+        )
+    return header
+
+
+def _read_weights(path: Path, header: dict[str, Any]) -> dict[str, Float32Array]:
+    if not path.exists():
+        raise _fail(path, "missing model weights", f"it must sit next to its {HEADER_FILE}")
+    digest = header.get("weights_sha256")
+    if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        raise _fail(path, "weights do not match their header's checksum (corrupt or swapped)")
+    try:
+        with path.open("rb") as handle:
+            loaded = np.load(handle, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise _fail(path, "corrupt model weights: not an .npz archive")
+            with loaded as archive:
+                return {key: np.asarray(archive[key], dtype=np.float32) for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise _fail(path, f"corrupt model weights: {error}") from None
+
+
+def _check_layout(header: dict[str, Any], where: Path) -> FeatureEncoder:
+    layout = header.get("layout")
+    if not isinstance(layout, dict) or not isinstance(layout.get("history"), int):
+        raise _fail(where, "the header records no feature layout")
+    try:
+        encoder = FeatureEncoder(history=layout["history"])
+    except ValueError as error:
+        raise _fail(where, f"bad feature layout: {error}") from None
+    expected = encoder.layout()
+    if layout != expected:
+        differing = sorted(
+            k for k in expected.keys() | layout.keys() if layout.get(k) != expected.get(k)
+        )
+        raise _fail(
+            where,
+            f"feature layout mismatch ({', '.join(differing)} differ from this rl-lb's encoder)",
+            "retrain the policy against the current features",
+        )
+    return encoder
+
+
+def _build_network(
+    header: dict[str, Any], weights: dict[str, Float32Array], n_features: int, where: Path
+) -> SetNetwork:
+    arch = header.get("architecture")
+    activation = header.get("activation")
+    try:
+        slot_net = [int(n) for n in arch["slot_net"]]  # type: ignore[index]
+        head_net = [int(n) for n in arch["head_net"]]  # type: ignore[index]
+    except (KeyError, TypeError, ValueError):
+        slot_net = head_net = []
+    if not slot_net or not head_net or activation not in _ACTIVATIONS:
+        raise _fail(where, "the header's architecture or activation is missing or unknown")
+
+    def layers(prefix: str, sizes: list[int]) -> tuple[Layer, ...]:
+        out = []
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+            out.append(
+                (take(f"{prefix}.{i}.weight", (n_in, n_out)), take(f"{prefix}.{i}.bias", (n_out,)))
+            )
+        return tuple(out)
+
+    def take(key: str, shape: tuple[int, ...]) -> Float32Array:
+        if key not in weights:
+            raise _fail(where, f"weights lack {key!r}")
+        array = weights[key]
+        if array.shape != shape:
+            raise _fail(where, f"weight {key!r} has shape {array.shape}, expected {shape}")
+        if not np.all(np.isfinite(array)):
+            raise _fail(where, f"weight {key!r} holds NaN or infinite values")
+        return np.ascontiguousarray(array)
+
+    return SetNetwork(
+        phi=layers("phi", [n_features, *slot_net]),
+        rho=layers("rho", [3 * slot_net[-1], *head_net]),
+        head=take("head.weight", (head_net[-1],)),
+        activation=str(activation),
+    )
+
+
+class LearnedPolicy:
+    """`WeightPolicy` from an exported network: encode, score, softmax over live backends.
+
+    Keeps the previous snapshots itself, since the features include their history.
+    """
+
+    name = "learned"
+
+    def __init__(
+        self, network: SetNetwork, encoder: FeatureEncoder, header: dict[str, Any]
+    ) -> None:
+        self.network = network
+        self.encoder = encoder
+        self.header = header
+        self.version = str(header.get("version", "unversioned"))
+        self._history: deque[PoolSnapshot] = deque(maxlen=max(encoder.history - 1, 1))
+
+    @classmethod
+    def load(cls, spec: str | Path | None = None) -> LearnedPolicy:
+        """Load a policy: None → the shipped one; a directory, .npz or .json; `models:/NAME/N`."""
+        header_path, weights_path = _resolve(spec)
+        header = _read_header(header_path)
+        encoder = _check_layout(header, header_path)
+        weights = _read_weights(weights_path, header)
+        network = _build_network(header, weights, len(encoder.names), weights_path)
+        return cls(network, encoder, header)
+
+    def weights(self, snapshot: PoolSnapshot) -> FloatArray:
+        history = tuple(self._history) if self.encoder.history > 1 else ()
+        observation = self.encoder.encode(snapshot, history)
+        self._history.append(snapshot)
+        return self.encoder.decode(self.network.scores(observation), snapshot)
+
+    def reset(self) -> None:
+        self._history.clear()

@@ -1,0 +1,225 @@
+"""`LearnedPolicy`: the numpy policy the proxy serves, and how it refuses a model it can't trust."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rl_lb.errors import ModelError
+from rl_lb.features import FeatureEncoder
+from rl_lb.policies.learned import SHIPPED_DIR, LearnedPolicy
+from rl_lb.types import BackendStats, PoolSnapshot, WeightPolicy
+from training.export import export_policy
+from training.policy import SetActorCriticPolicy
+
+ENCODER = FeatureEncoder()
+
+
+def make_policy(seed: int) -> SetActorCriticPolicy:
+    """A small policy with O(1) random weights, so the scores differ visibly between slots."""
+    th.manual_seed(seed)
+    policy = SetActorCriticPolicy(
+        ENCODER.observation_space,
+        ENCODER.action_space,
+        lambda _: 3e-4,
+        slot_net=[32, 24],
+        head_net=[16],
+    )
+    with th.no_grad():
+        for parameter in policy.parameters():
+            parameter.normal_(0.0, 0.4)
+    return policy
+
+
+def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:
+    n_slots, n_features = ENCODER.observation_space.shape
+    obs = np.zeros((batch, n_slots, n_features), dtype=np.float32)
+    for row in obs:
+        n = int(rng.integers(1, n_slots + 1))
+        row[:n] = rng.normal(0.0, 1.5, size=(n, n_features))
+        row[:n, 0] = 1.0
+    return obs
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export_policy(make_policy(seed=5), tmp_path_factory.mktemp("model"), ENCODER, "t-1")
+
+
+def snapshot(n: int, rng: np.random.Generator, taken_at: float = 0.0) -> PoolSnapshot:
+    latency = rng.uniform(0.005, 0.2, n)
+    return PoolSnapshot.from_backends(
+        taken_at,
+        [
+            BackendStats(
+                name=f"b{i}",
+                in_flight=int(rng.integers(0, 20)),
+                ewma_s=float(latency[i]),
+                p50_s=float(latency[i]),
+                p95_s=float(latency[i] * 2),
+                p99_s=float(latency[i] * 3),
+                error_rate=float(rng.choice([0.0, 0.0, 0.3])),
+                throughput_rps=float(rng.uniform(0, 300)),
+                staleness_s=0.1,
+                healthy=bool(rng.random() < 0.85),
+                ejected=False,
+                weight=1.0 / n,
+            )
+            for i in range(n)
+        ],
+    )
+
+
+def test_it_is_a_weight_policy_with_a_version(model_dir: Path) -> None:
+    policy = LearnedPolicy.load(model_dir)
+    assert isinstance(policy, WeightPolicy)
+    assert policy.version == "t-1"
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 16))
+def test_weights_follow_the_backends_in_any_order(model_dir: Path, seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    history = [snapshot(n, rng, float(t)) for t in range(4)]
+    order = rng.permutation(n)
+    plain, permuted = LearnedPolicy.load(model_dir), LearnedPolicy.load(model_dir)
+    for s in history:
+        weights = plain.weights(s)
+        weights_permuted = permuted.weights(s.permuted(order))
+    live = history[-1].live
+    assert (weights >= 0).all()
+    assert (weights[~live] == 0).all()
+    assert weights.sum() == pytest.approx(1.0 if live.any() else 0.0)
+    np.testing.assert_allclose(weights_permuted, weights[order], atol=1e-6)
+
+
+def test_numpy_forward_pass_is_equivariant_on_batches(model_dir: Path) -> None:
+    network = LearnedPolicy.load(model_dir).network
+    rng = np.random.default_rng(7)
+    obs = random_obs(rng, 64)
+    order = rng.permutation(obs.shape[1])
+    np.testing.assert_allclose(
+        network.scores(obs[:, order]), network.scores(obs)[:, order], atol=1e-5
+    )
+
+
+def test_reset_forgets_the_history(model_dir: Path) -> None:
+    rng = np.random.default_rng(3)
+    snaps = [snapshot(6, rng, float(t)) for t in range(3)]
+    policy, fresh = LearnedPolicy.load(model_dir), LearnedPolicy.load(model_dir)
+    for s in snaps[:2]:
+        policy.weights(s)
+    assert not np.allclose(policy.weights(snaps[2]), fresh.weights(snaps[2]))
+    policy.reset()
+    np.testing.assert_array_equal(
+        policy.weights(snaps[2]), LearnedPolicy.load(model_dir).weights(snaps[2])
+    )
+
+
+@pytest.mark.skipif(not (SHIPPED_DIR / "policy.json").exists(), reason="no shipped policy yet")
+def test_the_shipped_policy_loads_without_a_spec() -> None:
+    policy = LearnedPolicy.load(None)
+    assert policy.weights(snapshot(4, np.random.default_rng(0))).sum() == pytest.approx(1.0)
+
+
+def _copy(model_dir: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "model"
+    out.mkdir()
+    for f in model_dir.iterdir():
+        (out / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def _edit_header(out: Path, **changes: object) -> None:
+    header = json.loads((out / "policy.json").read_text())
+    header.update(changes)
+    (out / "policy.json").write_text(json.dumps(header))
+
+
+def _resave_weights(out: Path, change) -> None:
+    with np.load(out / "policy.npz") as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    change(arrays)
+    np.savez(out / "policy.npz", **arrays)
+    _edit_header(out, weights_sha256=None)
+
+
+def _truncate(out: Path) -> None:
+    data = (out / "policy.npz").read_bytes()
+    (out / "policy.npz").write_bytes(data[: len(data) // 2])
+
+
+def _truncate_unchecked(out: Path) -> None:
+    _truncate(out)
+    _edit_header(out, weights_sha256=None)
+
+
+def _nan(arrays: dict[str, np.ndarray]) -> None:
+    arrays["rho.0.weight"][0, 0] = np.nan
+
+
+def _wrong_shape(arrays: dict[str, np.ndarray]) -> None:
+    arrays["phi.0.weight"] = arrays["phi.0.weight"][:-1]
+
+
+def _missing_key(arrays: dict[str, np.ndarray]) -> None:
+    del arrays["head.weight"]
+
+
+OTHER_LAYOUT = {**ENCODER.layout(), "version": ENCODER.layout()["version"] + 1}
+CORRUPTIONS = {
+    "truncated npz": (_truncate, "checksum"),
+    "truncated npz, no checksum": (_truncate_unchecked, "corrupt model weights"),
+    "bad json": (lambda out: (out / "policy.json").write_text("{not json"), "corrupt model header"),
+    "not our format": (lambda out: _edit_header(out, format="onnx"), "not an rl-lb-policy header"),
+    "other layout version": (
+        lambda out: _edit_header(out, layout=OTHER_LAYOUT),
+        "feature layout mismatch (version differ",
+    ),
+    "history of another shape": (
+        lambda out: _edit_header(out, layout=FeatureEncoder(history=2).layout()),
+        "has shape",
+    ),
+    "renamed feature": (
+        lambda out: _edit_header(
+            out, layout={**ENCODER.layout(), "features": ["x", *ENCODER.names[1:]]}
+        ),
+        "feature layout mismatch (features differ",
+    ),
+    "no layout": (lambda out: _edit_header(out, layout=None), "records no feature layout"),
+    "unknown activation": (lambda out: _edit_header(out, activation="gelu"), "activation"),
+    "NaN weights": (lambda out: _resave_weights(out, _nan), "NaN"),
+    "wrong shape": (lambda out: _resave_weights(out, _wrong_shape), "has shape"),
+    "missing weight": (lambda out: _resave_weights(out, _missing_key), "lack 'head.weight'"),
+    "missing npz": (lambda out: (out / "policy.npz").unlink(), "missing model weights"),
+    "missing json": (lambda out: (out / "policy.json").unlink(), "missing model header"),
+}
+
+
+@pytest.mark.parametrize("case", CORRUPTIONS)
+def test_a_bad_model_is_one_clear_model_error(model_dir: Path, tmp_path: Path, case: str) -> None:
+    corrupt, expected = CORRUPTIONS[case]
+    out = _copy(model_dir, tmp_path)
+    corrupt(out)
+    with pytest.raises(ModelError) as caught:
+        LearnedPolicy.load(out)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+    assert str(out) in message
+
+
+def test_a_path_that_does_not_exist_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no such model"):
+        LearnedPolicy.load(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", ["policy.npz", "policy.json"])
+def test_either_file_of_the_pair_names_the_model(model_dir: Path, name: str) -> None:
+    assert LearnedPolicy.load(model_dir / name).version == "t-1"

@@ -1,0 +1,88 @@
+"""Where runs are recorded: an embedded MLflow store unless `MLFLOW_TRACKING_URI` says otherwise.
+
+The default is a SQLite file plus an artifacts directory next to it, so `rl-lb train` works with
+no server and `rl-lb ui` browses the same store. The numpy export, not the SB3 zip, is what gets
+registered as `rl-lb-policy`: `models:/rl-lb-policy/N` must load in the proxy without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from rl_lb.policies.learned import DEFAULT_TRACKING_URI, REGISTERED_MODEL
+
+__all__ = [
+    "POLICY_ARTIFACT_PATH",
+    "artifact_root",
+    "git_state",
+    "log_params",
+    "register_policy",
+    "setup_experiment",
+    "tracking_uri",
+]
+
+POLICY_ARTIFACT_PATH = "policy"
+_MAX_PARAM_CHARS = 6000
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def artifact_root(uri: str) -> str | None:
+    """`mlartifacts/` next to a SQLite store; None lets any other store choose its own."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.resolve().parent / "mlartifacts").as_uri()
+
+
+def setup_experiment(name: str) -> str:
+    """Point MLflow at the store and return the id of experiment `name`, created if new."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(mlflow.create_experiment(name, artifact_location=artifact_root(uri)))
+
+
+def git_state(repo: Path | None = None) -> dict[str, str]:
+    """The commit the run was trained from, and whether the tree had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=False, timeout=10
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "git.commit": git("rev-parse", "HEAD") or "none",
+        "git.dirty": str(bool(git("status", "--porcelain"))).lower(),
+    }
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Every parameter, lists as their text, cut to MLflow's length limit."""
+    mlflow.log_params({key: str(value)[:_MAX_PARAM_CHARS] for key, value in params.items()})
+
+
+def register_policy(run_id: str, artifact_uri: str) -> int:
+    """Register the run's numpy export as a new version of `rl-lb-policy` and return N."""
+    client = MlflowClient()
+    try:
+        client.create_registered_model(REGISTERED_MODEL)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        REGISTERED_MODEL, source=f"{artifact_uri}/{POLICY_ARTIFACT_PATH}", run_id=run_id
+    )
+    return int(version.version)

@@ -1,0 +1,258 @@
+"""One training run, top to bottom: environments, model, callbacks, learn, final evaluation, record.
+
+    rl-lb train --config training/configs/shipped.toml --export rl_lb/policies/shipped
+
+Everything lands in one MLflow run (params, git commit, metrics over time, artifacts) and in
+`<out>/<run name>/` on disk: `latest.zip` to resume from, `best.zip` and `best_policy/` (the
+numpy export of the best evaluation so far), the final tables and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import operator
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import mlflow
+import torch as th
+from rich.console import Console
+from rich.table import Table as RichTable
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+
+from rl_lb.errors import ConfigError
+from rl_lb.features import FeatureEncoder
+from rl_lb.scenarios import load_scenario
+from training import plots
+from training.callbacks import (
+    CheckpointCallback,
+    EvalCallback,
+    MlflowWriter,
+    ProgressCallback,
+    TrainMetricsCallback,
+)
+from training.config import TrainConfig
+from training.evaluation import LEARNED, Table, eval_metrics, mean_table, score, write_tables
+from training.export import export_policy
+from training.policy import SetActorCriticPolicy
+from training.tracking import (
+    POLICY_ARTIFACT_PATH,
+    git_state,
+    log_params,
+    register_policy,
+    setup_experiment,
+)
+
+__all__ = ["ENV_ID", "RunResult", "run"]
+
+ENV_ID = "rl_lb/BackendPool-v0"
+ALGO_CLASSES: dict[str, type[PPO] | type[A2C]] = {"ppo": PPO, "a2c": A2C}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    run_dir: Path
+    policy_dir: Path
+    model_version: int
+    score: float
+    """Geometric-mean effective p99 ratio vs least-latency of the best policy, final seeds."""
+
+
+def _make_env(
+    scenarios: list[str], env_kwargs: dict[str, Any], reward_scale: float
+) -> gym.Env[Any, Any]:
+    """Module-level so SubprocVecEnv can pickle it; importing `envs` registers the id."""
+    import envs  # noqa: F401
+
+    env = gym.make(ENV_ID, scenario=scenarios, **env_kwargs)
+    return gym.wrappers.TransformReward(env, partial(operator.mul, reward_scale))
+
+
+def _vec_env(config: TrainConfig, scenarios: list[str]) -> VecEnv:
+    return make_vec_env(
+        partial(_make_env, scenarios, dict(config.env), config.reward_scale),
+        n_envs=config.n_envs,
+        seed=config.seed,
+        vec_env_cls=SubprocVecEnv if config.n_envs > 1 else DummyVecEnv,
+    )
+
+
+def _build_model(config: TrainConfig, venv: VecEnv, resume: Path | None) -> BaseAlgorithm:
+    algo = ALGO_CLASSES[config.algo]
+    if resume is not None:
+        if not resume.is_file():
+            raise ConfigError(str(resume), "no such checkpoint", "give a latest.zip or best.zip")
+        return algo.load(resume, env=venv, device="cpu")
+    accepted = inspect.signature(algo).parameters
+    params = {k: v for k, v in dataclasses.asdict(config.algo_params).items() if k in accepted}
+    if params.get("target_kl") == 0.0:
+        params["target_kl"] = None
+    policy_kwargs = dataclasses.asdict(config.policy)
+    return algo(
+        SetActorCriticPolicy,
+        venv,
+        seed=config.seed,
+        device="cpu",
+        policy_kwargs=policy_kwargs,
+        **params,
+    )
+
+
+def _set_policy(model: BaseAlgorithm) -> SetActorCriticPolicy:
+    if not isinstance(model.policy, SetActorCriticPolicy):
+        raise TypeError(f"expected a SetActorCriticPolicy, the model has {type(model.policy)}")
+    return model.policy
+
+
+class Evaluator:
+    """Scores candidate policies on held-out seeds; the baselines run once, their table cached."""
+
+    def __init__(
+        self,
+        scenarios: list[str],
+        seeds: list[int],
+        baselines: list[str],
+        work: Path,
+        tolerance: float = 1.05,
+    ) -> None:
+        self.scenarios, self.seeds, self.baselines, self.work = scenarios, seeds, baselines, work
+        self.tolerance = tolerance
+        self.encoder = FeatureEncoder()
+        self._baseline_records: list[dict[str, Any]] | None = None
+
+    def records(self, balancers: Sequence[str]) -> list[dict[str, Any]]:
+        from envs.evaluate import evaluate
+
+        return evaluate(self.scenarios, list(balancers), self.seeds)
+
+    def table(self, policy_dir: Path) -> Table:
+        if self._baseline_records is None:
+            self._baseline_records = self.records(self.baselines)
+        learned = [{**r, "balancer": LEARNED} for r in self.records([f"learned:{policy_dir}"])]
+        return mean_table(self._baseline_records + learned)
+
+    @property
+    def candidate(self) -> Path:
+        return self.work / "candidate"
+
+    def __call__(self, model: BaseAlgorithm) -> tuple[dict[str, float], tuple[bool, float]]:
+        export_policy(_set_policy(model), self.candidate, self.encoder, "candidate")
+        table = self.table(self.candidate)
+        scores = score(table, self.baselines)
+        return eval_metrics(table, scores), scores.selection_key(self.tolerance)
+
+
+def _print_table(console: Console, table: Table, baselines: list[str]) -> None:
+    scores = score(table, baselines)
+    shown = RichTable(title="effective p99 (ms), mean over final seeds")
+    for column in ["scenario", *baselines, LEARNED, "vs least-latency", "vs best heuristic"]:
+        shown.add_column(column, justify="left" if column == "scenario" else "right")
+    for scenario in scores.scenarios:
+        cells = [f"{table[(scenario, b)]['effective_p99_ms']:.1f}" for b in [*baselines, LEARNED]]
+        ratios = [f"{scores.vs_reference[scenario]:.3f}", f"{scores.vs_best[scenario]:.3f}"]
+        shown.add_row(scenario, *cells, *ratios)
+    console.print(shown)
+    console.print(
+        f"geometric mean vs least-latency: [bold]{scores.geomean:.3f}[/bold]; "
+        f"worst vs best heuristic: [bold]{scores.worst_vs_best:.3f}[/bold]"
+    )
+
+
+def _final_evaluation(
+    config: TrainConfig, scenarios: list[str], policy_dir: Path, run_dir: Path, console: Console
+) -> float:
+    """The best policy on fresh seeds: `final/…` metrics, tables and plots; returns its score."""
+    console.print("[bold]final evaluation[/bold] of the best checkpoint on fresh seeds…")
+    baselines = config.eval.baselines
+    table = Evaluator(scenarios, config.eval.final_seeds, baselines, run_dir).table(policy_dir)
+    scores = score(table, baselines)
+    metrics = eval_metrics(table, scores)
+    mlflow.log_metrics({k.replace("eval/", "final/", 1): v for k, v in metrics.items()})
+    _print_table(console, table, baselines)
+    for path in write_tables(table, run_dir):
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
+    seed = config.eval.final_seeds[0]
+    plot_dir = plots.make_all(scenarios, baselines, policy_dir, seed, run_dir / "plots")
+    mlflow.log_artifacts(str(plot_dir), artifact_path="plots")
+    return scores.geomean
+
+
+def run(
+    config: TrainConfig, resume: Path | None = None, console: Console | None = None
+) -> RunResult:
+    """Train, evaluate and record one policy as `config` says."""
+    console = console or Console(stderr=True)
+    th.set_num_threads(1)  # the environments own the other cores
+    scenario_paths = config.scenario_paths()
+    for path in scenario_paths:
+        load_scenario(path)  # a bad file fails here, in one line, before any process starts
+    scenarios = [str(p) for p in scenario_paths]
+    eval_scenarios = config.eval.scenarios or scenarios
+
+    experiment_id = setup_experiment(config.experiment)
+    run_name = f"{config.algo}-{datetime.now(UTC):%Y%m%d-%H%M%S}-s{config.seed}"
+    run_dir = Path(config.out) / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
+        run_id = active.info.run_id
+        log_params(config.flat())
+        mlflow.set_tags({**git_state(), "resumed_from": str(resume or "")})
+        for path in scenario_paths:
+            mlflow.log_artifact(str(path), artifact_path="scenarios")
+        (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        mlflow.log_artifact(str(run_dir / "config.json"))
+
+        venv = _vec_env(config, scenarios)
+        model = _build_model(config, venv, resume)
+        model.set_logger(Logger(folder=None, output_formats=[MlflowWriter()]))
+
+        evaluator = Evaluator(
+            eval_scenarios, config.eval.seeds, config.eval.baselines, run_dir, config.eval.tolerance
+        )
+        best_zip, best_policy = run_dir / "best.zip", run_dir / "best_policy"
+
+        def keep(candidate: BaseAlgorithm) -> None:
+            candidate.save(best_zip)
+            shutil.copytree(evaluator.candidate, best_policy, dirs_exist_ok=True)
+
+        progress = ProgressCallback(config.timesteps, console)
+        callbacks = [
+            progress,
+            TrainMetricsCallback(),
+            CheckpointCallback(run_dir / "latest.zip", config.checkpoint_every_steps),
+            EvalCallback(config.eval.every_steps, evaluator, keep, progress),
+        ]
+        remaining = max(config.timesteps - model.num_timesteps, 1)
+        model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None)
+        venv.close()
+
+        best = type(model).load(best_zip, device="cpu")
+        version = f"{run_name}@{best.num_timesteps}"
+        policy_dir = export_policy(
+            _set_policy(best), run_dir / POLICY_ARTIFACT_PATH, FeatureEncoder(), version, run_id
+        )
+        final_score = _final_evaluation(config, eval_scenarios, policy_dir, run_dir, console)
+        mlflow.log_artifact(str(best_zip), artifact_path="model")
+        mlflow.log_artifacts(str(policy_dir), artifact_path=POLICY_ARTIFACT_PATH)
+        model_version = register_policy(run_id, active.info.artifact_uri)
+
+    if config.export:
+        shutil.copytree(policy_dir, config.export, dirs_exist_ok=True)
+        console.print(f"policy exported to {config.export}")
+    console.print(
+        f"run {run_id}: registered rl-lb-policy version {model_version}; files in {run_dir}"
+    )
+    return RunResult(run_id, run_dir, policy_dir, model_version, final_score)
