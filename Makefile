@@ -41,7 +41,7 @@ policy: setup
 	$(BIN)/rl-lb train --config training/configs/shipped.toml --export rl_lb/policies/shipped
 
 results: setup
-	$(BIN)/python docs/make_results.py
+	$(BIN)/python -m training.results --seeds 10
 
 bench: setup
 	$(BIN)/python benchmarks/pickers.py
