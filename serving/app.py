@@ -20,7 +20,7 @@ from aiohttp import web
 
 from rl_lb.errors import RlLbError
 from serving.admin import make_admin_app
-from serving.config import ProxyConfig, load_config
+from serving.config import ProxyConfig, check_admin, load_config
 from serving.controller import Controller, balancer_spec, build_balancer
 from serving.http_server import HttpServer
 from serving.monitor import Monitor
@@ -63,6 +63,7 @@ class ProxyServer:
 
     async def start(self) -> None:
         config = self.config
+        check_admin(config)
         self.monitor = Monitor(config, self._pool)
         for url in config.backends:
             self.monitor.add(url)

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from rl_lb.balancers import make_balancer
 from rl_lb.errors import ConfigError
 
 __all__ = [
     "KEYS",
     "ProxyConfig",
+    "check_admin",
     "is_loopback",
     "load_config",
     "normalise_backend",
@@ -85,7 +87,7 @@ def split_address(value: str, where: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port` → (host, port)."""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ConfigError(where, f"{value!r} is not HOST:PORT", "write it like 127.0.0.1:8080")
     return host, int(port)
 
@@ -103,17 +105,20 @@ def normalise_backend(url: str, where: str = "backend") -> str:
     """`http(s)://host:port[/prefix]` without a trailing slash; anything else is refused."""
     if not isinstance(url, str):
         raise ConfigError(where, f"{url!r} is not a URL", "write it like http://10.0.0.5:8000")
-    parts = urlsplit(url.strip())
+    refused = ConfigError(where, f"{url!r} is not a backend URL", "write it like http://host:8000")
     try:
+        parts = urlsplit(url.strip())
         parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError:
-        parts = parts._replace(netloc="")
+        raise refused from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(where, f"{url!r} is not a backend URL", "write it like http://host:8000")
+        raise refused
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
-def _number(minimum: float, integer: bool = False) -> Callable[[Any, str], Any]:
+def _number(
+    minimum: float, integer: bool = False, maximum: float = math.inf
+) -> Callable[[Any, str], Any]:
     def convert(value: Any, where: str) -> Any:
         kind = "an integer" if integer else "a number"
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -124,8 +129,9 @@ def _number(minimum: float, integer: bool = False) -> Callable[[Any, str], Any]:
             number: float = int(value) if integer else float(value)
         except ValueError:
             raise ConfigError(where, f"{value!r} is not {kind}") from None
-        if not (math.isfinite(number) and number >= minimum):
-            raise ConfigError(where, f"{value!r} is out of range", f"use {kind} >= {minimum}")
+        if not (math.isfinite(number) and minimum <= number <= maximum):
+            bounds = f">= {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
+            raise ConfigError(where, f"{value!r} is out of range", f"use {kind} {bounds}")
         return number
 
     return convert
@@ -194,7 +200,7 @@ KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "preserve-host": ("preserve_host", _flag),
     "consecutive-failures": ("consecutive_failures", _number(1, integer=True)),
     "base-ejection": ("base_ejection_s", _number(0.001)),
-    "max-ejection-percent": ("max_ejection_percent", _number(0.0)),
+    "max-ejection-percent": ("max_ejection_percent", _number(0.0, maximum=100.0)),
     "shutdown-timeout": ("shutdown_timeout_s", _number(0.0)),
 }
 """Flag name (= TOML key) → (ProxyConfig field, converter)."""
@@ -206,7 +212,7 @@ def _read_file(path: str) -> dict[str, Any]:
             data = tomllib.load(handle)
     except OSError as error:
         raise ConfigError(path, f"cannot read it: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(path, f"not valid TOML: {error}") from None
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
@@ -243,6 +249,19 @@ def _check(config: ProxyConfig, prefix: str) -> None:
     host, port = config.listen_address
     if config.workers > 1 and port == 0:
         raise ConfigError(f"{prefix}workers", "several workers need a fixed listen port")
+    if not config.balancer.startswith("learned"):
+        try:
+            make_balancer(config.balancer)
+        except ConfigError as error:
+            raise ConfigError(f"{prefix}balancer", error.what, error.fix) from None
+    check_admin(config, prefix)
+    admin = config.admin_address
+    if admin and admin[1] != 0 and admin == (host, port):
+        raise ConfigError(f"{prefix}admin", "the admin API cannot share the proxy's address")
+
+
+def check_admin(config: ProxyConfig, prefix: str = "--") -> None:
+    """Refuse an admin API off loopback without a token, before anything is bound."""
     admin = config.admin_address
     if admin and not is_loopback(admin[0]) and not config.admin_token:
         raise ConfigError(
@@ -250,5 +269,3 @@ def _check(config: ProxyConfig, prefix: str) -> None:
             f"the admin API on {config.admin} needs a token",
             "set --admin-token or RL_LB_ADMIN_TOKEN, or bind it to 127.0.0.1",
         )
-    if admin and admin[1] != 0 and admin == (host, port):
-        raise ConfigError(f"{prefix}admin", "the admin API cannot share the proxy's address")

@@ -49,7 +49,8 @@ def test_permuting_backends_permutes_weights(name: str, seed: int) -> None:
 
 
 def test_uniform_is_uniform_over_live() -> None:
-    weights = UniformPolicy().weights(make_snapshot([0.01, 0.5, 0.02], ejected=[False, True, False]))
+    snap = make_snapshot([0.01, 0.5, 0.02], ejected=[False, True, False])
+    weights = UniformPolicy().weights(snap)
     np.testing.assert_allclose(weights, [0.5, 0.0, 0.5])
 
 

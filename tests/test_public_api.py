@@ -34,7 +34,8 @@ def test_core_never_imports_web_or_torch() -> None:
         "import sys, importlib, pkgutil, rl_lb\n"
         "for m in pkgutil.walk_packages(rl_lb.__path__, prefix='rl_lb.'):\n"
         "    if m.name != 'rl_lb.cli': importlib.import_module(m.name)\n"
-        "print(sorted(k for k in ('torch', 'aiohttp', 'mlflow', 'stable_baselines3') if k in sys.modules))"
+        "heavy = ('torch', 'aiohttp', 'mlflow', 'stable_baselines3')\n"
+        "print(sorted(k for k in heavy if k in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
