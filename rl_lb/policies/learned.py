@@ -90,6 +90,10 @@ class SetNetwork:
         return (z @ self.head) * mask
 
 
+MAX_FILE_BYTES = 16 * 2**20
+"""Far above any exported policy (the shipped one is under 100 KB)."""
+
+
 def _fail(where: Path | str, what: str, fix: str = "") -> ModelError:
     return ModelError(str(where), what, fix or "re-export it with `rl-lb train` or pick another")
 
@@ -134,9 +138,19 @@ def _download(uri: str) -> Path:
         raise _fail(uri, f"cannot fetch it from the registry: {what}", "check `rl-lb ui`") from None
 
 
-def _read_header(path: Path) -> dict[str, Any]:
+def _check_file(path: Path, kind: str, sibling: str) -> None:
+    """Only a regular file of a plausible size is read: a FIFO, a device or a huge file would
+    hang or swamp the control loop that loads it."""
     if not path.exists():
-        raise _fail(path, "missing model header", f"it must sit next to its {WEIGHTS_FILE}")
+        raise _fail(path, f"missing model {kind}", f"it must sit next to its {sibling}")
+    if not path.is_file():
+        raise _fail(path, f"the model {kind} is not a regular file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise _fail(path, f"the model {kind} is over {MAX_FILE_BYTES // 2**20} MiB")
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    _check_file(path, "header", WEIGHTS_FILE)
     try:
         header = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -153,8 +167,7 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path, header: dict[str, Any]) -> dict[str, Float32Array]:
-    if not path.exists():
-        raise _fail(path, "missing model weights", f"it must sit next to its {HEADER_FILE}")
+    _check_file(path, "weights", HEADER_FILE)
     digest = header.get("weights_sha256")
     if digest is not None and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
         raise _fail(path, "weights do not match their header's checksum (corrupt or swapped)")

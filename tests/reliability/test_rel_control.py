@@ -4,13 +4,13 @@ keeps serving, and metrics gone stale sending the balancer to least-latency."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import hashlib
 import json
 import os
 import shutil
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import serving.controller
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
+from rl_lb.policies import learned
 from rl_lb.policies.learned import HEADER_FILE, WEIGHTS_FILE, LearnedPolicy
 from serving.app import ProxyServer
 
@@ -199,6 +200,10 @@ CORRUPTIONS: dict[str, Callable[[Path], None]] = {
     ),
     "weights missing": lambda m: (m / WEIGHTS_FILE).unlink(),
     "header not JSON": lambda m: (m / HEADER_FILE).write_text("{not json"),
+    "header is a FIFO": lambda m: ((m / HEADER_FILE).unlink(), os.mkfifo(m / HEADER_FILE)),
+    "weights over the size limit": lambda m: (m / WEIGHTS_FILE).write_bytes(
+        bytes(learned.MAX_FILE_BYTES + 1)
+    ),
     "header of another format version": lambda m: _edit_header(
         m, lambda h: h.update(format_version=99)
     ),
@@ -268,11 +273,17 @@ async def test_a_bad_model_is_refused_and_serving_goes_on(
 async def test_a_model_that_takes_too_long_to_load_is_refused_in_bounded_time(
     two_backends, client, exported_model, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its header is a FIFO nobody writes to, so loading blocks until the test lets it go."""
+    """Reading its header blocks (a slow disk, a hung network mount) until the test lets it go."""
     monkeypatch.setattr(serving.controller, "VALIDATION_TIMEOUT_S", 0.5)
+    release = threading.Event()
+    read_header = learned._read_header
+
+    def stuck(path: Path) -> dict[str, Any]:
+        release.wait(10)
+        return read_header(path)
+
+    monkeypatch.setattr(learned, "_read_header", stuck)
     model = _copy(exported_model, tmp_path / "model")
-    (model / HEADER_FILE).unlink()
-    os.mkfifo(model / HEADER_FILE)
     config = proxy_settings([b.url for b in two_backends], balancer="least-latency")
     async with (
         ProxyServer(config) as proxy,
@@ -284,11 +295,8 @@ async def test_a_model_that_takes_too_long_to_load_is_refused_in_bounded_time(
             status, refusal = await _post_policy(client, proxy, {"path": str(model)})
             took = loop.time() - started
             state = await _state(client, proxy)
-        finally:  # let a loading thread go, whatever happened (ENXIO: none is reading)
-            with contextlib.suppress(OSError):
-                writer = os.open(model / HEADER_FILE, os.O_WRONLY | os.O_NONBLOCK)
-                os.write(writer, b"{}")
-                os.close(writer)
+        finally:  # let the loading thread go, whatever happened
+            release.set()
         run = await load
     assert status == 400
     assert "took over" in refusal["error"]
