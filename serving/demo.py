@@ -188,5 +188,6 @@ async def run_demo(
     for balancer in BALANCERS:
         with Live(live_table(balancer, None, 0.0, duration, {}), console=console) as live:
             rows.append(await _one_run(scenario, balancer, rate, duration, seed, live))
+    console.print()  # a Live display off a terminal leaves its last line open
     console.print(comparison_table(rows))
     return rows
