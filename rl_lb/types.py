@@ -9,13 +9,14 @@ here, so the five contracts of the architecture stand in one module: `BackendSta
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "SNAPSHOT_COLUMNS",
     "BackendStats",
     "Clock",
     "FloatArray",
@@ -63,6 +64,22 @@ def _frozen(values: npt.ArrayLike, dtype: type) -> npt.NDArray[Any]:
     return array
 
 
+SNAPSHOT_COLUMNS: tuple[str, ...] = (
+    "in_flight",
+    "ewma_s",
+    "p50_s",
+    "p95_s",
+    "p99_s",
+    "error_rate",
+    "throughput_rps",
+    "staleness_s",
+    "healthy",
+    "ejected",
+    "weights",
+)
+"""The per-backend columns of a `PoolSnapshot`, in order (its JSON form uses these names)."""
+
+
 @dataclass(frozen=True, eq=False)
 class PoolSnapshot:
     """Every backend of a pool at one instant, as the monitor saw it. Immutable.
@@ -87,28 +104,11 @@ class PoolSnapshot:
     weights: FloatArray
     window_s: float = 10.0
     """Length of the sliding window behind the quantiles, error rate and throughput."""
-    _columns: tuple[str, ...] = field(
-        default=(
-            "in_flight",
-            "ewma_s",
-            "p50_s",
-            "p95_s",
-            "p99_s",
-            "error_rate",
-            "throughput_rps",
-            "staleness_s",
-            "healthy",
-            "ejected",
-            "weights",
-        ),
-        init=False,
-        repr=False,
-    )
 
     def __post_init__(self) -> None:
         n = len(self.names)
         dtypes = {"in_flight": np.int64, "healthy": np.bool_, "ejected": np.bool_}
-        for column in self._columns:
+        for column in SNAPSHOT_COLUMNS:
             array = _frozen(getattr(self, column), dtypes.get(column, np.float64))
             if array.shape != (n,):
                 raise ValueError(
@@ -181,12 +181,12 @@ class PoolSnapshot:
             taken_at=self.taken_at,
             names=tuple(self.names[i] for i in index),
             window_s=self.window_s,
-            **{c: getattr(self, c)[index] for c in self._columns},
+            **{c: getattr(self, c)[index] for c in SNAPSHOT_COLUMNS},
         )
 
     def replace(self, **changes: object) -> PoolSnapshot:
         """A copy with some columns (or `taken_at`) replaced."""
-        fields = {c: getattr(self, c) for c in self._columns}
+        fields = {c: getattr(self, c) for c in SNAPSHOT_COLUMNS}
         fields.update(taken_at=self.taken_at, names=self.names, window_s=self.window_s)
         fields.update(changes)
         return PoolSnapshot(**fields)

@@ -18,7 +18,7 @@ from aiohttp import web
 from rl_lb.balancers import Balancer, GuardedBalancer
 from rl_lb.errors import RlLbError
 from rl_lb.features import MAX_BACKENDS, FeatureEncoder
-from rl_lb.types import PoolSnapshot
+from rl_lb.types import SNAPSHOT_COLUMNS, PoolSnapshot
 from serving.controller import balancer_spec
 from serving.prom import CONTENT_TYPE
 
@@ -28,19 +28,6 @@ if TYPE_CHECKING:
 __all__ = ["make_admin_app", "policy_info", "snapshot_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_COLUMNS = (
-    "in_flight",
-    "ewma_s",
-    "p50_s",
-    "p95_s",
-    "p99_s",
-    "error_rate",
-    "throughput_rps",
-    "staleness_s",
-    "healthy",
-    "ejected",
-    "weights",
-)
 
 
 def _finite(value: Any) -> Any:
@@ -79,7 +66,7 @@ def snapshot_json(snapshot: PoolSnapshot, now: float) -> dict[str, Any]:
         "window_s": snapshot.window_s,
         "names": list(snapshot.names),
     }
-    for column in _COLUMNS:
+    for column in SNAPSHOT_COLUMNS:
         data[column] = _finite(getattr(snapshot, column).tolist())
     return data
 

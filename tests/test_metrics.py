@@ -9,7 +9,7 @@ import pytest
 
 from rl_lb.errors import ConfigError
 from rl_lb.metrics import BUCKETS, GROWTH, LOWEST, PoolMetrics, bucket_index, bucket_value
-from rl_lb.types import LoadView, PoolSnapshot
+from rl_lb.types import SNAPSHOT_COLUMNS, LoadView, PoolSnapshot
 
 RESOLUTION = math.sqrt(GROWTH)
 """A bucket midpoint is within a factor √GROWTH (4.4%) of any value in the bucket."""
@@ -179,7 +179,7 @@ def test_snapshot_is_immutable_and_detached_from_the_trackers() -> None:
     m.record(0, 0.02, error=False, now=0.0)
     weights = np.array([0.25, 0.75])
     s = at(m, 1.0).snapshot(weights)
-    before = {c: getattr(s, c).copy() for c in s._columns}
+    before = {c: getattr(s, c).copy() for c in SNAPSHOT_COLUMNS}
     weights[0] = 9.0
     m.start(0)
     m.record(0, 3.0, error=True, now=1.0)
