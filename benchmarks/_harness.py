@@ -53,18 +53,19 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def process(cmd: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `cmd` until the block ends; it must listen on `port` first (else its stderr is shown)."""
+def process(cmd: list[str], port: int | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `cmd` until the block ends (SIGTERM, then SIGKILL after 10 s); with `port`, only once
+    it listens there. If anything fails meanwhile, the tail of its stderr is shown."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            try:
+            if port is not None:
                 wait_port(port)
-            except RuntimeError:
-                log.seek(0)
-                sys.stderr.write(log.read().decode(errors="replace")[-4000:])
-                raise
             yield proc
+        except BaseException:
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace")[-4000:])
+            raise
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

@@ -24,11 +24,7 @@ import contextlib
 import json
 import math
 import re
-import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -37,12 +33,12 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import psutil
+from _harness import RL_LB, process
 
 from serving.backends import EmulatedPool
 from serving.loadgen import CAUSES, run_load
 from serving.tools_cli import load_scenario_sample
 
-RL_LB = str(Path(sys.executable).with_name("rl-lb"))
 UNANSWERED = ("timeout", "connect", "io")
 """Load generator outcomes with no HTTP status."""
 
@@ -102,21 +98,8 @@ def serve(backends: list[str], port: int, admin: int, balancer: str) -> Iterator
     command += ["--balancer", balancer, "--health-interval", "1", "--log-level", "warning"]
     for url in backends:
         command += ["--backend", url]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            yield psutil.Process(proc.pid)
-        except BaseException:
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace")[-3000:])
-            raise
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with process(command) as proc:
+        yield psutil.Process(proc.pid)
 
 
 async def wait_ready(session: aiohttp.ClientSession, admin: int, timeout: float = 30.0) -> None:
