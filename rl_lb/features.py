@@ -112,6 +112,7 @@ class FeatureEncoder:
             low=-CLIP, high=CLIP, shape=(MAX_BACKENDS, len(self.names)), dtype=np.float32
         )
         self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(MAX_BACKENDS,), dtype=np.float32)
+        self._cache: dict[int, tuple[PoolSnapshot, FloatArray]] = {}
 
     def layout(self) -> dict[str, Any]:
         """What a model file must match to be served with this encoder."""
@@ -135,7 +136,8 @@ class FeatureEncoder:
         rows = self._current(snapshot)
         same_pool = [s for s in history if len(s) == n]
         past = same_pool[max(0, len(same_pool) - (self.history - 1)) :] if self.history > 1 else []
-        lagged = [self._lagged(s) for s in reversed(past)]
+        lagged = [self._lagged_rows(s) for s in reversed(past)]
+        self._cache = {id(s): self._cache[id(s)] for s in past if id(s) in self._cache}
         blank = np.zeros((n, len(HISTORY_FEATURES)))
         lagged += [blank] * (self.history - 1 - len(lagged))
         observation = np.zeros(self.observation_space.shape, dtype=np.float32)
@@ -169,6 +171,15 @@ class FeatureEncoder:
             "pool_in_flight": np.full(len(s), np.log1p(mean_in_flight)),
         }
         return np.stack([columns[f.name] for f in FEATURES], axis=1)
+
+    def _lagged_rows(self, s: PoolSnapshot) -> FloatArray:
+        """`_lagged(s)`, computed once per snapshot: a step re-reads the same past snapshots
+        `history - 1` times, and snapshots are immutable. The cache holds only the snapshots of
+        the last call's history (and a reference to each, so an id is never reused)."""
+        cached = self._cache.get(id(s))
+        if cached is None or cached[0] is not s:
+            cached = self._cache[id(s)] = (s, self._lagged(s))
+        return cached[1]
 
     def _lagged(self, s: PoolSnapshot) -> FloatArray:
         live = s.live

@@ -136,3 +136,20 @@ def test_docs_list_every_feature() -> None:
     assert documented == [f.name for f in FEATURES]
     for name in HISTORY_FEATURES:
         assert f"`{name}`" in doc
+
+
+def test_rolling_history_matches_a_fresh_encoder() -> None:
+    """The encoder reuses the rows of past snapshots; the result must not depend on it."""
+    rng = np.random.default_rng(3)
+    snaps = [
+        make_snapshot(
+            rng.uniform(0.005, 0.2, 5).tolist(), error_rate=rng.uniform(0, 0.3, 5).tolist()
+        )
+        for _ in range(8)
+    ]
+    rolling = FeatureEncoder()
+    for t in range(1, len(snaps)):
+        history = snaps[max(0, t - 3) : t]
+        np.testing.assert_array_equal(
+            rolling.encode(snaps[t], history), FeatureEncoder().encode(snaps[t], history)
+        )
