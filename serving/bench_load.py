@@ -1,9 +1,9 @@
 """The live benchmark's load generator, in a process of its own.
 
 A load generator sharing the proxy's (or the backends') event loop measures that loop's backlog as
-latency, and the two steal each other's CPU; so the benchmark runs the open-loop dispatcher of
-`serving.loadgen` here, in a child process, against a schedule it is handed in a file (the
-scenario's rate profile, which `run_load`'s single rate cannot express). Both processes read the
+latency, and the two steal each other's CPU; so the benchmark runs `serving.loadgen.run_schedule`
+here, in a child process, against a schedule it is handed in a file (the scenario's rate profile,
+which `run_load`'s single rate cannot express). Both processes read the
 same system-wide monotonic clock, so second 0 of the schedule lines up with the backends' timeline.
 
     python -m serving.bench_load URL SCHEDULE.npy OUT.npz --timeout S
@@ -15,17 +15,15 @@ stdin: starting an interpreter takes longer than a benchmark may wait once its b
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 
-from serving.loadgen import LoadResult, _Run
+from serving.loadgen import LoadResult, run_schedule
 from serving.tools_cli import run_async
 
 __all__ = ["CONNECTIONS", "LoadProcess", "main"]
@@ -39,25 +37,17 @@ async def _run_schedule(
     url: str, schedule: np.ndarray, start_at: float, timeout: float, out: Path
 ) -> None:
     """Send one GET per entry of `schedule` (s after `start_at`), measure each, save the arrays."""
-    connector = aiohttp.TCPConnector(limit=CONNECTIONS, limit_per_host=CONNECTIONS)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), auto_decompress=False
-    ) as session:
-        run = _Run(url, schedule, session)
-        try:
-            last = await run.dispatch(start_at)
-            while run.pending:
-                await asyncio.gather(*list(run.pending))
-        finally:
-            await run.cancel()
+    result = await run_schedule(
+        url, schedule, start_at=start_at, connections=CONNECTIONS, timeout=timeout
+    )
     np.savez(
         out,
-        sent_s=schedule,
-        latency_s=run.latency,
-        lag_s=run.lag,
-        status=run.status,
-        cause=run.cause,
-        meta=np.array([start_at, last - start_at]),
+        sent_s=result.sent_s,
+        latency_s=result.latency_s,
+        lag_s=result.lag_s,
+        status=result.status,
+        cause=result.cause,
+        meta=np.array([result.started_at, result.span_s]),
     )
 
 
@@ -108,7 +98,7 @@ class LoadProcess:
             )
         with np.load(self._out) as data:
             arrays = {key: data[key] for key in data.files}
-        started_at, last = (float(x) for x in arrays["meta"])
+        started_at, span = (float(x) for x in arrays["meta"])
         sent = arrays["sent_s"]
         duration = float(sent[-1]) if len(sent) else 0.0
         return LoadResult(
@@ -122,7 +112,7 @@ class LoadProcess:
             lag_s=arrays["lag_s"],
             status=arrays["status"],
             cause=arrays["cause"],
-            span_s=max(duration, last),
+            span_s=max(duration, span),
         )
 
     def stop(self) -> None:

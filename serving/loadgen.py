@@ -17,7 +17,7 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import aiohttp
@@ -40,6 +40,7 @@ __all__ = [
     "format_summary",
     "make_schedule",
     "run_load",
+    "run_schedule",
     "validate",
 ]
 
@@ -271,6 +272,64 @@ class _Run:
         await asyncio.gather(*self.pending, return_exceptions=True)
 
 
+async def run_schedule(
+    url: str,
+    schedule: FloatArray,
+    *,
+    start_at: float | None = None,
+    duration: float | None = None,
+    connections: int = 64,
+    timeout: float = 5.0,
+    process: str = "schedule",
+) -> LoadResult:
+    """Send one GET to `url` at each time of `schedule` (s after second 0), open loop.
+
+    `schedule` is sorted, in seconds from second 0; `start_at` is second 0 as a `time.monotonic()`
+    value still to come (default: now, plus the shortest sleep), which lets another process line
+    its own timeline up with this one. `duration` is the nominal length of the run, the achieved
+    rate's shortest divisor (default: the last send time); `process` only labels the result.
+    `connections` and `timeout` are as in `run_load`. Returns once every request has been
+    answered or has failed.
+    """
+    schedule = np.asarray(schedule, dtype=np.float64)
+    if len(schedule) > MAX_REQUESTS:
+        raise ConfigError(
+            "schedule",
+            f"{len(schedule)} requests is more than one run may send",
+            f"keep it to {MAX_REQUESTS}",
+        )
+    if len(schedule) > 1 and bool(np.any(np.diff(schedule) < 0)):
+        raise ValueError("the schedule's send times must be sorted")
+    if duration is None:
+        duration = float(schedule[-1]) if len(schedule) else 0.0
+    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=client_timeout, auto_decompress=False
+    ) as session:
+        run = _Run(url, schedule, session)
+        start = time.monotonic() + MIN_SLEEP_S if start_at is None else start_at
+        try:
+            last = await run.dispatch(start)
+            while run.pending:
+                await asyncio.gather(*list(run.pending))
+        finally:
+            await run.cancel()
+    return LoadResult(
+        url=url,
+        rate=len(schedule) / duration if duration > 0 else 0.0,
+        duration_s=duration,
+        process=process,
+        started_at=start,
+        sent_s=schedule,
+        latency_s=run.latency,
+        lag_s=run.lag,
+        status=run.status,
+        cause=run.cause,
+        span_s=max(duration, last - start),
+    )
+
+
 async def run_load(
     url: str,
     rate: float,
@@ -288,33 +347,15 @@ async def run_load(
     dispatch. Returns once every request has been answered or has failed.
     """
     validate(url, rate, duration, connections, timeout, process)
-    schedule = make_schedule(rate, duration, process, seed)
-    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=client_timeout, auto_decompress=False
-    ) as session:
-        run = _Run(url, schedule, session)
-        start = time.monotonic() + MIN_SLEEP_S
-        try:
-            last = await run.dispatch(start)
-            while run.pending:
-                await asyncio.gather(*list(run.pending))
-        finally:
-            await run.cancel()
-    return LoadResult(
-        url=url,
-        rate=rate,
-        duration_s=duration,
+    result = await run_schedule(
+        url,
+        make_schedule(rate, duration, process, seed),
+        duration=duration,
+        connections=connections,
+        timeout=timeout,
         process=process,
-        started_at=start,
-        sent_s=schedule,
-        latency_s=run.latency,
-        lag_s=run.lag,
-        status=run.status,
-        cause=run.cause,
-        span_s=max(duration, last - start),
     )
+    return replace(result, rate=rate)
 
 
 def format_summary(result: LoadResult) -> Sequence[str]:

@@ -18,7 +18,14 @@ from aiohttp.test_utils import TestServer
 
 import rl_lb.cli
 from serving import tools_cli
-from serving.loadgen import CAUSES, ERROR_CAUSES, LoadResult, make_schedule, run_load
+from serving.loadgen import (
+    CAUSES,
+    ERROR_CAUSES,
+    LoadResult,
+    make_schedule,
+    run_load,
+    run_schedule,
+)
 
 
 async def stalling_server(stall: dict[str, float]) -> TestServer:
@@ -68,6 +75,31 @@ async def test_poisson_count_follows_the_rate_even_when_nothing_answers() -> Non
     assert abs(result.requests - 300) < 5 * math.sqrt(300)
     assert result.errors["connect"] == result.requests
     assert result.achieved_rate == pytest.approx(result.requests, rel=0.05)
+
+
+async def test_a_given_schedule_starts_at_second_0_and_keeps_its_send_times() -> None:
+    stall: dict[str, float] = {}
+    server = await stalling_server(stall)
+    schedule = np.concatenate([np.linspace(0.0, 0.2, 20), np.linspace(0.5, 0.8, 40)])
+    start_at = time.monotonic() + 0.05
+    try:
+        result = await run_schedule(str(server.make_url("/")), schedule, start_at=start_at)
+    finally:
+        await server.close()
+    assert result.started_at == start_at
+    assert np.array_equal(result.sent_s, schedule)
+    assert result.requests == 60
+    assert result.error_count == 0
+    assert result.process == "schedule"
+    assert result.duration_s == pytest.approx(0.8)
+    # Nothing left before its time: every request's latency is counted from its intended send.
+    assert result.lag_s.min() >= 0.0
+    assert np.median(result.latency_s) < 0.1
+
+
+async def test_an_unsorted_schedule_is_refused() -> None:
+    with pytest.raises(ValueError, match="sorted"):
+        await run_schedule("http://127.0.0.1:1/", np.array([0.2, 0.1]))
 
 
 def synthetic(latencies: np.ndarray, failed: np.ndarray) -> LoadResult:
