@@ -104,6 +104,12 @@ class _WeightedPicker:
         self._full = _table(weights, None) if weights else self._full
         self._pattern = []
 
+    def _table_now(self, available: list[bool]) -> _Table:
+        """The weight table for one pick: the full one while every backend is available."""
+        if len(available) == self._n and False not in available:
+            return self._full
+        return self._table_for(available)
+
     def _table_for(self, available: list[bool]) -> _Table:
         """The slow path of `pick`: a pool of a new size, or some backends unavailable."""
         n = len(available)
@@ -128,11 +134,7 @@ class WeightedRandom(_WeightedPicker):
     name = "random"
 
     def pick(self, view: LoadView) -> int:
-        available = view.available
-        if len(available) != self._n or False in available:
-            table = self._table_for(available)
-        else:
-            table = self._full
+        table = self._table_now(view.available)
         return table.backend[bisect_right(table.cum, self._rng.random() * table.total)]
 
 
@@ -175,11 +177,7 @@ class RoundRobin(_WeightedPicker):
         self._active = table
 
     def pick(self, view: LoadView) -> int:
-        available = view.available
-        if len(available) != self._n or False in available:
-            table = self._table_for(available)
-        else:
-            table = self._full
+        table = self._table_now(view.available)
         if table is not self._active:
             self._switch(table)
         current = list(map(add, self._current, table.weight))
@@ -211,11 +209,7 @@ class PowerOfTwo(_WeightedPicker):
     name = "p2c"
 
     def pick(self, view: LoadView) -> int:
-        available = view.available
-        if len(available) != self._n or False in available:
-            table = self._table_for(available)
-        else:
-            table = self._full
+        table = self._table_now(view.available)
         index = table.backend
         if len(index) == 1:
             return index[0]
@@ -239,11 +233,7 @@ class PowerOfTwoLatency(_WeightedPicker):
     name = "p2c-latency"
 
     def pick(self, view: LoadView) -> int:
-        available = view.available
-        if len(available) != self._n or False in available:
-            table = self._table_for(available)
-        else:
-            table = self._full
+        table = self._table_now(view.available)
         index = table.backend
         if len(index) == 1:
             return index[0]
@@ -264,11 +254,7 @@ class JoinShortestQueue(_WeightedPicker):
     name = "jsq"
 
     def pick(self, view: LoadView) -> int:
-        available = view.available
-        if len(available) != self._n or False in available:
-            table = self._table_for(available)
-        else:
-            table = self._full
+        table = self._table_now(view.available)
         in_flight = view.in_flight
         index = table.backend
         if table.dense:
