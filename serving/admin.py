@@ -13,6 +13,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
 
 from rl_lb.balancers import Balancer, GuardedBalancer
@@ -25,7 +26,7 @@ from serving.prom import CONTENT_TYPE
 if TYPE_CHECKING:
     from serving.app import ProxyServer
 
-__all__ = ["make_admin_app", "policy_info", "snapshot_json"]
+__all__ = ["make_admin_app", "policy_info", "read_state", "snapshot_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -223,3 +224,12 @@ def make_admin_app(server: ProxyServer) -> web.Application:
         ]
     )
     return app
+
+
+async def read_state(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """`GET /admin/state` from a client (the demo, the live benchmark): None when unreachable."""
+    try:
+        async with session.get(url) as response:
+            return await response.json() if response.status == 200 else None
+    except (aiohttp.ClientError, TimeoutError):
+        return None

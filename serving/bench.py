@@ -31,6 +31,7 @@ from envs.episode import EpisodeResult, run_episode, summarise
 from rl_lb.balancers import Balancer, make_balancer
 from rl_lb.errors import ConfigError, ModelError
 from rl_lb.scenarios import Scenario, load_scenario
+from serving.admin import read_state
 from serving.backends import EmulatedPool
 from serving.bench_load import LoadProcess
 from serving.bench_proxy import free_port, proxy_flags, running_proxy
@@ -212,14 +213,6 @@ def _shifted(scenario: Scenario, lead: float) -> Scenario:
     )
 
 
-async def _state(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
-    try:
-        async with session.get(url) as response:
-            return await response.json() if response.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-
-
 async def _run_one(
     scenario: Scenario,
     balancer: str,
@@ -249,7 +242,7 @@ async def _run_one(
                     timeout=aiohttp.ClientTimeout(total=REFRESH_S * 4)
                 ) as admin:
                     while not load.done():
-                        state = await _state(admin, f"{proxy.admin_url}/state")
+                        state = await read_state(admin, f"{proxy.admin_url}/state")
                         elapsed = time.monotonic() - start_at
                         if state is not None and 0 <= elapsed <= scenario.duration_s:
                             polls.append((elapsed, state))

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rl_lb.scenarios import Scenario
+from serving.admin import read_state
 from serving.backends import EmulatedPool
 from serving.loadgen import LoadResult, run_load
 
@@ -100,14 +101,6 @@ def comparison_table(rows: list[DemoRow]) -> Table:
     return table
 
 
-async def _state(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
-    try:
-        async with session.get(url) as response:
-            return await response.json() if response.status == 200 else None
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-
-
 async def _one_run(
     scenario: Scenario,
     balancer: str,
@@ -145,7 +138,7 @@ async def _one_run(
             started, state = time.monotonic(), None
             try:
                 while not load.done():
-                    state = await _state(admin, state_url) or state
+                    state = await read_state(admin, state_url) or state
                     elapsed = time.monotonic() - started
                     live.update(live_table(balancer, state, elapsed, duration, names))
                     await asyncio.wait({load}, timeout=REFRESH_S)
@@ -154,7 +147,7 @@ async def _one_run(
                     load.cancel()
                     await asyncio.gather(load, return_exceptions=True)
             result = load.result()
-            state = await _state(admin, state_url) or state
+            state = await read_state(admin, state_url) or state
     mode = "?" if state is None else state["mode"]
     if state is not None and state.get("reason"):
         mode += f" ({state['reason']})"
