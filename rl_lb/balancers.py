@@ -165,13 +165,15 @@ class GuardedBalancer(Balancer):
         return weights / total, ""
 
     def _log_change(self, decision: Decision) -> None:
+        """At INFO: whoever runs the balancer (the proxy's controller) reports mode changes to
+        operators once, with its own context; this record is for debugging the guard itself."""
         self.switches += 1
         if decision.mode == "fallback":
-            log.warning(
+            log.info(
                 "balancer %s: fallback to %s (%s)", self.name, self.fallback.name, decision.reason
             )
         else:
-            log.warning("balancer %s: back to the policy (was: %s)", self.name, self.reason)
+            log.info("balancer %s: back to the policy (was: %s)", self.name, self.reason)
 
     def reset(self) -> None:
         super().reset()
