@@ -17,11 +17,11 @@ from envs.nb_pickers import PICKER_CODES
 from envs.nb_state import Spec, State
 from rl_lb.errors import ScenarioError
 from rl_lb.health import OutlierConfig
+from rl_lb.metrics import DEFAULT_ERROR_PENALTY_S
 from rl_lb.scenarios import Arrivals, BackendSpec, Scenario
 
 __all__ = [
     "BUDGET_TAU_S",
-    "ERROR_PENALTY_S",
     "MAX_RETRIES",
     "RETRY_BUDGET",
     "SLOTS",
@@ -30,9 +30,8 @@ __all__ = [
     "new_state",
 ]
 
-ERROR_PENALTY_S = 5.0
 SLOTS = 10
-"""The `PoolMetrics` defaults the proxy runs with (tests/test_sim_metrics.py checks they agree)."""
+"""The `PoolMetrics` default the proxy runs with (tests/test_sim_metrics.py checks they agree)."""
 MAX_RETRIES = 2
 RETRY_BUDGET = 0.2
 """The proxy's retry policy on connect failures: at most 2 retries, at most 20% of requests."""
@@ -187,7 +186,7 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
         window_s=scenario.metrics.window_s,
         slots=SLOTS,
         ewma_tau_s=scenario.metrics.ewma_tau_s,
-        error_penalty_s=ERROR_PENALTY_S,
+        error_penalty_s=DEFAULT_ERROR_PENALTY_S,
     )
     return State(
         m=metrics,

@@ -27,6 +27,7 @@ from rl_lb._scenario_template import (
     StepTemplate,
 )
 from rl_lb.features import MAX_BACKENDS  # the feature encoder's maximum pool size
+from rl_lb.metrics import DEFAULT_EWMA_TAU_S, DEFAULT_WINDOW_S
 
 __all__ = ["DISTRIBUTIONS", "MAX_BACKENDS", "PROCESSES", "parse_family"]
 
@@ -225,8 +226,8 @@ def _metrics(table: Table) -> MetricsTemplate:
     return MetricsTemplate(
         delay_s=table.num("delay_s", NON_NEGATIVE, default=0.0),
         proxies=table.num("proxies", Bounds(ge=1, le=64), default=1, integer=True),
-        window_s=table.num("window_s", POSITIVE, default=10.0),
-        ewma_tau_s=table.num("ewma_tau_s", POSITIVE, default=10.0),
+        window_s=table.num("window_s", POSITIVE, default=DEFAULT_WINDOW_S),
+        ewma_tau_s=table.num("ewma_tau_s", POSITIVE, default=DEFAULT_EWMA_TAU_S),
         picker_refresh_s=table.num("picker_refresh_s", NON_NEGATIVE, default=0.0),
     )
 

@@ -19,7 +19,17 @@ import numpy as np
 from rl_lb.errors import ConfigError
 from rl_lb.types import Clock, FloatArray, IntArray, PoolSnapshot
 
-__all__ = ["BUCKETS", "GROWTH", "LOWEST", "PoolMetrics", "bucket_index", "bucket_value"]
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_ERROR_PENALTY_S",
+    "DEFAULT_EWMA_TAU_S",
+    "DEFAULT_WINDOW_S",
+    "GROWTH",
+    "LOWEST",
+    "PoolMetrics",
+    "bucket_index",
+    "bucket_value",
+]
 
 LOWEST = 1e-5
 """Lower edge of histogram bucket 0, in seconds; anything faster lands in bucket 0."""
@@ -27,6 +37,12 @@ GROWTH = 2.0 ** (1.0 / 8.0)
 """Ratio of consecutive bucket edges: a bucket's midpoint is within 4.4% of any value in it."""
 BUCKETS = 256
 """LOWEST × GROWTH**256 ≈ 11.9 h: the last bucket catches everything slower."""
+DEFAULT_WINDOW_S = 10.0
+"""Sliding window of the quantiles, error rate and throughput (proxy and scenarios alike)."""
+DEFAULT_EWMA_TAU_S = 10.0
+"""Time constant of the peak-EWMA latency."""
+DEFAULT_ERROR_PENALTY_S = 5.0
+"""The latency an error counts as in the peak-EWMA: a fast-failing backend must look slow."""
 
 _LOG_GROWTH = math.log(GROWTH)
 _NEVER = -(2**62)
@@ -73,10 +89,10 @@ class PoolMetrics:
         names: Sequence[str],
         clock: Clock,
         *,
-        window_s: float = 10.0,
+        window_s: float = DEFAULT_WINDOW_S,
         slots: int = 10,
-        ewma_tau_s: float = 10.0,
-        error_penalty_s: float = 5.0,
+        ewma_tau_s: float = DEFAULT_EWMA_TAU_S,
+        error_penalty_s: float = DEFAULT_ERROR_PENALTY_S,
     ) -> None:
         for label, value in (
             ("window_s", window_s),

@@ -30,6 +30,7 @@ from rl_lb._scenario_template import (
     ServiceTemplate,
 )
 from rl_lb.errors import ScenarioError
+from rl_lb.metrics import DEFAULT_EWMA_TAU_S, DEFAULT_WINDOW_S
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -135,8 +136,8 @@ class MetricsSpec:
     """Age of the metrics the balancer sees."""
     proxies: int = 1
     """Independent proxy replicas sharing the pool, each with its own view."""
-    window_s: float = 10.0
-    ewma_tau_s: float = 10.0
+    window_s: float = DEFAULT_WINDOW_S
+    ewma_tau_s: float = DEFAULT_EWMA_TAU_S
     picker_refresh_s: float = 0.0
     """0: the picker sees live load; T > 0: its load view is refreshed only every T seconds
     (Mitzenmacher's "old information" bulletin board, which makes greedy pickers herd)."""

@@ -30,12 +30,13 @@ from envs import kernel
 from envs.episode import EpisodeResult, run_episode, summarise
 from rl_lb.balancers import Balancer, make_balancer
 from rl_lb.errors import ConfigError, ModelError
+from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import Scenario, load_scenario
 from serving.admin import read_state
 from serving.backends import EmulatedPool
 from serving.bench_load import LoadProcess
 from serving.bench_proxy import free_port, proxy_flags, running_proxy
-from serving.bench_scenario import arrival_schedule, time_scaled
+from serving.bench_scenario import arrival_schedule
 from serving.controller import balancer_spec
 from serving.loadgen import CAUSES, MAX_REQUESTS, LoadResult
 

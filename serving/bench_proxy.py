@@ -49,6 +49,8 @@ def proxy_flags(scenario: Scenario, balancer: str, policy: str | None) -> list[s
         *flags,
         "--control-interval", repr(scenario.control_interval_s),
         "--metrics-delay", repr(scenario.metrics.delay_s),
+        "--metrics-window", repr(scenario.metrics.window_s),
+        "--ewma-tau", repr(scenario.metrics.ewma_tau_s),
         "--health-interval", repr(scenario.health.interval_s),
         "--read-timeout", repr(scenario.timeout_s),
         "--shutdown-timeout", "1",

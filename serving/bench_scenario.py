@@ -1,78 +1,17 @@
-"""The one scenario both sides of a sim-to-real comparison run: compressed in time, scaled in rate.
+"""The arrival schedule a live run's load generator follows: the simulator's law, its own draw.
 
-A 120 s scenario run live takes 120 s per balancer and seed; `time_scaled` compresses its timeline
-by `factor` (event windows, rate steps, MMPP dwell times, the control interval, the metrics delay
-and the health-check period) so it fits in `factor × duration_s` real seconds, and multiplies every
-arrival rate by `rate_scale` so that proxy, backends and load generator fit on the machine. The
-result is an ordinary `Scenario`: the simulator and the emulated backends are handed the very same
-object, so whatever the scaling changes, it changes for both.
-
-What is deliberately left alone, because it is a property of the hardware rather than of the
-timeline: service times, timeouts, error latencies and GC pause durations and periods (compressing
-the period would raise the fraction of time paused, i.e. cut capacity). The metrics window and
-EWMA time constant also stay: the proxy's trackers have them fixed (10 s), and a simulator with
-shorter ones would disagree with the proxy by construction.
+`time_scaled` (in `rl_lb.scenario_scaling`) makes the one scenario object both sides of a
+sim-to-real comparison run; this module turns it into send times.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import replace
-
 import numpy as np
 
-from rl_lb.errors import ConfigError
-from rl_lb.scenarios import Arrivals, RateStep, Scenario
+from rl_lb.scenarios import Arrivals, Scenario
 from rl_lb.types import FloatArray
 
-__all__ = ["arrival_schedule", "time_scaled"]
-
-
-def _arrivals(a: Arrivals, factor: float, rate_scale: float) -> Arrivals:
-    if a.process == "trace":
-        if factor != 1.0 or rate_scale != 1.0:
-            raise ConfigError(
-                "--time-scale/--rate-scale",
-                "a trace of arrival times cannot be compressed or thinned",
-                "run trace scenarios at their own duration and rate",
-            )
-        return a
-    return replace(
-        a,
-        rate=a.rate * rate_scale,
-        profile=tuple(RateStep(s.at_s * factor, s.rate * rate_scale) for s in a.profile),
-        mmpp_rates=tuple(r * rate_scale for r in a.mmpp_rates),
-        mmpp_dwell_s=tuple(d * factor for d in a.mmpp_dwell_s),
-    )
-
-
-def time_scaled(scenario: Scenario, factor: float, rate_scale: float = 1.0) -> Scenario:
-    """`scenario` with a timeline `factor` times as long and `rate_scale` times the traffic."""
-    for flag, value in (("--time-scale", factor), ("--rate-scale", rate_scale)):
-        if not (math.isfinite(value) and value > 0):
-            raise ConfigError(flag, f"{value:g} is not a positive number")
-    backends = tuple(
-        replace(
-            b,
-            events=tuple(
-                replace(e, at_s=e.at_s * factor, until_s=e.until_s * factor) for e in b.events
-            ),
-        )
-        for b in scenario.backends
-    )
-    return replace(
-        scenario,
-        duration_s=scenario.duration_s * factor,
-        control_interval_s=scenario.control_interval_s * factor,
-        arrivals=_arrivals(scenario.arrivals, factor, rate_scale),
-        metrics=replace(
-            scenario.metrics,
-            delay_s=scenario.metrics.delay_s * factor,
-            picker_refresh_s=scenario.metrics.picker_refresh_s * factor,
-        ),
-        health=replace(scenario.health, interval_s=scenario.health.interval_s * factor),
-        backends=backends,
-    )
+__all__ = ["arrival_schedule"]
 
 
 def _segments(

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from rl_lb.balancers import make_balancer
 from rl_lb.errors import ConfigError
+from rl_lb.metrics import DEFAULT_EWMA_TAU_S, DEFAULT_WINDOW_S
 
 __all__ = [
     "KEYS",
@@ -44,6 +45,10 @@ class ProxyConfig:
     max_staleness_s: float = 5.0
     """A snapshot older than this sends a learned balancer to its fallback (reason "stale")."""
     metrics_delay_s: float = 0.0
+    metrics_window_s: float = DEFAULT_WINDOW_S
+    """Sliding window of the latency quantiles, error rate and throughput the policy sees."""
+    ewma_tau_s: float = DEFAULT_EWMA_TAU_S
+    """Time constant of the peak-EWMA latency (features and the least-latency picker)."""
     admin: str | None = "127.0.0.1:9090"
     """None: no admin API."""
     admin_token: str | None = None
@@ -181,6 +186,8 @@ KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "control-interval": ("control_interval_s", _number(0.01)),
     "max-staleness": ("max_staleness_s", _number(0.0)),
     "metrics-delay": ("metrics_delay_s", _number(0.0)),
+    "metrics-window": ("metrics_window_s", _number(0.01)),
+    "ewma-tau": ("ewma_tau_s", _number(0.01)),
     "admin": ("admin", _address),
     "admin-token": ("admin_token", _text),
     "health-path": ("health_path", _health_path),

@@ -97,7 +97,9 @@ class Monitor:
         self._new_pool = pool_factory
         self._health_session: aiohttp.ClientSession | None = None
         """Health checks use their own small aiohttp client (off the request path)."""
-        self.metrics = PoolMetrics([], clock)
+        self.metrics = PoolMetrics(
+            [], clock, window_s=config.metrics_window_s, ewma_tau_s=config.ewma_tau_s
+        )
         self.detector = OutlierDetector(
             0,
             consecutive_failures=config.consecutive_failures,

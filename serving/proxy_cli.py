@@ -54,6 +54,16 @@ def serve(
         float | None,
         typer.Option(help="Give the policy S-old metrics  [default: 0]", rich_help_panel=_CONTROL),
     ] = None,
+    metrics_window: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds of quantiles, errors, throughput  [default: 10]", rich_help_panel=_CONTROL
+        ),
+    ] = None,
+    ewma_tau: Annotated[
+        float | None,
+        typer.Option(help="Peak-EWMA time constant, s  [default: 10]", rich_help_panel=_CONTROL),
+    ] = None,
     admin: Annotated[
         str | None,
         typer.Option(

@@ -46,7 +46,6 @@ def test_constants_and_defaults_match_the_proxy() -> None:
     )
     defaults = inspect.signature(metrics.PoolMetrics).parameters
     assert defaults["slots"].default == build.SLOTS
-    assert defaults["error_penalty_s"].default == build.ERROR_PENALTY_S
 
 
 def test_bucket_index_matches() -> None:

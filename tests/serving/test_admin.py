@@ -10,7 +10,7 @@ from serving_helpers import admin_json, proxy_config
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError
 from serving.app import ProxyServer
-from serving.config import load_config
+from serving.config import KEYS, load_config
 
 BACKEND = "http://127.0.0.1:8001"
 
@@ -87,3 +87,14 @@ def test_the_cli_prints_a_config_error_as_one_line(
     assert errors == [f"error: {path}: retry-budget: 'lots' is not a number"]
     assert main(["serve", "--backend", BACKEND, "--admin", "0.0.0.0:9999"]) == 2
     assert "needs a token" in capsys.readouterr().err
+
+
+def test_every_setting_is_a_flag_and_documented(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # no flag name cut short by the help's layout
+    assert main(["serve", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    doc = (Path(__file__).parents[2] / "docs" / "proxy.md").read_text()
+    assert [key for key in KEYS if f"--{key}" not in help_text] == []
+    assert [key for key in KEYS if f"{key} =" not in doc and f"`{key}`" not in doc] == []

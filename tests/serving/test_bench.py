@@ -18,11 +18,14 @@ import pytest
 from envs.evaluate import RECORD_KEYS
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError
+from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import load_scenario
 from serving.bench import bench_scenario
 from serving.bench_cli import MARK_BEGIN, MARK_END, write_markdown
+from serving.bench_proxy import proxy_flags
 from serving.bench_report import compare
-from serving.bench_scenario import arrival_schedule, time_scaled
+from serving.bench_scenario import arrival_schedule
+from serving.config import KEYS, load_config
 
 TINY = """\
 name = "tiny"
@@ -78,7 +81,25 @@ def test_time_scaling_compresses_the_timeline_and_keeps_the_hardware(tiny: Path)
     for before, after in zip(scenario.backends, scaled.backends, strict=True):
         assert after.service == before.service
         assert after.timeout_s == before.timeout_s
-    assert scaled.metrics.window_s == scenario.metrics.window_s  # the proxy's is fixed
+    # The metrics' memory is part of the timeline: a policy must see the same history per interval.
+    assert scaled.metrics.window_s == pytest.approx(scenario.metrics.window_s * 0.1)
+    assert scaled.metrics.ewma_tau_s == pytest.approx(scenario.metrics.ewma_tau_s * 0.1)
+
+
+def test_the_proxy_is_started_with_the_scenarios_control_settings(tiny: Path) -> None:
+    scenario = time_scaled(load_scenario(tiny).nominal(), 0.25)
+    flags = proxy_flags(scenario, "least-latency", None)
+    given = {flags[i].removeprefix("--"): flags[i + 1] for i in range(0, len(flags) - 1, 2)}
+    config = load_config(
+        None,
+        {"backend": ["http://127.0.0.1:1"]}
+        | {key: value for key, value in given.items() if key in KEYS},
+    )
+    assert config.control_interval_s == pytest.approx(scenario.control_interval_s)
+    assert config.metrics_window_s == pytest.approx(scenario.metrics.window_s)
+    assert config.ewma_tau_s == pytest.approx(scenario.metrics.ewma_tau_s)
+    assert config.health_interval_s == pytest.approx(scenario.health.interval_s)
+    assert config.read_timeout_s == pytest.approx(scenario.timeout_s)
 
 
 def test_the_schedule_follows_the_rate_profile(tiny: Path) -> None:

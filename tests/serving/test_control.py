@@ -197,7 +197,9 @@ async def test_a_config_reload_changes_backends_and_balancer(backends, tmp_path:
 
 async def test_the_snapshot_endpoint_shows_what_the_policy_sees(backends, client) -> None:
     pool = await backends(3)
-    async with ProxyServer(proxy_config(pool)) as proxy:
+    config = proxy_config(pool, metrics_window_s=2.5, ewma_tau_s=4.0)
+    async with ProxyServer(config) as proxy:
+        assert proxy.monitor.metrics.ewma_tau_s == 4.0
         for _ in range(6):
             async with client.get(f"http://127.0.0.1:{proxy.port}/") as response:
                 await response.read()
@@ -205,6 +207,7 @@ async def test_the_snapshot_endpoint_shows_what_the_policy_sees(backends, client
         await eventually(lambda: proxy.controller.decisions > decided)
         status, snapshot = await admin_json(client, proxy, "GET", "/admin/snapshot")
     assert status == 200
+    assert snapshot["window_s"] == 2.5
     assert snapshot["names"] == [b.url for b in pool]
     assert sum(snapshot["throughput_rps"]) > 0
     assert len(snapshot["observation"]) == 16
