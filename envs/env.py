@@ -14,13 +14,14 @@ from envs import ENV_ID, kernel
 from envs.simulator import ControlLoop, Simulator
 from rl_lb.errors import ScenarioError
 from rl_lb.features import MAX_BACKENDS, FeatureEncoder
+from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
 from rl_lb.types import PoolSnapshot
 
 __all__ = ["ENV_ID", "BackendPoolEnv", "interval_reward"]
 
 ERROR_WEIGHT = 10.0
-"""Reward cost of an interval where every request failed, on top of its latency terms."""
+"""Default reward cost of an interval where every request failed, on top of its latency terms."""
 
 ScenarioSource = str | Path | Scenario | ScenarioFamily
 
@@ -38,15 +39,19 @@ def _family(source: ScenarioSource) -> Scenario | ScenarioFamily:
 
 
 def interval_reward(
-    effective_p99_s: float, mean_s: float, error_rate: float, ideal_s: float
+    effective_p99_s: float,
+    mean_s: float,
+    error_rate: float,
+    ideal_s: float,
+    error_weight: float = ERROR_WEIGHT,
 ) -> float:
-    """-(log(effective p99 / ideal) + log(mean / ideal) + ERROR_WEIGHT × error rate).
+    """-(log(effective p99 / ideal) + log(mean / ideal) + error_weight × error rate).
 
     Ratios are floored at 1 so the reward is at most 0; see `BackendPoolEnv` for why.
     """
     tail = math.log(max(effective_p99_s, ideal_s) / ideal_s)
     body = math.log(max(mean_s, ideal_s) / ideal_s)
-    return -(tail + body + ERROR_WEIGHT * error_rate)
+    return -(tail + body + error_weight * error_rate)
 
 
 class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -70,14 +75,20 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
     Over the requests resolved during the interval, with failed requests (error, timeout,
     rejected, no backend) counted at the scenario's timeout in the effective latency:
 
-        r = -(log(effective p99 / ideal) + log(mean latency / ideal) + 10 × error rate)
+        r = -(log(effective p99 / ideal) + log(mean latency / ideal) + error_weight × error rate)
 
     where ideal is `scenario.ideal_latency_s`, so pools of 10 ms and 200 ms backends weigh
     alike. Tail latency comes first, but the effective p99 alone is a cliff: past 1% failures it
     equals the timeout whatever else changes. The mean (real latencies) keeps the gradient
     informative there and the error rate makes fewer failures better even when both latencies
-    are pinned. Each ratio is floored at 1, so r <= 0; an interval with no resolved request
-    scores 0.
+    are pinned; below 1% failures the interval's p99 does not see them at all, while an
+    episode's p99 does (each failure pushes it further into the tail), so `error_weight`
+    (default 10) prices them. Each ratio is floored at 1, so r <= 0; an interval with no
+    resolved request scores 0.
+
+    `load_scale=(low, high)` multiplies every arrival rate of an episode by a factor drawn
+    uniformly from that range, so that a policy trained at a scenario's load has also seen the
+    same pool lighter (a real service is not always at its peak).
 
     `info` holds the interval's `requests`, `errors`, `p50_ms`, `p99_ms`, `effective_p99_ms`,
     `mean_ms`, the applied `weights` and the `scenario` name.
@@ -91,7 +102,16 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         *,
         picker: str = "p2c",
         history: int = 4,
+        load_scale: tuple[float, float] = (1.0, 1.0),
+        error_weight: float = ERROR_WEIGHT,
     ) -> None:
+        low, high = (float(x) for x in load_scale)
+        if not (0 < low <= high and math.isfinite(high)):
+            raise ScenarioError("load_scale", f"{load_scale!r}", "use (low, high), 0 < low <= high")
+        if not (error_weight >= 0 and math.isfinite(error_weight)):
+            raise ScenarioError("error_weight", f"{error_weight!r}", "use a number >= 0")
+        self.load_scale = (low, high)
+        self.error_weight = float(error_weight)
         sources = (
             [scenario]
             if isinstance(scenario, str | Path | Scenario | ScenarioFamily)
@@ -121,6 +141,9 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         super().reset(seed=seed)
         family = self.families[int(self.np_random.integers(len(self.families)))]
         scenario = family if isinstance(family, Scenario) else family.sample(self.np_random)
+        low, high = self.load_scale
+        if high > low or low != 1.0:
+            scenario = time_scaled(scenario, 1.0, float(self.np_random.uniform(low, high)))
         self.scenario = scenario
         self._sim = Simulator(scenario, int(self.np_random.integers(2**63)))
         self._loop = ControlLoop(self._sim)
@@ -170,4 +193,7 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
             mean_ms=mean * 1e3,
         )
         error_rate = info["errors"] / len(ids)
-        return interval_reward(effective_p99, mean, error_rate, self.scenario.ideal_latency_s), info
+        reward = interval_reward(
+            effective_p99, mean, error_rate, self.scenario.ideal_latency_s, self.error_weight
+        )
+        return reward, info

@@ -122,6 +122,37 @@ def test_reward_terms() -> None:
     assert interval_reward(1.0, 0.05, 0.02, 0.01) > interval_reward(1.0, 0.2, 0.05, 0.01)
 
 
+def test_error_weight_prices_failures() -> None:
+    free = interval_reward(0.05, 0.02, 0.01, 0.01, error_weight=0.0)
+    assert interval_reward(0.05, 0.02, 0.01, 0.01, error_weight=40.0) == pytest.approx(free - 0.4)
+    env = small_env(error_weight=0.0)
+    env.reset(seed=1)
+    errors_free = [env.step(env.action_space.sample())[1] for _ in range(3)]
+    assert all(r <= 0 for r in errors_free)
+    with pytest.raises(ScenarioError, match="error_weight"):
+        small_env(error_weight=-1.0)
+
+
+def test_load_scale_draws_a_lighter_pool_per_episode() -> None:
+    base, light = small_env(), small_env(load_scale=(0.5, 0.5))
+    base.reset(seed=3)
+    light.reset(seed=3)
+    assert base.scenario is not None
+    assert light.scenario is not None
+    assert light.scenario.arrivals.rate == pytest.approx(base.scenario.arrivals.rate * 0.5)
+    varied = small_env(load_scale=(0.4, 1.0))
+    rates = set()
+    for seed in range(5):
+        varied.reset(seed=seed)
+        assert varied.scenario is not None
+        rates.add(round(varied.scenario.arrivals.rate / base.scenario.arrivals.rate, 6))
+    assert len(rates) == 5
+    assert all(0.4 <= r <= 1.0 for r in rates)
+    for bad in ((0.0, 1.0), (1.0, 0.5), (0.5, math.inf)):
+        with pytest.raises(ScenarioError, match="load_scale"):
+            small_env(load_scale=bad)
+
+
 def test_too_many_backends_is_a_scenario_error(tmp_path: Path) -> None:
     big = pool_scenario(MAX_BACKENDS + 1, load=0.5, duration_s=5.0)
     with pytest.raises(ScenarioError):
