@@ -21,7 +21,13 @@ from rl_lb.scenarios import (
     Scenario,
     ServiceDist,
 )
-from serving.backends import EmulatedPool, _slowdown, draw_service_time
+from serving.backends import (
+    EmulatedPool,
+    FifoServers,
+    PauseSchedule,
+    _slowdown,
+    draw_service_time,
+)
 
 
 def scenario(*backends: BackendSpec) -> Scenario:
@@ -107,6 +113,57 @@ async def test_concurrency_limit_queues_in_arrival_order() -> None:
     assert latencies[0] < 0.18
     assert latencies[1] > 0.15  # waited for the first one's 100 ms
     assert latencies[2] > 0.23
+
+
+def test_fifo_servers_schedule_first_come_first_served() -> None:
+    servers = FifoServers(2)
+    ends = []
+    for arrival, work in ((0.0, 1.0), (0.1, 1.0), (0.2, 0.5), (0.3, 0.1), (5.0, 0.1)):
+        start = servers.start(arrival)
+        servers.occupy(start + work)
+        ends.append(start + work)
+        if arrival == 0.3:
+            assert servers.waiting(0.3) == 2  # the 0.2 and 0.3 arrivals wait for a slot
+            assert servers.waiting(1.05) == 1  # the 0.2 one has started at 1.0
+    assert ends == pytest.approx([1.0, 1.1, 1.5, 1.2, 5.1])
+    assert servers.waiting(5.0) == 0
+
+
+def test_fifo_servers_are_an_mm1_queue() -> None:
+    """Mean wait in queue of M/M/1 at load 0.7: rho / (mu - lambda) (queueing.md)."""
+    rng = np.random.default_rng(4)
+    servers, t, waits = FifoServers(1), 0.0, []
+    for _ in range(200_000):
+        t += rng.exponential(1 / 0.7)
+        start = servers.start(t)
+        servers.occupy(start + rng.exponential(1.0))
+        waits.append(start - t)
+    assert np.mean(waits) == pytest.approx(0.7 / (1.0 - 0.7), rel=0.05)
+
+
+def test_pause_schedule_delays_work_by_the_pauses_it_spans() -> None:
+    schedule = PauseSchedule(0.05, 0.1, np.random.default_rng(2), origin=0.0)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        start, work = rng.uniform(0, 20), rng.exponential(0.1)
+        end = schedule.work_end(start, work)
+        schedule.resume_time(end + 1)  # draws every pause up to there
+        pauses = list(zip(schedule._begins, schedule._ends, strict=True))
+        overlap = sum(max(0.0, min(e, end) - max(b, start)) for b, e in pauses)
+        assert end - start == pytest.approx(work + overlap)
+        assert not any(b < end <= e for b, e in pauses) or work == 0
+        assert schedule.resume_time(end) == end
+
+
+async def test_a_burst_on_one_slot_takes_the_sum_of_its_service_times() -> None:
+    """The queue runs in computed time: waking the next request costs the slot nothing."""
+    spec = backend(mean_s=0.005, concurrency=1, queue_limit=1000)
+    async with EmulatedPool(scenario(spec)) as pool, aiohttp.ClientSession() as session:
+        await timed(session, pool.urls[0])  # a warm connection pool
+        results = await asyncio.gather(*(timed(session, pool.urls[0]) for _ in range(60)))
+    assert {status for status, _ in results} == {200}
+    # 60 x 5 ms = 300 ms of work; a slot handed over through the event loop took ~360-420 ms.
+    assert max(latency for _, latency in results) < 0.3 + 0.04
 
 
 async def test_full_queue_answers_503_at_once() -> None:
