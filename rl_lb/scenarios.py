@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +30,7 @@ from rl_lb._scenario_template import (
 )
 from rl_lb.errors import ScenarioError
 from rl_lb.metrics import DEFAULT_EWMA_TAU_S, DEFAULT_WINDOW_S
+from rl_lb.toml_file import read_toml
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -343,17 +343,7 @@ class ScenarioFamily:
 def load_scenario(path: str | Path) -> ScenarioFamily:
     """Parse and validate one scenario: a file path, or a library name such as `slow-backend`."""
     file = resolve_scenario(path)
-    try:
-        with file.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except FileNotFoundError as error:
-        raise ScenarioError(
-            str(file), "file not found", "give a path or a name from `rl-lb scenario list`"
-        ) from error
-    except OSError as error:
-        raise ScenarioError(str(file), f"cannot read: {error.strerror}") from error
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ScenarioError(str(file), f"invalid TOML: {error}", "fix the syntax there") from error
+    raw = read_toml(file, ScenarioError, "give a path or a name from `rl-lb scenario list`")
     return ScenarioFamily(raw, file)
 
 

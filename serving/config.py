@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from rl_lb.balancers import make_balancer
 from rl_lb.errors import ConfigError
 from rl_lb.metrics import DEFAULT_EWMA_TAU_S, DEFAULT_WINDOW_S
+from rl_lb.toml_file import read_toml
 
 __all__ = [
     "KEYS",
@@ -214,13 +213,7 @@ KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
 
 
 def _read_file(path: str) -> dict[str, Any]:
-    try:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as error:
-        raise ConfigError(path, f"cannot read it: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(path, f"not valid TOML: {error}") from None
+    data = read_toml(path)
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise ConfigError(

@@ -55,7 +55,7 @@ def test_the_shipped_config_pins_every_hyper_parameter() -> None:
         ("[policy]\nslot_net = 64\n", "slot_net = 64 should be a list"),
         ("seed = true\n", "should be a int"),
         ("algo = 'sac'\n", "unknown algorithm 'sac'"),
-        ("[eval\n", "not valid TOML"),
+        ("[eval\n", "invalid TOML"),
         ("policy = 3\n", "[policy] should be a table"),
     ],
 )

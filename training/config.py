@@ -9,13 +9,13 @@ because a typo in a hyper-parameter would otherwise train the defaults without a
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rl_lb.errors import ConfigError
 from rl_lb.scenarios import library_scenarios, resolve_scenario
+from rl_lb.toml_file import read_toml
 
 __all__ = [
     "ALGOS",
@@ -143,12 +143,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     config = TrainConfig()
     if path is not None:
         where = str(path)
-        try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ConfigError(where, f"cannot read it: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(where, f"not valid TOML: {error}") from None
+        raw = read_toml(path)
         for section in _SECTIONS:
             table = raw.pop(section, {})
             if not isinstance(table, dict):
