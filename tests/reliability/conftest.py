@@ -1,12 +1,12 @@
-"""Fixtures of the reliability tests: every backend, process and client is stopped at the end,
-whatever the test's outcome."""
+"""Fixtures of the reliability tests: every backend and process is stopped at the end, whatever
+the test's outcome (the client is tests/conftest's)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import aiohttp
 import pytest
+from net_fixtures import started_by_the_test
 from rel_helpers import CountingBackend, ProcBackend
 
 
@@ -27,23 +27,5 @@ async def proc_backends() -> AsyncIterator[Callable[..., Awaitable[ProcBackend]]
 
 @pytest.fixture
 async def counting_backends() -> AsyncIterator[Callable[[int], Awaitable[list[CountingBackend]]]]:
-    started: list[CountingBackend] = []
-
-    async def make(n: int) -> list[CountingBackend]:
-        new = [await CountingBackend(f"c{len(started) + k}").start() for k in range(n)]
-        started.extend(new)
-        return new
-
-    yield make
-    for backend in started:
-        await backend.stop()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        timeout=aiohttp.ClientTimeout(total=15),
-    ) as session:
-        yield session
+    async for make in started_by_the_test(lambda name: CountingBackend(name).start(), "c"):
+        yield make
