@@ -35,13 +35,14 @@ from rl_lb.scenarios import Scenario, load_scenario
 from serving.admin import read_state
 from serving.backends import EmulatedPool
 from serving.bench_load import LoadProcess
-from serving.bench_proxy import free_port, proxy_flags, running_proxy
+from serving.bench_proxy import free_port, proxy_flags, running_proxies
 from serving.bench_scenario import arrival_schedule
 from serving.controller import balancer_spec
 from serving.loadgen import CAUSES, MAX_REQUESTS, LoadResult
 
 __all__ = [
     "LEADS_S",
+    "MAX_PROXIES",
     "REFRESH_S",
     "LiveRun",
     "StateCallback",
@@ -62,6 +63,8 @@ MAX_DURATION_S = 600.0
 MIN_HEALTH_INTERVAL_S = 0.05
 """The proxy's shortest health-check period: a timeline compressed further keeps this one."""
 MIN_CONTROL_INTERVAL_S = 0.01
+MAX_PROXIES = 8
+"""Proxy replicas one live run starts (each an `rl-lb serve` process of ~80 MiB)."""
 
 StateCallback = Callable[[float, dict[str, Any] | None], None]
 """Called with (seconds since second 0, the proxy's /admin/state or None) while a run goes."""
@@ -98,11 +101,12 @@ def bench_scenario(
         )
     if scaled.health.interval_s < MIN_HEALTH_INTERVAL_S:
         scaled = replace(scaled, health=replace(scaled.health, interval_s=MIN_HEALTH_INTERVAL_S))
-    if scaled.metrics.proxies != 1:
+    if scaled.metrics.proxies > MAX_PROXIES:
         raise ConfigError(
             scaled.name,
-            f"{scaled.metrics.proxies} proxy replicas: the live benchmark runs one proxy",
-            "benchmark single-proxy scenarios live",
+            f"{scaled.metrics.proxies} proxy replicas: the live benchmark runs at most "
+            f"{MAX_PROXIES} on one machine",
+            f"benchmark scenarios with metrics.proxies <= {MAX_PROXIES} live",
         )
     if scaled.metrics.picker_refresh_s > 0:
         raise ConfigError(
@@ -173,6 +177,7 @@ def _episode(
     load: LoadResult,
     polls: Sequence[tuple[float, dict[str, Any]]],
     urls: Sequence[str],
+    targets: np.ndarray,
 ) -> EpisodeResult:
     n = load.requests
     weights = [
@@ -187,7 +192,7 @@ def _episode(
         backend_names=tuple(b.name for b in scenario.backends),
         timeout_s=scenario.timeout_s,
         arrival_s=load.sent_s,
-        proxy=np.zeros(n, dtype=np.int64),
+        proxy=targets.astype(np.int64),
         backend=np.full(n, -1, dtype=np.int64),
         latency_s=load.latency_s,
         outcome=_outcomes(load),
@@ -224,17 +229,24 @@ async def _run_one(
     lead: float,
 ) -> LiveRun:
     schedule = arrival_schedule(scenario, seed)
+    # Each request goes to a proxy replica drawn uniformly, as in the simulator.
+    replicas = scenario.metrics.proxies
+    targets = np.random.default_rng([seed, 1]).integers(replicas, size=len(schedule))
     flags = proxy_flags(scenario, balancer, policy)
     polls: list[tuple[float, dict[str, Any]]] = []
-    port = free_port()
+    ports = [free_port() for _ in range(replicas)]
     async with EmulatedPool(_shifted(scenario, lead), seed=seed) as pool:
         start_at = pool.started_at + lead
-        # The two children start side by side: interpreters take a second or two each.
+        # The children start side by side: interpreters take a second or two each.
         load = LoadProcess(
-            f"http://127.0.0.1:{port}/", schedule, 2 * scenario.timeout_s + 1.0, workdir
+            [f"http://127.0.0.1:{port}/" for port in ports],
+            schedule,
+            2 * scenario.timeout_s + 1.0,
+            workdir,
+            targets,
         )
         try:
-            async with running_proxy(pool.urls, flags, workdir, port) as proxy:
+            async with running_proxies(pool.urls, flags, workdir, ports) as proxies:
                 await asyncio.to_thread(load.wait_ready)
                 if time.monotonic() > start_at - START_MARGIN_S:
                     raise _LateStart
@@ -243,7 +255,8 @@ async def _run_one(
                     timeout=aiohttp.ClientTimeout(total=REFRESH_S * 4)
                 ) as admin:
                     while not load.done():
-                        state = await read_state(admin, f"{proxy.admin_url}/state")
+                        # Proxy 0's view, as the simulator records proxy 0's decisions.
+                        state = await read_state(admin, f"{proxies[0].admin_url}/state")
                         elapsed = time.monotonic() - start_at
                         if state is not None and 0 <= elapsed <= scenario.duration_s:
                             polls.append((elapsed, state))
@@ -252,7 +265,7 @@ async def _run_one(
                 result = await asyncio.to_thread(load.result)
         finally:
             load.stop()
-    episode = _episode(scenario, balancer, seed, result, polls, pool.urls)
+    episode = _episode(scenario, balancer, seed, result, polls, pool.urls, targets)
     return LiveRun(episode, result, tuple(s for _, s in polls))
 
 

@@ -6,7 +6,9 @@ here, in a child process, against a schedule it is handed in a file (the scenari
 which `run_load`'s single rate cannot express). Both processes read the
 same system-wide monotonic clock, so second 0 of the schedule lines up with the backends' timeline.
 
-    python -m serving.bench_load URL SCHEDULE.npy OUT.npz --timeout S
+    python -m serving.bench_load URL[,URL...] SCHEDULE.npy OUT.npz --timeout S [--targets T.npy]
+
+Several URLs (proxy replicas) take the requests that `T.npy` assigns them, one index each.
 
 The child imports its libraries, prints `ready`, then reads second 0 (a monotonic time) from its
 stdin: starting an interpreter takes longer than a benchmark may wait once its backends run.
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +37,21 @@ STOP_GRACE_S = 5.0
 
 
 async def _run_schedule(
-    url: str, schedule: np.ndarray, start_at: float, timeout: float, out: Path
+    urls: list[str],
+    schedule: np.ndarray,
+    targets: np.ndarray | None,
+    start_at: float,
+    timeout: float,
+    out: Path,
 ) -> None:
     """Send one GET per entry of `schedule` (s after `start_at`), measure each, save the arrays."""
     result = await run_schedule(
-        url, schedule, start_at=start_at, connections=CONNECTIONS, timeout=timeout
+        urls,
+        schedule,
+        targets=targets,
+        start_at=start_at,
+        connections=CONNECTIONS,
+        timeout=timeout,
     )
     np.savez(
         out,
@@ -54,13 +67,24 @@ async def _run_schedule(
 class LoadProcess:
     """The child process, seen from the benchmark: start early, begin on time, always stop."""
 
-    def __init__(self, url: str, schedule: np.ndarray, timeout: float, workdir: Path) -> None:
-        self.url = url
+    def __init__(
+        self,
+        urls: Sequence[str],
+        schedule: np.ndarray,
+        timeout: float,
+        workdir: Path,
+        targets: np.ndarray | None = None,
+    ) -> None:
+        """Request j of `schedule` goes to `urls[targets[j]]` (to `urls[0]` without targets)."""
+        self.url = " ".join(urls)
         self._out = workdir / "load.npz"
         self._log = workdir / "load.log"
         schedule_file = workdir / "schedule.npy"
         np.save(schedule_file, schedule)
-        command = [sys.executable, "-m", "serving.bench_load", url, str(schedule_file)]
+        command = [sys.executable, "-m", "serving.bench_load", ",".join(urls), str(schedule_file)]
+        if targets is not None:
+            np.save(workdir / "targets.npy", targets)
+            command += ["--targets", str(workdir / "targets.npy")]
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
                 [*command, str(self._out), "--timeout", repr(timeout)],
@@ -132,19 +156,22 @@ class LoadProcess:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.bench_load")
-    parser.add_argument("url")
+    parser.add_argument("urls", help="one URL, or several separated by commas")
     parser.add_argument("schedule", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--targets", type=Path, help="each request's index among the URLs")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and terminates us
     schedule = np.load(args.schedule)
+    targets = np.load(args.targets) if args.targets else None
     print("ready", flush=True)
     start_at = float(sys.stdin.readline())
     if start_at < time.monotonic():
         print("bench_load: second 0 had passed when it arrived", file=sys.stderr)
         return 1
-    run_async(_run_schedule(args.url, schedule, start_at, args.timeout, args.out))
+    urls = args.urls.split(",")
+    run_async(_run_schedule(urls, schedule, targets, start_at, args.timeout, args.out))
     return 0
 
 

@@ -24,7 +24,7 @@ import aiohttp
 from rl_lb.errors import ConfigError
 from rl_lb.scenarios import Scenario
 
-__all__ = ["ProxyProcess", "free_port", "proxy_flags", "running_proxy"]
+__all__ = ["ProxyProcess", "free_port", "proxy_flags", "running_proxies"]
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -103,22 +103,27 @@ async def _wait_ready(proxy: ProxyProcess) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_proxy(
-    backends: Sequence[str], flags: Sequence[str], workdir: Path, port: int
-) -> AsyncIterator[ProxyProcess]:
-    """Start `rl-lb serve` on `port` in front of `backends`, wait until it is ready, always
-    stop it."""
-    admin_port = free_port()
-    log = workdir / f"proxy-{port}.log"
-    command: list[Any] = [*RL_LB, "serve", "--listen", f"{HOST}:{port}"]
-    command += ["--admin", f"{HOST}:{admin_port}", *flags]
-    for url in backends:
-        command += ["--backend", url]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
-    proxy = ProxyProcess(process, port, admin_port, log)
+async def running_proxies(
+    backends: Sequence[str], flags: Sequence[str], workdir: Path, ports: Sequence[int]
+) -> AsyncIterator[list[ProxyProcess]]:
+    """Start one `rl-lb serve` per port in front of `backends` (side by side: an interpreter
+    takes a second or so to start), wait until all are ready, always stop them all."""
+    proxies: list[ProxyProcess] = []
     try:
-        await _wait_ready(proxy)
-        yield proxy
+        for port in ports:
+            admin_port = free_port()
+            log = workdir / f"proxy-{port}.log"
+            command: list[Any] = [*RL_LB, "serve", "--listen", f"{HOST}:{port}"]
+            command += ["--admin", f"{HOST}:{admin_port}", *flags]
+            for url in backends:
+                command += ["--backend", url]
+            with log.open("wb") as sink:
+                process = subprocess.Popen(
+                    command, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink
+                )
+            proxies.append(ProxyProcess(process, port, admin_port, log))
+        await asyncio.gather(*(_wait_ready(proxy) for proxy in proxies))
+        yield proxies
     finally:
-        proxy.stop()
+        for proxy in proxies:
+            proxy.stop()

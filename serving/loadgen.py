@@ -26,6 +26,7 @@ import numpy.typing as npt
 from yarl import URL
 
 from rl_lb.errors import ConfigError
+from rl_lb.types import FloatArray, IntArray
 
 __all__ = [
     "CAUSES",
@@ -59,8 +60,6 @@ CAUSES: tuple[str, ...] = ("ok", "4xx", "5xx", "timeout", "connect", "io")
 """Outcome of a request; index = the code stored in `LoadResult.cause`."""
 ERROR_CAUSES: tuple[str, ...] = CAUSES[1:]
 _OK, _4XX, _5XX, _TIMEOUT, _CONNECT, _IO = range(len(CAUSES))
-
-FloatArray = npt.NDArray[np.float64]
 
 
 def validate(
@@ -217,8 +216,15 @@ class LoadResult:
 class _Run:
     """The mutable state of one run; requests write their own row of the arrays."""
 
-    def __init__(self, url: str, schedule: FloatArray, session: aiohttp.ClientSession) -> None:
-        self.url = url
+    def __init__(
+        self,
+        urls: Sequence[str],
+        targets: IntArray,
+        schedule: FloatArray,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.urls = urls
+        self.targets = targets
         self.schedule = schedule
         self.session = session
         n = len(schedule)
@@ -252,7 +258,8 @@ class _Run:
     async def _one(self, j: int, intended: float) -> None:
         status, cause = 0, _OK
         try:
-            async with self.session.get(self.url, allow_redirects=False) as response:
+            url = self.urls[self.targets[j]]
+            async with self.session.get(url, allow_redirects=False) as response:
                 await response.read()
                 status = response.status
             cause = _5XX if status >= 500 else _4XX if status >= 400 else _OK
@@ -273,9 +280,10 @@ class _Run:
 
 
 async def run_schedule(
-    url: str,
+    url: str | Sequence[str],
     schedule: FloatArray,
     *,
+    targets: IntArray | None = None,
     start_at: float | None = None,
     duration: float | None = None,
     connections: int = 64,
@@ -283,6 +291,9 @@ async def run_schedule(
     process: str = "schedule",
 ) -> LoadResult:
     """Send one GET to `url` at each time of `schedule` (s after second 0), open loop.
+
+    `url` may be several URLs (proxy replicas sharing a pool, say): request j then goes to
+    `url[targets[j]]`.
 
     `schedule` is sorted, in seconds from second 0; `start_at` is second 0 as a `time.monotonic()`
     value still to come (default: now, plus the shortest sleep), which lets another process line
@@ -300,6 +311,15 @@ async def run_schedule(
         )
     if len(schedule) > 1 and bool(np.any(np.diff(schedule) < 0)):
         raise ValueError("the schedule's send times must be sorted")
+    urls = [url] if isinstance(url, str) else list(url)
+    if targets is None:
+        targets = np.zeros(len(schedule), dtype=np.int64)
+    if (
+        len(urls) == 0
+        or len(targets) != len(schedule)
+        or not np.all((targets >= 0) & (targets < len(urls)))
+    ):
+        raise ValueError("each request needs a target among the URLs given")
     if duration is None:
         duration = float(schedule[-1]) if len(schedule) else 0.0
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=connections)
@@ -307,7 +327,7 @@ async def run_schedule(
     async with aiohttp.ClientSession(
         connector=connector, timeout=client_timeout, auto_decompress=False
     ) as session:
-        run = _Run(url, schedule, session)
+        run = _Run(urls, targets, schedule, session)
         start = time.monotonic() + MIN_SLEEP_S if start_at is None else start_at
         try:
             last = await run.dispatch(start)
@@ -316,7 +336,7 @@ async def run_schedule(
         finally:
             await run.cancel()
     return LoadResult(
-        url=url,
+        url=" ".join(urls),
         rate=len(schedule) / duration if duration > 0 else 0.0,
         duration_s=duration,
         process=process,

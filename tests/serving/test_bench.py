@@ -20,7 +20,7 @@ from rl_lb.cli import main
 from rl_lb.errors import ConfigError
 from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import load_scenario
-from serving.bench import bench_scenario
+from serving.bench import bench_scenario, run_live
 from serving.bench_cli import MARK_BEGIN, MARK_END, write_markdown
 from serving.bench_proxy import proxy_flags
 from serving.bench_report import compare
@@ -113,9 +113,12 @@ def test_the_schedule_follows_the_rate_profile(tiny: Path) -> None:
     assert after == pytest.approx(90 * 570, rel=0.05)
 
 
-def test_bench_scenarios_refuse_what_one_live_proxy_cannot_run() -> None:
-    with pytest.raises(ConfigError, match="proxy replicas"):
-        bench_scenario("many-proxies", 0, duration=10)
+def test_bench_scenarios_refuse_what_a_live_run_cannot_start(tmp_path: Path) -> None:
+    assert bench_scenario("many-proxies", 0, duration=10).metrics.proxies == 8
+    crowded = tmp_path / "crowded.toml"
+    crowded.write_text(TINY.replace("[[backends]]", "[metrics]\nproxies = 9\n\n[[backends]]", 1))
+    with pytest.raises(ConfigError, match="9 proxy replicas"):
+        bench_scenario(crowded, 0, duration=10)
     with pytest.raises(ConfigError, match="give one of them"):
         bench_scenario("steady", 0, duration=10, time_scale=0.1)
 
@@ -164,6 +167,20 @@ def test_bench_live_writes_evaluate_records_and_logs_to_mlflow(
         assert record["p50_ms"] <= record["p99_ms"] <= record["effective_p99_ms"]
     artifacts = {p.name for p in (tmp_path / "mlartifacts").rglob("*.png")}
     assert artifacts == {"latency_over_time.png", "weights_over_time.png"}
+
+
+async def test_a_live_run_spreads_requests_over_proxy_replicas(
+    tiny: Path, tmp_path: Path, no_leftovers: None
+) -> None:
+    text = tiny.read_text().replace("[[backends]]", "[metrics]\nproxies = 2\n\n[[backends]]", 1)
+    tiny.write_text(text)
+    scenario = bench_scenario(tiny, 0, duration=3)
+    (run,) = await run_live(scenario, ["least-request"], seed=0)
+    proxies = run.episode.proxy
+    assert set(proxies.tolist()) == {0, 1}
+    assert abs(np.mean(proxies) - 0.5) < 0.1  # uniform, as in the simulator
+    assert np.all(run.load.status == 200)  # both replicas answered
+    assert run.states  # proxy 0's state was polled
 
 
 def test_bench_sim2real_prints_and_writes_the_comparison(
