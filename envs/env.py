@@ -14,6 +14,7 @@ from envs import ENV_ID, kernel
 from envs.simulator import ControlLoop, Simulator
 from rl_lb.errors import ScenarioError
 from rl_lb.features import MAX_BACKENDS, FeatureEncoder
+from rl_lb.policies.learned import DEFAULT_PICKER
 from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
 from rl_lb.types import PoolSnapshot
@@ -100,7 +101,7 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         self,
         scenario: ScenarioSource | Sequence[ScenarioSource],
         *,
-        picker: str = "p2c",
+        picker: str = DEFAULT_PICKER,
         history: int = 4,
         load_scale: tuple[float, float] = (1.0, 1.0),
         error_weight: float = ERROR_WEIGHT,

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import numpy as np
 
 from rl_lb.errors import ConfigError, ModelError
-from rl_lb.pickers import make_picker
+from rl_lb.pickers import PICKER_NAMES, make_picker
 from rl_lb.policies import make_policy
+from rl_lb.policies.learned import DEFAULT_PICKER
 from rl_lb.types import FloatArray, LoadView, Picker, PoolSnapshot, WeightPolicy
 
 __all__ = [
@@ -30,7 +31,7 @@ __all__ = [
 
 log = logging.getLogger("rl_lb.balancer")
 
-PRESETS: dict[str, tuple[str, str]] = {
+PRESETS: dict[str, tuple[str, str | None]] = {
     "round-robin": ("uniform", "round-robin"),
     "random": ("uniform", "random"),
     "least-request": ("uniform", "p2c"),
@@ -38,8 +39,9 @@ PRESETS: dict[str, tuple[str, str]] = {
     "inverse-latency": ("inverse-latency", "random"),
     "capacity": ("capacity", "p2c"),
     "jsq": ("uniform", "jsq"),
-    "learned": ("learned", "p2c"),
+    "learned": ("learned", None),
 }
+"""Preset → (weight policy, picker); None: the picker the learned policy was trained with."""
 BALANCER_NAMES: tuple[str, ...] = tuple(PRESETS)
 FALLBACK_PRESET = "least-latency"
 FALLBACK_REASONS: tuple[str, ...] = (
@@ -199,10 +201,13 @@ def make_balancer(
     load gives a guarded balancer on its fallback (reason "load-failed") instead of an error,
     which is what a proxy wants at start-up.
     """
+    picker_name: str | None
     if name in PRESETS:
         policy_name, picker_name = PRESETS[name]
+    elif name.rpartition("+")[2] in PICKER_NAMES:  # learned:PATH+jsq too
+        policy_name, _, picker_name = name.rpartition("+")
     elif name.startswith("learned:"):
-        policy_name, picker_name = name, "p2c"
+        policy_name, picker_name = name, None
     elif "+" in name:
         policy_name, _, picker_name = name.partition("+")
     else:
@@ -212,12 +217,14 @@ def make_balancer(
             f"choose a preset ({', '.join(BALANCER_NAMES)}), learned:PATH, "
             "or POLICY+PICKER such as capacity+p2c-latency",
         )
-    picker = make_picker(picker_name, rng=_child_rng(rng))
     if not policy_name.startswith("learned"):
-        return Balancer(name, make_policy(policy_name), picker)
+        assert picker_name is not None
+        return Balancer(
+            name, make_policy(policy_name), make_picker(picker_name, rng=_child_rng(rng))
+        )
     fallback = make_balancer(FALLBACK_PRESET, rng=_child_rng(rng))
     try:
-        primary = Balancer(name, make_policy(policy_name), picker)
+        policy = make_policy(policy_name)
     except ModelError as error:
         if on_load_error != "fallback":
             raise
@@ -229,4 +236,8 @@ def make_balancer(
             missing_reason="load-failed",
             name=name,
         )
+    # A learned policy is served with the picker it was trained with, unless one is named.
+    trained_with = str(getattr(policy, "picker", DEFAULT_PICKER))
+    picker = make_picker(picker_name or trained_with, rng=_child_rng(rng))
+    primary = Balancer(name, policy, picker)
     return GuardedBalancer(primary, fallback, max_staleness_s=max_staleness_s, name=name)

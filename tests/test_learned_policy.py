@@ -11,6 +11,7 @@ import torch as th
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rl_lb.balancers import make_balancer
 from rl_lb.errors import ModelError
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import SHIPPED_DIR, LearnedPolicy
@@ -194,6 +195,7 @@ CORRUPTIONS = {
     ),
     "no layout": (lambda out: _edit_header(out, layout=None), "records no feature layout"),
     "unknown activation": (lambda out: _edit_header(out, activation="gelu"), "activation"),
+    "unknown picker": (lambda out: _edit_header(out, picker="p3c"), "unknown picker 'p3c'"),
     "NaN weights": (lambda out: _resave_weights(out, _nan), "NaN"),
     "wrong shape": (lambda out: _resave_weights(out, _wrong_shape), "has shape"),
     "missing weight": (lambda out: _resave_weights(out, _missing_key), "lack 'head.weight'"),
@@ -223,3 +225,18 @@ def test_a_path_that_does_not_exist_is_a_model_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["policy.npz", "policy.json"])
 def test_either_file_of_the_pair_names_the_model(model_dir: Path, name: str) -> None:
     assert LearnedPolicy.load(model_dir / name).version == "t-1"
+
+
+def test_a_policy_is_served_with_the_picker_it_was_trained_with(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    assert LearnedPolicy.load(model_dir).picker == "p2c"  # the environment's default
+    trained = export_policy(make_policy(seed=5), tmp_path / "jsq", ENCODER, "t-2", picker="jsq")
+    assert json.loads((trained / "policy.json").read_text())["picker"] == "jsq"
+    assert make_balancer(f"learned:{trained}").picker.name == "jsq"
+    assert make_balancer(f"learned:{trained}+p2c-latency").picker.name == "p2c-latency"
+    old = _copy(model_dir, tmp_path)
+    header = json.loads((old / "policy.json").read_text())
+    del header["picker"]  # exported before the header named its picker
+    (old / "policy.json").write_text(json.dumps(header))
+    assert make_balancer(f"learned:{old}").picker.name == "p2c"

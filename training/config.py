@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_lb.errors import ConfigError
+from rl_lb.policies.learned import DEFAULT_PICKER
 from rl_lb.scenarios import library_scenarios, resolve_scenario
 from rl_lb.toml_file import read_toml
 
@@ -92,6 +93,11 @@ class TrainConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def picker(self) -> str:
+        """The environment's picker (`[env] picker`), which the exported policy records."""
+        return str(self.env.get("picker", DEFAULT_PICKER))
 
     def scenario_paths(self) -> list[Path]:
         """The scenario files: those named (paths or library names), else the whole library."""

@@ -17,7 +17,13 @@ import numpy as np
 from torch import nn
 
 from rl_lb.features import FeatureEncoder
-from rl_lb.policies.learned import FORMAT, FORMAT_VERSION, HEADER_FILE, WEIGHTS_FILE
+from rl_lb.policies.learned import (
+    DEFAULT_PICKER,
+    FORMAT,
+    FORMAT_VERSION,
+    HEADER_FILE,
+    WEIGHTS_FILE,
+)
 from training.policy import SetActorCriticPolicy, SetExtractor, SlotScoreHead
 
 __all__ = ["MAX_ARTIFACT_BYTES", "export_policy"]
@@ -40,8 +46,12 @@ def export_policy(
     encoder: FeatureEncoder,
     version: str,
     run_id: str | None = None,
+    picker: str = DEFAULT_PICKER,
 ) -> Path:
-    """Write `policy.npz` + `policy.json` into `out_dir` (created) and return the directory."""
+    """Write `policy.npz` + `policy.json` into `out_dir` (created) and return the directory.
+
+    `picker` is the one the environment used in training; the balancer serves it with that one.
+    """
     n_slots, n_features = policy.observation_space.shape  # type: ignore[misc]
     if (n_slots, n_features) != encoder.observation_space.shape:
         raise ValueError(
@@ -73,6 +83,7 @@ def export_policy(
             "pool": ["mean", "max"],
         },
         "activation": policy.activation,
+        "picker": picker,
         "weights_sha256": hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest(),
     }
     (out / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")

@@ -34,6 +34,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
+from rl_lb.policies.learned import DEFAULT_PICKER
 from rl_lb.scenarios import load_scenario
 from training import plots
 from training.callbacks import (
@@ -127,9 +128,12 @@ class Evaluator:
         baselines: list[str],
         work: Path,
         tolerance: float = 1.05,
+        picker: str = DEFAULT_PICKER,
     ) -> None:
         self.scenarios, self.seeds, self.baselines, self.work = scenarios, seeds, baselines, work
         self.tolerance = tolerance
+        self.picker = picker
+        """The environment's picker, recorded in each candidate so it is evaluated with it."""
         self.encoder = FeatureEncoder()
         self._baseline_records: list[dict[str, Any]] | None = None
 
@@ -149,7 +153,9 @@ class Evaluator:
         return self.work / "candidate"
 
     def __call__(self, model: BaseAlgorithm) -> tuple[dict[str, float], tuple[bool, float]]:
-        export_policy(_set_policy(model), self.candidate, self.encoder, "candidate")
+        export_policy(
+            _set_policy(model), self.candidate, self.encoder, "candidate", picker=self.picker
+        )
         table = self.table(self.candidate)
         scores = score(table, self.baselines)
         return eval_metrics(table, scores), scores.selection_key(self.tolerance)
@@ -220,7 +226,12 @@ def run(
         model.set_logger(Logger(folder=None, output_formats=[MlflowWriter()]))
 
         evaluator = Evaluator(
-            eval_scenarios, config.eval.seeds, config.eval.baselines, run_dir, config.eval.tolerance
+            eval_scenarios,
+            config.eval.seeds,
+            config.eval.baselines,
+            run_dir,
+            config.eval.tolerance,
+            picker=config.picker,
         )
         best_zip, best_policy = run_dir / "best.zip", run_dir / "best_policy"
 
@@ -242,7 +253,12 @@ def run(
         best = type(model).load(best_zip, device="cpu")
         version = f"{run_name}@{best.num_timesteps}"
         policy_dir = export_policy(
-            _set_policy(best), run_dir / POLICY_ARTIFACT_PATH, FeatureEncoder(), version, run_id
+            _set_policy(best),
+            run_dir / POLICY_ARTIFACT_PATH,
+            FeatureEncoder(),
+            version,
+            run_id,
+            picker=config.picker,
         )
         final_score = _final_evaluation(config, eval_scenarios, policy_dir, run_dir, console)
         mlflow.log_artifact(str(best_zip), artifact_path="model")

@@ -29,9 +29,11 @@ import numpy.typing as npt
 
 from rl_lb.errors import ModelError
 from rl_lb.features import FeatureEncoder
+from rl_lb.pickers import PICKER_NAMES
 from rl_lb.types import FloatArray, PoolSnapshot
 
 __all__ = [
+    "DEFAULT_PICKER",
     "DEFAULT_TRACKING_URI",
     "FORMAT",
     "FORMAT_VERSION",
@@ -50,6 +52,8 @@ WEIGHTS_FILE = "policy.npz"
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 REGISTERED_MODEL = "rl-lb-policy"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+DEFAULT_PICKER = "p2c"
+"""The picker of a policy whose header names none (the simulator environment's default)."""
 """The embedded MLflow store `rl-lb train` writes to when `MLFLOW_TRACKING_URI` is unset."""
 
 Float32Array = npt.NDArray[np.float32]
@@ -163,6 +167,12 @@ def _read_header(path: Path) -> dict[str, Any]:
             f"model format {header.get('format_version')!r}, this rl-lb reads {FORMAT_VERSION}",
             "re-export the model with this version of rl-lb",
         )
+    if header.setdefault("picker", DEFAULT_PICKER) not in PICKER_NAMES:
+        raise _fail(
+            path,
+            f"trained with an unknown picker {header['picker']!r}",
+            f"this rl-lb has {', '.join(PICKER_NAMES)}",
+        )
     return header
 
 
@@ -257,6 +267,8 @@ class LearnedPolicy:
         self.encoder = encoder
         self.header = header
         self.version = str(header.get("version", "unversioned"))
+        self.picker = str(header.get("picker", DEFAULT_PICKER))
+        """The picker the policy was trained with: its weights mean what they mean under it."""
         self._history: deque[PoolSnapshot] = deque(maxlen=max(encoder.history - 1, 1))
 
     @classmethod
