@@ -18,6 +18,7 @@ import numpy as np
 
 from envs.evaluate import evaluate, student_t
 from rl_lb.balancers import BALANCER_NAMES
+from rl_lb.policies.learned import LearnedPolicy
 from rl_lb.scenarios import library_scenarios
 from training.evaluation import LEARNED, REFERENCE
 
@@ -70,6 +71,7 @@ def _geomean_ratio(
 
 
 def render_markdown(records: list[dict[str, Any]], seeds: list[int]) -> str:
+    shipped = LearnedPolicy.load(None)
     cells = _by_cell(records)
     scenarios = sorted({s for s, _ in cells})
     mean = {
@@ -86,8 +88,9 @@ def render_markdown(records: list[dict[str, Any]], seeds: list[int]) -> str:
         "```",
         "",
         f"Simulator, every library scenario, seeds {seeds[0]}–{seeds[-1]} (never seen in "
-        "training). `learned` is the shipped policy (`rl_lb/policies/shipped/`) with the `p2c` "
-        "picker, guarded. Effective p99 counts a failed request as the scenario's timeout. "
+        "training). `learned` is the shipped policy (`rl_lb/policies/shipped/`, "
+        f"{shipped.version}) with the `{shipped.picker}` picker it was trained with, guarded. "
+        "Effective p99 counts a failed request as the scenario's timeout. "
         "± is the half-width of a 95% Student-t interval over seeds.",
         "",
         "## Targets",
