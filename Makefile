@@ -36,9 +36,12 @@ test: lint typecheck pytest
 demo: setup
 	$(BIN)/rl-lb demo
 
-# Reproduces the shipped policy (fixed seed and config) and its results table.
+# Reproduces the shipped policy (fixed seeds and configs, two stages; see docs/training.md).
 policy: setup
-	$(BIN)/rl-lb train --config training/configs/shipped.toml --export rl_lb/policies/shipped
+	rm -rf runs/shipped-stage1 runs/shipped-stage2
+	$(BIN)/rl-lb train --config training/configs/shipped.toml --out runs/shipped-stage1
+	$(BIN)/rl-lb train --config training/configs/shipped-finetune.toml --out runs/shipped-stage2 \
+		--resume "$$(ls runs/shipped-stage1/*/best.zip)" --export rl_lb/policies/shipped
 
 results: setup
 	$(BIN)/python -m training.results --seeds 10
