@@ -52,9 +52,9 @@ WEIGHTS_FILE = "policy.npz"
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 REGISTERED_MODEL = "rl-lb-policy"
 DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
+"""The embedded MLflow store `rl-lb train` writes to when `MLFLOW_TRACKING_URI` is unset."""
 DEFAULT_PICKER = "p2c"
 """The picker of a policy whose header names none (the simulator environment's default)."""
-"""The embedded MLflow store `rl-lb train` writes to when `MLFLOW_TRACKING_URI` is unset."""
 
 Float32Array = npt.NDArray[np.float32]
 Layer = tuple[Float32Array, Float32Array]
@@ -167,10 +167,11 @@ def _read_header(path: Path) -> dict[str, Any]:
             f"model format {header.get('format_version')!r}, this rl-lb reads {FORMAT_VERSION}",
             "re-export the model with this version of rl-lb",
         )
-    if header.setdefault("picker", DEFAULT_PICKER) not in PICKER_NAMES:
+    picker = header.get("picker", DEFAULT_PICKER)
+    if picker not in PICKER_NAMES:
         raise _fail(
             path,
-            f"trained with an unknown picker {header['picker']!r}",
+            f"trained with an unknown picker {picker!r}",
             f"this rl-lb has {', '.join(PICKER_NAMES)}",
         )
     return header
