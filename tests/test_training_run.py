@@ -12,6 +12,8 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
+from stable_baselines3 import PPO
 
 from rl_lb.cli import main
 from rl_lb.policies.learned import LearnedPolicy
@@ -168,3 +170,21 @@ def test_a_run_resumes_from_its_checkpoint(
         m.step for m in mlflow.MlflowClient().get_metric_history(resumed.run_id, "eval/best_score")
     ]
     assert min(steps) > 128, "the step count carries on from the checkpoint"
+
+
+def test_a_resumed_run_follows_its_own_seed(
+    result: RunResult, store: Path, files: dict[str, Path]
+) -> None:
+    def resumed(seed: int) -> dict[str, torch.Tensor]:
+        overrides = {"scenarios": [str(files["scenario"])], "seed": seed, "timesteps": 320}
+        config = load_config(files["config"], {**overrides, "out": str(store / f"s{seed}")})
+        done = run(config, resume=result.run_dir / "latest.zip")
+        # latest.zip at step 320 has had two updates since the checkpoint (after 192 and 256).
+        return PPO.load(done.run_dir / "latest.zip").policy.state_dict()
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    first, again, other = resumed(5), resumed(5), resumed(6)
+    assert same(first, again), "the same seed repeats the run"
+    assert not same(first, other), "another seed is another run (not the checkpoint's seed)"

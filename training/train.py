@@ -96,7 +96,10 @@ def _build_model(config: TrainConfig, venv: VecEnv, resume: Path | None) -> Base
     if resume is not None:
         if not resume.is_file():
             raise ConfigError(str(resume), "no such checkpoint", "give a latest.zip or best.zip")
-        return algo.load(resume, env=venv, device="cpu")
+        model = algo.load(resume, env=venv, device="cpu")
+        # SB3 reseeds a loaded model with the checkpoint's seed; a resumed run follows its own.
+        model.set_random_seed(config.seed)
+        return model
     accepted = inspect.signature(algo).parameters
     params = {k: v for k, v in dataclasses.asdict(config.algo_params).items() if k in accepted}
     if params.get("target_kl") == 0.0:
