@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch as th
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from random_policy import ENCODER, make_policy
 
 from rl_lb.balancers import make_balancer
 from rl_lb.errors import ModelError
@@ -17,25 +17,6 @@ from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import SHIPPED_DIR, LearnedPolicy
 from rl_lb.types import BackendStats, PoolSnapshot, WeightPolicy
 from training.export import export_policy
-from training.policy import SetActorCriticPolicy
-
-ENCODER = FeatureEncoder()
-
-
-def make_policy(seed: int) -> SetActorCriticPolicy:
-    """A small policy with O(1) random weights, so the scores differ visibly between slots."""
-    th.manual_seed(seed)
-    policy = SetActorCriticPolicy(
-        ENCODER.observation_space,
-        ENCODER.action_space,
-        lambda _: 3e-4,
-        slot_net=[32, 24],
-        head_net=[16],
-    )
-    with th.no_grad():
-        for parameter in policy.parameters():
-            parameter.normal_(0.0, 0.4)
-    return policy
 
 
 def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:

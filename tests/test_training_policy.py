@@ -10,6 +10,7 @@ import pytest
 import torch as th
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from random_policy import ENCODER, make_policy
 from stable_baselines3 import A2C, PPO
 
 from rl_lb.features import FeatureEncoder
@@ -17,26 +18,7 @@ from rl_lb.policies.learned import LearnedPolicy
 from training.export import MAX_ARTIFACT_BYTES, export_policy
 from training.policy import SetActorCriticPolicy
 
-ENCODER = FeatureEncoder()
 N_SLOTS, N_FEATURES = ENCODER.observation_space.shape
-
-
-def make_policy(seed: int = 0, activation: str = "tanh") -> SetActorCriticPolicy:
-    """A policy with O(1) random weights (SB3's init makes the scores ~0.01, too easy to match)."""
-    th.manual_seed(seed)
-    policy = SetActorCriticPolicy(
-        ENCODER.observation_space,
-        ENCODER.action_space,
-        lambda _: 3e-4,
-        slot_net=[32, 24],
-        head_net=[16],
-        critic_net=[16],
-        activation=activation,
-    )
-    with th.no_grad():
-        for parameter in policy.parameters():
-            parameter.normal_(0.0, 0.4)
-    return policy
 
 
 def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:
