@@ -35,9 +35,9 @@ import numpy as np
 import psutil
 from _harness import RL_LB, process
 
-from serving.backends import EmulatedPool
-from serving.loadgen import CAUSES, run_load
-from serving.tools_cli import load_scenario_sample
+from lab.backends import EmulatedPool
+from lab.loadgen import CAUSES, run_load
+from lab.runtime import load_scenario_sample
 
 UNANSWERED = ("timeout", "connect", "io")
 """Load generator outcomes with no HTTP status."""

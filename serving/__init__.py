@@ -1,1 +1,1 @@
-"""rl-lb serving wing."""
+"""rl-lb serving wing: the proxy. It imports the core only (tests/test_import_rules.py)."""

@@ -1,4 +1,4 @@
-"""Sub-commands of the serving wing: `serve`, `backends`, `loadgen`, `demo`, `bench`."""
+"""Sub-commands of the serving wing: `serve` (the proxy)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from serving import bench_cli, proxy_cli, tools_cli
+    from serving import proxy_cli
 
     proxy_cli.register(app)
-    tools_cli.register(app)
-    bench_cli.register(app)

@@ -24,12 +24,12 @@ from gymnasium.utils.env_checker import check_env
 from envs import LIVE_ENV_ID
 from envs.factory import pool_scenario
 from envs.live import Counters, LivePoolEnv, snapshot_from_json
+from lab.backends import EmulatedPool
+from lab.loadgen import run_load
 from rl_lb.features import FeatureEncoder
 from rl_lb.scenarios import Event, Scenario, ServiceDist
 from serving.app import ProxyServer
-from serving.backends import EmulatedPool
 from serving.config import ProxyConfig
-from serving.loadgen import run_load
 
 INTERVAL_S = 0.2
 RATE = 150.0

@@ -186,7 +186,7 @@ async def open_loop(
 ) -> Run:
     """GET `url` at a constant `rate` for `duration` s whatever the answers, keeping each one.
 
-    `serving.loadgen.run_load` keeps statuses only; these tests also need the proxy's reason
+    `lab.loadgen.run_load` keeps statuses only; these tests also need the proxy's reason
     header and body, so this is the same open-loop schedule with fuller records.
     """
     run = Run(scheduled=int(rate * duration))

@@ -2,7 +2,7 @@
 
 Both take the same scenario options: `--duration` (or `--time-scale`) compresses the scenario's
 timeline and `--rate-scale` thins its traffic, and that one scaled scenario is what both the
-simulator and the live run get (see `serving.bench_scenario`).
+simulator and the live run get (see `lab.bench_scenario`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 
 if TYPE_CHECKING:
+    from lab.bench import LiveRun
     from rl_lb.scenarios import Scenario
-    from serving.bench import LiveRun
 
 __all__ = ["MARK_BEGIN", "MARK_END", "register", "write_markdown"]
 
@@ -73,7 +73,7 @@ class _Display:
         self.balancer = balancer
 
     def show(self, elapsed: float, state: dict[str, Any] | None) -> None:
-        from serving.demo import live_table
+        from lab.demo import live_table
 
         total = self.scenario.duration_s
         done = min(max(elapsed, 0.0), total)
@@ -99,7 +99,7 @@ async def _live(
     console: Console,
 ) -> list[tuple[Scenario, list[LiveRun]]]:
     """Per scenario (as run), the live runs of every seed and balancer, shown as they go."""
-    from serving.bench import bench_scenario, run_live
+    from lab.bench import bench_scenario, run_live
 
     groups: list[tuple[Scenario, list[LiveRun]]] = []
     for name in scenarios:
@@ -137,7 +137,7 @@ def _stoppable() -> Iterator[None]:
 def _log_mlflow(
     scenario: Scenario, runs: list[LiveRun], params: dict[str, Any], console: Console
 ) -> None:
-    from serving.bench_mlflow import log_bench
+    from lab.bench_mlflow import log_bench
 
     params = {**params, "scenario": scenario.name, "scaled_duration_s": scenario.duration_s}
     try:
@@ -164,7 +164,7 @@ def live(
 ) -> None:
     """Each balancer in turn: the scenario's emulated backends, the proxy, open-loop load."""
     from envs.evaluate import render
-    from serving.tools_cli import run_async
+    from lab.runtime import run_async
 
     balancers = balancer or DEFAULT_BALANCERS
     console = Console()
@@ -219,9 +219,9 @@ def sim2real(
     ] = None,
 ) -> None:
     """The same scaled scenarios and balancers in the simulator and live: p99s side by side."""
-    from serving.bench import bench_scenario, record_of, simulate
-    from serving.bench_report import compare, markdown, rich_tables
-    from serving.tools_cli import run_async
+    from lab.bench import bench_scenario, record_of, simulate
+    from lab.bench_report import compare, markdown, rich_tables
+    from lab.runtime import run_async
 
     balancers = balancer or DEFAULT_BALANCERS
     console = Console()

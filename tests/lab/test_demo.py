@@ -9,8 +9,8 @@ import numpy as np
 import psutil
 from rich.console import Console
 
+from lab.demo import BALANCERS, run_demo
 from rl_lb.scenarios import load_scenario
-from serving.demo import BALANCERS, run_demo
 
 
 def listening_ports() -> set[int]:

@@ -17,8 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 import rl_lb.cli
-from serving import tools_cli
-from serving.loadgen import (
+from lab import tools_cli
+from lab.loadgen import (
     CAUSES,
     ERROR_CAUSES,
     LoadResult,

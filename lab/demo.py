@@ -21,10 +21,10 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from lab.backends import EmulatedPool
+from lab.loadgen import LoadResult, run_load
 from rl_lb.scenarios import Scenario
 from serving.admin import read_state
-from serving.backends import EmulatedPool
-from serving.loadgen import LoadResult, run_load
 
 __all__ = ["BALANCERS", "DemoRow", "run_demo"]
 

@@ -3,7 +3,7 @@
 Three processes, because two cores and one event loop do not stretch further: this one runs the
 emulated backends and polls the proxy's admin API; `rl-lb serve` is a child (sharing the
 backends' loop made the proxy's tail collapse at ~700 requests/s, see docs/sim2real.md); the load
-generator is another child (`serving.bench_load`), so its latencies do not include anybody's
+generator is another child (`lab.bench_load`), so its latencies do not include anybody's
 backlog but the system's. Everything started here is stopped on return, on error and on Ctrl-C.
 
 A live run is summarised by `envs.episode.summarise`, from an `EpisodeResult` built out of the
@@ -28,17 +28,17 @@ import numpy as np
 
 from envs import kernel
 from envs.episode import EpisodeResult, run_episode, summarise
+from lab.backends import EmulatedPool
+from lab.bench_load import LoadProcess
+from lab.bench_proxy import free_port, proxy_flags, running_proxies
+from lab.bench_scenario import arrival_schedule
+from lab.loadgen import CAUSES, MAX_REQUESTS, LoadResult
 from rl_lb.balancers import Balancer, make_balancer
 from rl_lb.errors import ConfigError, ModelError
 from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import Scenario, load_scenario
 from serving.admin import read_state
-from serving.backends import EmulatedPool
-from serving.bench_load import LoadProcess
-from serving.bench_proxy import free_port, proxy_flags, running_proxies
-from serving.bench_scenario import arrival_schedule
 from serving.controller import balancer_spec
-from serving.loadgen import CAUSES, MAX_REQUESTS, LoadResult
 
 __all__ = [
     "LEADS_S",

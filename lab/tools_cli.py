@@ -1,66 +1,23 @@
-"""The `backends`, `loadgen` and `demo` sub-commands: the tools around the proxy.
-
-They run on uvloop when it is installed, because the load generator's own CPU time bounds the rate
-it can hold on one core and its scheduling lag shows up in every latency it measures.
-"""
+"""The `backends`, `loadgen` and `demo` sub-commands: the tools around the proxy."""
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import json
-import signal
 import sys
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
-import numpy as np
 import typer
 
+from lab.runtime import load_scenario_sample, run_async, wait_for_stop_signal
 from rl_lb.scenarios import Scenario
 
-__all__ = ["load_scenario_sample", "register", "run_async", "wait_for_stop_signal"]
-
-T = TypeVar("T")
-
-
-def run_async(main: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion on a fresh event loop (uvloop when installed)."""
-    factory: Callable[[], asyncio.AbstractEventLoop] | None
-    try:
-        import uvloop
-    except ImportError:
-        factory = None
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
-async def wait_for_stop_signal() -> None:
-    """Return on SIGINT or SIGTERM, so the caller's cleanup runs instead of a traceback."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
-def load_scenario_sample(name_or_path: str, seed: int) -> Scenario:
-    """One concrete scenario drawn from a shipped name or a file, reproducibly from `seed`."""
-    from rl_lb.scenarios import load_scenario
-
-    return load_scenario(name_or_path).sample(np.random.default_rng(seed))
+__all__ = ["register"]
 
 
 async def _serve_backends(scenario: Scenario, seed: int, time_scale: float, base_port: int) -> None:
-    from serving.backends import EmulatedPool, describe
+    from lab.backends import EmulatedPool, describe
 
     async with EmulatedPool(
         scenario, seed=seed, time_scale=time_scale, base_port=base_port
@@ -107,7 +64,7 @@ def loadgen(
     seed: Annotated[int, typer.Option(help="Seeds the Poisson schedule.")] = 0,
 ) -> None:
     """Open-loop load: send on schedule whatever the answers, latency from the intended send."""
-    from serving.loadgen import format_summary, run_load, validate
+    from lab.loadgen import format_summary, run_load, validate
 
     validate(url, rate, duration, connections, timeout, process)
     result = run_async(
@@ -147,8 +104,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seeds the scenario draw, backends and load.")] = 0,
 ) -> None:
     """Learned vs least-latency vs round-robin on emulated backends, through the real proxy."""
+    from lab.demo import run_demo
     from rl_lb.errors import ConfigError
-    from serving.demo import run_demo
 
     if not 0 < duration <= 600:
         raise ConfigError(

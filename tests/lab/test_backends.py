@@ -10,6 +10,13 @@ import aiohttp
 import numpy as np
 import pytest
 
+from lab.backends import (
+    EmulatedPool,
+    FifoServers,
+    PauseSchedule,
+    _slowdown,
+    draw_service_time,
+)
 from rl_lb.errors import ConfigError
 from rl_lb.scenarios import (
     Arrivals,
@@ -20,13 +27,6 @@ from rl_lb.scenarios import (
     Pauses,
     Scenario,
     ServiceDist,
-)
-from serving.backends import (
-    EmulatedPool,
-    FifoServers,
-    PauseSchedule,
-    _slowdown,
-    draw_service_time,
 )
 
 

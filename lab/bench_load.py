@@ -1,12 +1,12 @@
 """The live benchmark's load generator, in a process of its own.
 
 A load generator sharing the proxy's (or the backends') event loop measures that loop's backlog as
-latency, and the two steal each other's CPU; so the benchmark runs `serving.loadgen.run_schedule`
+latency, and the two steal each other's CPU; so the benchmark runs `lab.loadgen.run_schedule`
 here, in a child process, against a schedule it is handed in a file (the scenario's rate profile,
 which `run_load`'s single rate cannot express). Both processes read the
 same system-wide monotonic clock, so second 0 of the schedule lines up with the backends' timeline.
 
-    python -m serving.bench_load URL[,URL...] SCHEDULE.npy OUT.npz --timeout S [--targets T.npy]
+    python -m lab.bench_load URL[,URL...] SCHEDULE.npy OUT.npz --timeout S [--targets T.npy]
 
 Several URLs (proxy replicas) take the requests that `T.npy` assigns them, one index each.
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.loadgen import LoadResult, run_schedule
-from serving.tools_cli import run_async
+from lab.loadgen import LoadResult, run_schedule
+from lab.runtime import run_async
 
 __all__ = ["CONNECTIONS", "LoadProcess", "main"]
 
@@ -81,7 +81,7 @@ class LoadProcess:
         self._log = workdir / "load.log"
         schedule_file = workdir / "schedule.npy"
         np.save(schedule_file, schedule)
-        command = [sys.executable, "-m", "serving.bench_load", ",".join(urls), str(schedule_file)]
+        command = [sys.executable, "-m", "lab.bench_load", ",".join(urls), str(schedule_file)]
         if targets is not None:
             np.save(workdir / "targets.npy", targets)
             command += ["--targets", str(workdir / "targets.npy")]
@@ -155,7 +155,7 @@ class LoadProcess:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.bench_load")
+    parser = argparse.ArgumentParser(prog="python -m lab.bench_load")
     parser.add_argument("urls", help="one URL, or several separated by commas")
     parser.add_argument("schedule", type=Path)
     parser.add_argument("out", type=Path)

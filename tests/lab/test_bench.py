@@ -16,15 +16,15 @@ import psutil
 import pytest
 
 from envs.evaluate import RECORD_KEYS
+from lab.bench import bench_scenario, run_live
+from lab.bench_cli import MARK_BEGIN, MARK_END, write_markdown
+from lab.bench_proxy import proxy_flags
+from lab.bench_report import compare
+from lab.bench_scenario import arrival_schedule
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError
 from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import load_scenario
-from serving.bench import bench_scenario, run_live
-from serving.bench_cli import MARK_BEGIN, MARK_END, write_markdown
-from serving.bench_proxy import proxy_flags
-from serving.bench_report import compare
-from serving.bench_scenario import arrival_schedule
 from serving.config import KEYS, load_config
 
 TINY = """\
