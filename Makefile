@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy rl_lb
+	$(BIN)/mypy
 
 pytest: setup
 	$(BIN)/pytest -n 2 --dist loadfile

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -23,7 +24,7 @@ from envs.episode import SUMMARY_KEYS, run_episode, summarise
 from rl_lb.balancers import make_balancer
 from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
 
-__all__ = ["RECORD_KEYS", "evaluate", "render", "student_t"]
+__all__ = ["RECORD_KEYS", "evaluate", "render", "short_labels", "student_t"]
 
 RECORD_KEYS: tuple[str, ...] = ("scenario", "balancer", "seed", *SUMMARY_KEYS)
 PARALLEL_FROM = 8
@@ -128,7 +129,20 @@ def evaluate(
     return [r for r in records if r is not None]
 
 
+LABEL_WIDTH = 20
+"""Row labels longer than this are shortened to `#k` with a legend under the table."""
+CAPTION = (
+    "latencies in ms; eff p99: the 99th percentile with every failed request counted as the "
+    "scenario's timeout"
+)
+
+
+def _mean(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    return f"{float(np.mean(values)) * scale:.{digits}f}"
+
+
 def _cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """Mean ± the 95% Student-t half-width (the mean alone for one value)."""
     array = np.asarray(values, dtype=np.float64) * scale
     mean = float(array.mean())
     if len(array) < 2:
@@ -137,31 +151,62 @@ def _cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
+def short_labels(names: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """Row label per balancer name, and the legend lines for those that had to be shortened."""
+    labels: dict[str, str] = {}
+    legend: list[str] = []
+    for name in names:
+        if len(name) <= LABEL_WIDTH:
+            labels[name] = name
+        else:
+            labels[name] = f"#{len(legend) + 1}"
+            legend.append(f"{labels[name]} = {name}")
+    return labels, legend
+
+
 def render(records: Sequence[dict[str, Any]], console: Console) -> None:
-    """One table per scenario, one row per balancer: means over seeds ± 95% Student t CI."""
+    """One table per scenario, one row per balancer: means over seeds, the 95% Student-t interval
+    on the tail figures (p99, eff p99) where there are several seeds.
+
+    Narrow terminals (under 110 columns) drop the mean and p99.9 columns rather than wrap cells;
+    the JSON records keep every figure.
+    """
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         grouped[record["scenario"]][record["balancer"]].append(record)
+    wide = console.width >= 110
     for scenario, rows in grouped.items():
         seeds = max(len(r) for r in rows.values())
-        table = Table(title=f"{scenario} ({seeds} seeds, mean ± 95% CI)", title_justify="left")
-        table.add_column("balancer")
-        for header in (
-            "requests",
-            "error %",
-            "mean ms",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "eff p99 ms",
-        ):
-            table.add_column(header, justify="right")
+        if seeds > 1:
+            title = f"{scenario} ({seeds} seeds, mean; ± 95% CI on the tails)"
+        else:
+            title = f"{scenario} (1 seed)"
+        labels, legend = short_labels(rows)
+        table = Table(
+            title=title,
+            title_justify="left",
+            caption=CAPTION,
+            caption_justify="left",
+            box=box.SIMPLE_HEAD,
+        )
+        table.add_column("balancer", no_wrap=True)
+        headers = ["requests", "err %", "p50", "p99", "eff p99"]
+        if wide:
+            headers = ["requests", "err %", "mean", "p50", "p99", "p99.9", "eff p99"]
+        for header in headers:
+            table.add_column(header, justify="right", no_wrap=True)
         for balancer, runs in rows.items():
             errors = [r["errors"] / r["requests"] if r["requests"] else 0.0 for r in runs]
-            table.add_row(
-                balancer,
-                _cell([r["requests"] for r in runs], digits=0),
-                _cell(errors, 100.0, 2),
-                *(_cell([r[k] for r in runs]) for k in SUMMARY_KEYS[2:]),
-            )
+            cells = {
+                "requests": _mean([r["requests"] for r in runs], digits=0),
+                "err %": _mean(errors, 100.0, 2),
+                "mean": _mean([r["mean_ms"] for r in runs]),
+                "p50": _mean([r["p50_ms"] for r in runs]),
+                "p99": _cell([r["p99_ms"] for r in runs]),
+                "p99.9": _mean([r["p999_ms"] for r in runs]),
+                "eff p99": _cell([r["effective_p99_ms"] for r in runs]),
+            }
+            table.add_row(labels[balancer], *(cells[h] for h in headers))
         console.print(table)
+        for line in legend:
+            console.print(f"  {line}", highlight=False, soft_wrap=True)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sys
 from importlib.metadata import entry_points
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer._click.core import Context
 from typer._click.exceptions import ClickException
+from typer.core import TyperGroup, TyperOption
 
 from rl_lb import __version__
 from rl_lb.errors import RlLbError
@@ -22,12 +24,17 @@ __all__ = ["app", "main"]
 
 ENTRY_POINT_GROUP = "rl_lb.commands"
 
+HELP_NAMES = ["-h", "--help"]
+HELP_OPTIONS = {"help_option_names": HELP_NAMES}
+"""`-h` and `--help` on every command (typer passes the root's context settings down)."""
+
 app = typer.Typer(
     name="rl-lb",
     help="A load balancer that learns: simulate, train, evaluate and serve.",
-    no_args_is_help=True,
+    invoke_without_command=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings=HELP_OPTIONS,
 )
 err_console = Console(stderr=True)
 
@@ -40,12 +47,28 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
     """A load balancer that learns: simulate, train, evaluate and serve."""
+    if ctx.invoked_subcommand is None:  # `rl-lb` alone: the help, and success
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+def _without_flag_placeholders(command: Any) -> Any:
+    """Flags take no value, so the help shows none (typer prints `<bool>` beside each)."""
+    help_option = command.get_help_option(Context(command, help_option_names=HELP_NAMES))
+    for param in [*command.params, help_option]:
+        if isinstance(param, TyperOption) and param.is_flag:
+            param.metavar = ""
+    if isinstance(command, TyperGroup):
+        for sub in command.commands.values():
+            _without_flag_placeholders(sub)
+    return command
 
 
 _registered: set[str] = set()
@@ -71,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one red line and exit status 2."""
     _register_wings()
     try:
-        result = app(args=argv if argv is not None else sys.argv[1:], standalone_mode=False)
+        command = _without_flag_placeholders(typer.main.get_command(app))
+        args = argv if argv is not None else sys.argv[1:]
+        result = command.main(args=args, prog_name="rl-lb", standalone_mode=False)
     except RlLbError as error:
         err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         return error.exit_code

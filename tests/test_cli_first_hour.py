@@ -1,0 +1,155 @@
+"""The CLI as a new user meets it: help, defaults, one-line errors, tables that fit.
+
+Each test runs the command as a user would (through `rl_lb.cli.main`, or a subprocess where the
+terminal width matters) and asserts what the user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from envs.cli import DEFAULT_BALANCERS
+from envs.evaluate import short_labels
+from rl_lb.balancers import BALANCER_NAMES
+from rl_lb.cli import main
+
+TINY = """
+name = "tiny"
+description = "two equal backends, a few seconds"
+duration_s = 4
+control_interval_s = 1.0
+
+[arrivals]
+process = "poisson"
+load = 0.5
+
+[[backends]]
+count = 2
+concurrency = 2
+service = { dist = "exponential", mean_s = 0.01 }
+"""
+
+
+def _run(*args: str, columns: int = 80) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "dumb"}
+    return subprocess.run(
+        [sys.executable, "-m", "rl_lb.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_bare_command_prints_help_and_succeeds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: rl-lb" in out
+    assert "evaluate" in out
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["scenario", "validate"], ["serve"], []])
+def test_dash_h_is_help_and_flags_have_no_placeholder(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "-h"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage:" in out
+    assert "<bool>" not in out
+
+
+def test_evaluate_includes_the_learned_policy_by_default() -> None:
+    assert "learned" in DEFAULT_BALANCERS
+    assert set(DEFAULT_BALANCERS) == set(BALANCER_NAMES)
+
+
+def test_evaluate_default_run_has_a_learned_row(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    out = tmp_path / "runs.json"
+    done = _run("evaluate", "--scenario", str(scenario), "--seeds", "1", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    balancers = {r["balancer"] for r in json.loads(out.read_text())}
+    assert balancers == set(BALANCER_NAMES)
+    assert "learned" in done.stdout.split()
+    assert "tiny (1 seed)" in done.stdout
+    assert "±" not in done.stdout  # one seed: no intervals promised or shown
+
+
+def test_evaluate_table_fits_80_columns_with_a_legend(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    long_name = f"learned:{Path('rl_lb/policies/shipped').resolve()}"
+    done = _run(
+        "evaluate",
+        "--scenario",
+        str(scenario),
+        "--seeds",
+        "2",
+        "--balancer",
+        "least-latency",
+        "--balancer",
+        long_name,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert any(line.split()[:1] == ["#1"] for line in lines)  # the short label's row
+    assert f"#1 = {long_name}" in done.stdout  # and its legend
+    assert "eff p99" in done.stdout
+    assert "timeout" in done.stdout  # the caption explains eff p99
+    row = next(line for line in lines if line.strip().startswith("least-latency"))
+    assert row.split()[1].isdigit()  # requests: a count, no ±
+
+
+def test_short_labels_keep_short_names() -> None:
+    labels, legend = short_labels(["least-latency", "x" * 40])
+    assert labels == {"least-latency": "least-latency", "x" * 40: "#1"}
+    assert legend == [f"#1 = {'x' * 40}"]
+
+
+def test_evaluate_json_into_a_missing_folder_fails_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "missing" / "runs.json"
+    code = main(["evaluate", "--scenario", "steady", "--seeds", "1", "--json", str(target)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert "--json" in err
+    assert "does not exist" in err
+
+
+def test_evaluate_old_policy_spelling_is_refused_with_a_hint(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main(["evaluate", "--scenario", "steady", "--policy", "capacity", "--picker", "p2c"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--weight-policy capacity" in err
+
+
+def test_evaluate_weight_policy_adds_a_pair(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    out = tmp_path / "runs.json"
+    argv = ["evaluate", "--scenario", str(scenario), "--seeds", "1", "--json", str(out)]
+    assert main([*argv, "--weight-policy", "capacity", "--picker", "p2c"]) == 0
+    assert {r["balancer"] for r in json.loads(out.read_text())} == {"capacity+p2c"}
+
+
+def test_evaluate_policy_option_serves_that_model(tmp_path: Path) -> None:
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    out = tmp_path / "runs.json"
+    model = "rl_lb/policies/shipped"
+    argv = ["evaluate", "--scenario", str(scenario), "--seeds", "1", "--json", str(out)]
+    assert main([*argv, "--balancer", "learned", "--policy", model]) == 0
+    assert {r["balancer"] for r in json.loads(out.read_text())} == {f"learned:{model}"}
