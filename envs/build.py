@@ -14,16 +14,12 @@ import numpy as np
 from envs import kernel
 from envs.nb_metrics import MetricsState, new_metrics
 from envs.nb_pickers import PICKER_CODES
+from envs.nb_retry_budget import new_budget
 from envs.nb_state import Spec, State
 from rl_lb.errors import ScenarioError
-from rl_lb.health import OutlierConfig
-from rl_lb.metrics import DEFAULT_ERROR_PENALTY_S
 from rl_lb.scenarios import Arrivals, BackendSpec, Scenario
 
 __all__ = [
-    "BUDGET_TAU_S",
-    "MAX_RETRIES",
-    "RETRY_BUDGET",
     "SLOTS",
     "grow_state",
     "make_spec",
@@ -32,11 +28,6 @@ __all__ = [
 
 SLOTS = 10
 """The `PoolMetrics` default the proxy runs with (tests/test_sim_metrics.py checks they agree)."""
-MAX_RETRIES = 2
-RETRY_BUDGET = 0.2
-"""The proxy's retry policy on connect failures: at most 2 retries, at most 20% of requests."""
-BUDGET_TAU_S = 10.0
-"""Memory of the retry budget: requests and retries are counted with an exponential decay."""
 _KINDS = {
     "exponential": kernel.EXPONENTIAL,
     "lognormal": kernel.LOGNORMAL,
@@ -111,7 +102,8 @@ def make_spec(scenario: Scenario, rng: np.random.Generator) -> Spec:
     bounds, rates = _segments(scenario.arrivals, scenario.duration_s, rng)
     horizon = scenario.duration_s + min(scenario.timeout_s, scenario.duration_s) + 1.0
     pz_ptr, pz_start, pz_end, pz_cum = _pauses(backends, horizon, rng)
-    outlier = OutlierConfig()
+    ejection, retries = scenario.control.ejection, scenario.control.retries
+    health = scenario.control.health
     refresh = scenario.metrics.picker_refresh_s
     f64 = np.float64
     return Spec(
@@ -143,17 +135,18 @@ def make_spec(scenario: Scenario, rng: np.random.Generator) -> Spec:
         trace=np.array(sorted(scenario.arrivals.trace), dtype=f64),
         use_trace=scenario.arrivals.process == "trace",
         proxies=int(scenario.metrics.proxies),
-        hc_interval=float(scenario.health.interval_s),
-        healthy_threshold=int(scenario.health.healthy_threshold),
-        unhealthy_threshold=int(scenario.health.unhealthy_threshold),
-        consecutive_failures=outlier.consecutive_failures,
-        eject_base_s=outlier.base_ejection_s,
-        eject_max_s=outlier.max_ejection_s,
-        max_ejection_percent=outlier.max_ejection_percent,
+        hc_interval=float(health.interval_s),
+        healthy_threshold=int(health.healthy_threshold),
+        unhealthy_threshold=int(health.unhealthy_threshold),
+        consecutive_failures=ejection.consecutive_failures,
+        eject_base_s=ejection.base_ejection_s,
+        eject_max_s=ejection.max_ejection_s,
+        max_ejection_percent=ejection.max_ejection_percent,
         refresh_s=float(refresh),
-        max_retries=MAX_RETRIES,
-        retry_budget=RETRY_BUDGET,
-        budget_tau_s=BUDGET_TAU_S,
+        max_retries=retries.retries,
+        retry_budget=retries.budget,
+        budget_window_s=retries.budget_window_s,
+        min_retries_per_s=retries.min_retries_per_s,
     )
 
 
@@ -183,10 +176,10 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
     metrics: MetricsState = new_metrics(
         proxies,
         n,
-        window_s=scenario.metrics.window_s,
+        window_s=scenario.control.metrics.window_s,
         slots=SLOTS,
-        ewma_tau_s=scenario.metrics.ewma_tau_s,
-        error_penalty_s=DEFAULT_ERROR_PENALTY_S,
+        ewma_tau_s=scenario.control.metrics.ewma_tau_s,
+        error_penalty_s=scenario.control.metrics.error_penalty_s,
     )
     return State(
         m=metrics,
@@ -212,7 +205,7 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
         eject_count=np.zeros(pn, dtype=np.int64),
         consec=np.zeros(pn, dtype=np.int64),
         hc_streak=np.zeros(pn, dtype=np.int64),
-        budget=np.zeros((proxies, 3)),
+        budget=new_budget(proxies),
         tried=np.full(spec.max_retries + 1, -1, dtype=np.int64),
     )
 

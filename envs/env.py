@@ -9,17 +9,17 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 
 from envs import ENV_ID, kernel
 from envs.simulator import ControlLoop, Simulator
 from rl_lb.errors import ScenarioError
-from rl_lb.features import MAX_BACKENDS, FeatureEncoder
+from rl_lb.features import MAX_BACKENDS, ArraySpec, FeatureEncoder
 from rl_lb.policies.learned import DEFAULT_PICKER
-from rl_lb.scenario_scaling import time_scaled
-from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
+from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario, time_scaled
 from rl_lb.types import PoolSnapshot
 
-__all__ = ["ENV_ID", "BackendPoolEnv", "interval_reward"]
+__all__ = ["ENV_ID", "BackendPoolEnv", "box", "interval_reward", "policy_spaces"]
 
 ERROR_WEIGHT = 10.0
 """Default reward cost of an interval where every request failed, on top of its latency terms."""
@@ -37,6 +37,17 @@ def _family(source: ScenarioSource) -> Scenario | ScenarioFamily:
             "use a smaller pool for training",
         )
     return family
+
+
+def box(spec: ArraySpec) -> spaces.Box:
+    """The Gymnasium space of an array the encoder describes (the core itself has no Gymnasium)."""
+    return spaces.Box(low=spec.low, high=spec.high, shape=spec.shape, dtype=spec.dtype)
+
+
+def policy_spaces(encoder: FeatureEncoder) -> tuple[spaces.Box, spaces.Box]:
+    """(observation space, action space) of a policy fed by `encoder`: what the environments
+    declare and what an SB3 policy is built with."""
+    return box(encoder.observation_spec), box(encoder.action_spec)
 
 
 def interval_reward(
@@ -68,7 +79,7 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
     turns them into weights (a softmax over live backends; absent and dead slots get 0).
 
     ## Observation Space
-    `FeatureEncoder(history).observation_space`: `Box(-10, 10, (MAX_BACKENDS, n_features))`,
+    `box(FeatureEncoder(history).observation_spec)`: `Box(-10, 10, (MAX_BACKENDS, n_features))`,
     the encoding of proxy 0's snapshot — taken `metrics.delay_s` before the decision — with the
     snapshots of the previous steps as history. Column 0 is the present mask.
 
@@ -123,8 +134,7 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         self.families = [_family(s) for s in sources]
         self.picker = picker
         self.encoder = FeatureEncoder(history)
-        self.observation_space = self.encoder.observation_space
-        self.action_space = self.encoder.action_space
+        self.observation_space, self.action_space = policy_spaces(self.encoder)
         self.scenario: Scenario | None = None
         self._sim: Simulator | None = None
         self._loop: ControlLoop | None = None

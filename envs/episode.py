@@ -20,7 +20,7 @@ from rl_lb.balancers import Balancer, make_balancer
 from rl_lb.scenarios import Scenario
 from rl_lb.types import FloatArray, IntArray
 
-__all__ = ["SUMMARY_KEYS", "EpisodeResult", "run_episode", "summarise"]
+__all__ = ["SUMMARY_KEYS", "EpisodeResult", "fallback_share_of", "run_episode", "summarise"]
 
 SUMMARY_KEYS: tuple[str, ...] = (
     "requests",
@@ -30,6 +30,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "p99_ms",
     "p999_ms",
     "effective_p99_ms",
+    "fallback_share",
 )
 
 
@@ -127,11 +128,17 @@ def summarise(result: EpisodeResult) -> dict[str, Any]:
 
     Latencies are what clients waited (a failure at its real latency); `effective_p99_ms`
     counts every failure as the timeout. NaN figures when the episode had no request.
+    `fallback_share` is the share of intervals proxy 0 served by a guarded balancer's fallback.
     """
     n = len(result.latency_s)
+    fallback_share = fallback_share_of(result)
     if n == 0:
         nan = float("nan")
-        return dict.fromkeys(SUMMARY_KEYS, nan) | {"requests": 0, "errors": 0}
+        return dict.fromkeys(SUMMARY_KEYS, nan) | {
+            "requests": 0,
+            "errors": 0,
+            "fallback_share": fallback_share,
+        }
     ms = result.latency_s * 1e3
     p50, p99, p999 = np.quantile(ms, [0.5, 0.99, 0.999])
     return {
@@ -142,4 +149,12 @@ def summarise(result: EpisodeResult) -> dict[str, Any]:
         "p99_ms": float(p99),
         "p999_ms": float(p999),
         "effective_p99_ms": float(np.quantile(result.effective_latency_s * 1e3, 0.99)),
+        "fallback_share": fallback_share,
     }
+
+
+def fallback_share_of(result: EpisodeResult) -> float:
+    """Share of the control intervals proxy 0 spent on its fallback (any reason); NaN if none."""
+    if not result.modes:
+        return float("nan")
+    return sum(mode.startswith("fallback") for mode in result.modes) / len(result.modes)

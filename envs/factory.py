@@ -7,12 +7,13 @@ servers with no timeouts, no queue limit and no trouble, which no file in the li
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+from rl_lb.control import ControlSpec
 from rl_lb.scenarios import (
     Arrivals,
     BackendSpec,
     Event,
-    HealthSpec,
     MetricsSpec,
     Pauses,
     Scenario,
@@ -37,6 +38,7 @@ def pool_scenario(
     events: Sequence[tuple[int, Event]] = (),
     pauses: Sequence[tuple[int, Pauses]] = (),
     metrics: MetricsSpec | None = None,
+    control: ControlSpec | None = None,
     health_interval_s: float = NEVER,
     control_interval_s: float = 1.0,
     name: str = "pool",
@@ -44,8 +46,10 @@ def pool_scenario(
     """n identical backends offered Poisson traffic at `load` × capacity.
 
     `events` and `pauses` attach trouble to backends by index. Exponential service of mean 1 s
-    by default (the time unit of docs/queueing.md).
+    by default (the time unit of docs/queueing.md). `control` holds the other shared settings
+    (the proxy's defaults when None); the health-check period is always `health_interval_s`.
     """
+    shared = control if control is not None else ControlSpec()
     dist = service if service is not None else ServiceDist("exponential", 1.0)
     backends = tuple(
         BackendSpec(
@@ -66,6 +70,6 @@ def pool_scenario(
         control_interval_s=control_interval_s,
         arrivals=Arrivals("poisson", rate),
         metrics=metrics if metrics is not None else MetricsSpec(),
-        health=HealthSpec(interval_s=health_interval_s),
         backends=backends,
+        control=replace(shared, health=replace(shared.health, interval_s=health_interval_s)),
     )

@@ -6,6 +6,11 @@ Events are: arrivals (piecewise-constant Poisson rate or a trace), answers (a bi
 service completions and error answers), client timeouts (one FIFO per distinct timeout value,
 since deadlines = arrival + constant are then in order), health checks and bulletin-board
 refreshes (periodic). `Spec` and `State` (envs/nb_state.py) hold the arrays.
+
+The rules the proxy also runs are not written here but in their numba twins, each following its
+reference in `rl_lb` (tests/test_twins.py lists the pairs): metrics (`envs.nb_metrics`), pickers
+(`envs.nb_pickers`), health checks and ejection (`envs.nb_health`), the retry budget
+(`envs.nb_retry_budget`).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import math
 import numpy as np
 
 from envs.jit import jit
+from envs.nb_health import expire, on_check, on_health_check, on_result, set_avail
 from envs.nb_metrics import cost, record
 from envs.nb_pickers import pick
 from envs.nb_random import exponential, normal, uniform
+from envs.nb_retry_budget import count_request, try_retry
 from envs.nb_state import Spec, State
 
 __all__ = [
@@ -139,36 +146,6 @@ def _resolve(st: State, r: int, outcome: int, latency: float) -> None:
 
 
 @jit
-def _set_avail(st: State, p: int, b: int) -> None:
-    st.avail[p, b] = st.healthy[p, b] and not st.ejected[p, b]
-
-
-@jit
-def _failure(sp: Spec, st: State, p: int, b: int, t: float) -> None:
-    """`rl_lb.health.OutlierDetector.on_result(failed=True)`: consecutive failures eject."""
-    if st.ejected[p, b]:
-        return
-    st.consec[p, b] += 1
-    if st.consec[p, b] < sp.consecutive_failures:
-        return
-    already = st.ejected[p].sum()
-    if already > 0 and 100.0 * (already + 1) / st.busy.shape[0] > sp.max_ejection_percent:
-        return
-    st.consec[p, b] = 0
-    st.ejected[p, b] = True
-    st.eject_count[p, b] += 1
-    st.eject_until[p, b] = t + min(sp.eject_base_s * st.eject_count[p, b], sp.eject_max_s)
-    _set_avail(st, p, b)
-
-
-@jit
-def _uneject(st: State, p: int, b: int) -> None:
-    st.ejected[p, b] = False
-    st.consec[p, b] = 0
-    _set_avail(st, p, b)
-
-
-@jit
 def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     """The proxy receives the answer of request r (if it has not timed out already)."""
     if st.r_outcome[r] != PENDING:
@@ -177,18 +154,8 @@ def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     latency = t - st.r_arrival[r]
     st.inflight[p, b] -= 1
     record(st.m, p, b, latency, error, t)
-    if error:
-        _failure(sp, st, p, b, t)
-        _resolve(st, r, ERROR, latency)
-    else:
-        if not st.ejected[p, b]:
-            st.consec[p, b] = 0
-        _resolve(st, r, OK, latency)
-
-
-@jit
-def _budget_allows_retry(sp: Spec, st: State, p: int) -> bool:
-    return bool(st.budget[p, 1] + 1.0 <= sp.retry_budget * st.budget[p, 0])
+    on_result(sp, st, p, b, error, t)
+    _resolve(st, r, ERROR if error else OK, latency)
 
 
 @jit
@@ -198,10 +165,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     p = 0 if sp.proxies == 1 else int(uniform(rng) * sp.proxies)
     st.r_arrival[r], st.r_proxy[r], st.r_backend[r] = t, p, -1
     st.r_outcome[r], st.r_retries[r] = PENDING, 0
-    decay = math.exp(-(t - st.budget[p, 2]) / sp.budget_tau_s)
-    st.budget[p, 0] = st.budget[p, 0] * decay + 1.0
-    st.budget[p, 1] *= decay
-    st.budget[p, 2] = t
+    count_request(st.budget, p, t, sp.budget_window_s)
     load = st.inflight[p] if sp.refresh_s <= 0.0 else st.board[p]
     tried = st.tried
     tried[:] = -1
@@ -222,14 +186,19 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
         if b < 0:
             _resolve(st, r, NO_BACKEND if attempt == 0 else ERROR, 0.0)
             break
+        if attempt > 0:  # as the proxy: the next backend is picked, then the budget asked
+            if not try_retry(
+                st.budget, p, t, sp.retry_budget, sp.budget_window_s, sp.min_retries_per_s
+            ):
+                _resolve(st, r, ERROR, 0.0)
+                break
+            st.r_retries[r] += 1
         st.r_backend[r] = b
         _, err_prob, err_lat, down = _conditions(sp, b, t)
         if down:
             record(st.m, p, b, 0.0, True, t)
-            _failure(sp, st, p, b, t)
-            if attempt < sp.max_retries and _budget_allows_retry(sp, st, p):
-                st.budget[p, 1] += 1.0
-                st.r_retries[r] += 1
+            on_result(sp, st, p, b, True, t)
+            if attempt < sp.max_retries:
                 tried[attempt] = b
                 st.avail[p, b] = False
                 continue
@@ -240,7 +209,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             _push(st, t + err_lat, r, _ERROR_ANSWER)
         elif st.busy[b] >= sp.concurrency[b] and st.q_len[b] >= sp.queue_limit[b]:
             record(st.m, p, b, 0.0, True, t)
-            _failure(sp, st, p, b, t)
+            on_result(sp, st, p, b, True, t)
             _resolve(st, r, REJECTED, 0.0)
             break
         else:
@@ -265,7 +234,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
         break
     for b in tried:
         if b >= 0:
-            _set_avail(st, p, b)
+            set_avail(st, p, b)
 
 
 @jit
@@ -291,27 +260,18 @@ def _next_arrival(sp: Spec, st: State, t: float, rng: np.ndarray) -> float:
 
 @jit
 def _health_checks(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
-    """Ejections that ran out end, then every proxy checks every backend (`rl_lb.health`).
+    """Ejections that ran out end, then every proxy checks every backend (`envs.nb_health`).
 
     A check is a request: it fails on a down backend and with the backend's error probability.
     """
+    for p in range(sp.proxies):
+        expire(st, p, t)
     for b in range(st.busy.shape[0]):
         _, err_prob, _, down = _conditions(sp, b, t)
         for p in range(sp.proxies):
-            if st.ejected[p, b] and st.eject_until[p, b] <= t:
-                _uneject(st, p, b)
             passed = not down and (err_prob <= 0.0 or uniform(rng) >= err_prob)
-            if passed == st.healthy[p, b]:
-                st.hc_streak[p, b] = 0
-            else:
-                st.hc_streak[p, b] += 1
-                need = sp.healthy_threshold if passed else sp.unhealthy_threshold
-                if st.hc_streak[p, b] >= need:
-                    st.healthy[p, b] = passed
-                    st.hc_streak[p, b] = 0
-            if passed and st.ejected[p, b]:
-                _uneject(st, p, b)
-            _set_avail(st, p, b)
+            on_check(sp, st, p, b, passed)
+            on_health_check(st, p, b, passed, t)
 
 
 @jit
@@ -371,7 +331,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
             p, b = st.r_proxy[r], st.r_backend[r]
             st.inflight[p, b] -= 1
             record(st.m, p, b, sp.group_timeout[g], True, t)
-            _failure(sp, st, p, b, t)
+            on_result(sp, st, p, b, True, t)
             _resolve(st, r, TIMEOUT, sp.group_timeout[g])
         elif t_check == t:
             _health_checks(sp, st, t, rng)

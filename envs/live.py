@@ -32,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from envs.env import interval_reward
+from envs.env import interval_reward, policy_spaces
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
 from rl_lb.types import PoolSnapshot
@@ -178,8 +178,7 @@ class LivePoolEnv(gym.Env[np.ndarray, np.ndarray]):
         self.episode_steps = episode_steps
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.encoder = FeatureEncoder(history)
-        self.observation_space = self.encoder.observation_space
-        self.action_space = self.encoder.action_space
+        self.observation_space, self.action_space = policy_spaces(self.encoder)
         self.interval_s = float(self._get_json("/admin/state")["control_interval_s"])
         self._snapshot: PoolSnapshot | None = None
         self._history: list[PoolSnapshot] = []

@@ -1,9 +1,13 @@
-"""The proxy's per-backend metrics (`rl_lb.metrics.PoolMetrics`) as numba kernels.
+"""Numba twin of `rl_lb.metrics` (`PoolMetrics`): peak-EWMA and the window histogram.
 
 The simulator records ~10^6 answers per second, far beyond what the Python tracker can take, so
-the same equations are written again here over flat arrays, one row per (proxy, backend).
-`tests/test_sim_metrics.py` feeds identical records to both and compares the snapshots to 1e-9:
-that test, not this docstring, is the contract.
+the same equations are written again here over flat arrays, one row per (proxy, backend), with
+the histogram's constants imported from the reference. `tests/test_sim_metrics.py` feeds
+identical records to both and compares costs, bucket indices and snapshots: that test, not this
+docstring, is the contract.
+
+numba's on-disk cache is keyed on this file only: after changing a constant in `rl_lb.metrics`,
+delete `envs/__pycache__` (the equivalence test fails on a stale cache).
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from typing import NamedTuple
 import numpy as np
 
 from envs.jit import jit
+from rl_lb.metrics import BUCKETS, GROWTH, LOWEST
 from rl_lb.types import FloatArray, IntArray
 
 __all__ = [
-    "BUCKETS",
-    "GROWTH",
-    "LOWEST",
+    "BUCKETS",  # re-exported: the size of the scratch `snapshot_columns` takes
+    "TWIN_OF",
     "MetricsState",
     "bucket_index",
     "cost",
@@ -28,9 +32,7 @@ __all__ = [
     "snapshot_columns",
 ]
 
-LOWEST = 1e-5
-GROWTH = 2.0 ** (1.0 / 8.0)
-BUCKETS = 256
+TWIN_OF = "rl_lb.metrics"
 _LOG_GROWTH = math.log(GROWTH)
 
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from envs.nb_metrics import MetricsState
+from envs.nb_retry_budget import BudgetState
 from rl_lb.types import FloatArray, IntArray
 
 __all__ = ["Spec", "State"]
@@ -62,7 +63,9 @@ class Spec(NamedTuple):
     refresh_s: float
     max_retries: int
     retry_budget: float
-    budget_tau_s: float
+    """Share of the requests retries may add (`rl_lb.control.RetrySettings`, as the rest)."""
+    budget_window_s: float
+    min_retries_per_s: float
 
 
 class State(NamedTuple):
@@ -107,7 +110,7 @@ class State(NamedTuple):
     consec: IntArray
     hc_streak: IntArray
     """Consecutive check results that disagree with the current healthy flag."""
-    budget: FloatArray
-    """[proxy, (decayed requests, decayed retries, time of last decay)]."""
+    budget: BudgetState
+    """Every proxy's retry budget (`envs.nb_retry_budget`)."""
     tried: IntArray
     """Scratch: backends a request already failed to connect to (excluded from its retries)."""

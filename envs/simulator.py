@@ -118,7 +118,7 @@ class Simulator:
             healthy=st.healthy[proxy],
             ejected=st.ejected[proxy],
             weights=st.weights[proxy],
-            window_s=self.scenario.metrics.window_s,
+            window_s=self.scenario.control.metrics.window_s,
         )
 
     def resolved(self, start: int, stop: int) -> IntArray:

@@ -35,8 +35,7 @@ from lab.bench_scenario import arrival_schedule
 from lab.loadgen import CAUSES, MAX_REQUESTS, LoadResult
 from rl_lb.balancers import Balancer, make_balancer
 from rl_lb.errors import ConfigError, ModelError
-from rl_lb.scenario_scaling import time_scaled
-from rl_lb.scenarios import Scenario, load_scenario
+from rl_lb.scenarios import Scenario, load_scenario, time_scaled
 from serving.admin import read_state
 from serving.controller import balancer_spec
 
@@ -60,8 +59,6 @@ START_MARGIN_S = 0.1
 REFRESH_S = 0.25
 """How often the admin API is polled for the live table and the weights over time."""
 MAX_DURATION_S = 600.0
-MIN_HEALTH_INTERVAL_S = 0.05
-"""The proxy's shortest health-check period: a timeline compressed further keeps this one."""
 MIN_CONTROL_INTERVAL_S = 0.01
 MAX_PROXIES = 8
 """Proxy replicas one live run starts (each an `rl-lb serve` process of ~80 MiB)."""
@@ -99,8 +96,6 @@ def bench_scenario(
         raise ConfigError(
             "--duration", f"a control interval of {scaled.control_interval_s:g} s", "run longer"
         )
-    if scaled.health.interval_s < MIN_HEALTH_INTERVAL_S:
-        scaled = replace(scaled, health=replace(scaled.health, interval_s=MIN_HEALTH_INTERVAL_S))
     if scaled.metrics.proxies > MAX_PROXIES:
         raise ConfigError(
             scaled.name,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.padding import Padding
 from rich.progress_bar import ProgressBar
 
 if TYPE_CHECKING:
@@ -84,7 +85,8 @@ class _Display:
         title = f"{self.balancer} (seed {self.seed})"
         self.live.update(
             Group(
-                ProgressBar(total=total, completed=done, width=60),
+                # Padding ends the bar's line, which the table's title would continue.
+                Padding(ProgressBar(total=total, completed=done, width=60), 0),
                 live_table(title, state, done, total, names),
             )
         )
@@ -100,6 +102,7 @@ async def _live(
 ) -> list[tuple[Scenario, list[LiveRun]]]:
     """Per scenario (as run), the live runs of every seed and balancer, shown as they go."""
     from lab.bench import bench_scenario, run_live
+    from lab.demo import logs_through
 
     groups: list[tuple[Scenario, list[LiveRun]]] = []
     for name in scenarios:
@@ -110,7 +113,8 @@ async def _live(
                 f"[bold]{scenario.name}[/bold] seed {seed}: {len(scenario.backends)} backends, "
                 f"{scenario.arrivals.rate:.0f} requests/s, {scenario.duration_s:g} s per balancer"
             )
-            with Live(console=console, transient=True, auto_refresh=console.is_terminal) as live:
+            live = Live(console=console, transient=True, auto_refresh=console.is_terminal)
+            with logs_through(console), live:
                 display = _Display(live, scenario, seed)
                 runs += await run_live(
                     scenario,

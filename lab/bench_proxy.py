@@ -21,10 +21,11 @@ from typing import Any
 
 import aiohttp
 
+from rl_lb.control import ControlSpec
 from rl_lb.errors import ConfigError
 from rl_lb.scenarios import Scenario
 
-__all__ = ["ProxyProcess", "free_port", "proxy_flags", "running_proxies"]
+__all__ = ["ProxyProcess", "control_flags", "free_port", "proxy_flags", "running_proxies"]
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -39,19 +40,25 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def control_flags(control: ControlSpec) -> list[str]:
+    """`rl-lb serve` flags for every shared setting (`ControlSpec.flags()`): the child runs the
+    spec it is given, never its own defaults."""
+    return [item for key, value in control.flags().items() for item in (f"--{key}", repr(value))]
+
+
 def proxy_flags(scenario: Scenario, balancer: str, policy: str | None) -> list[str]:
-    """`rl-lb serve` flags that make the proxy run the scenario's control side."""
+    """`rl-lb serve` flags that make the proxy run the scenario's control side: its shared
+    settings (`scenario.control`, time-scaled with the scenario by `time_scaled`), its control
+    interval, metrics delay and timeout."""
     name, _, path = balancer.partition(":")
     flags = ["--balancer", name if name == "learned" else balancer]
     if name == "learned" and (path or policy):
         flags += ["--policy", path or str(policy)]
     return [
         *flags,
+        *control_flags(scenario.control),
         "--control-interval", repr(scenario.control_interval_s),
         "--metrics-delay", repr(scenario.metrics.delay_s),
-        "--metrics-window", repr(scenario.metrics.window_s),
-        "--ewma-tau", repr(scenario.metrics.ewma_tau_s),
-        "--health-interval", repr(scenario.health.interval_s),
         "--read-timeout", repr(scenario.timeout_s),
         "--shutdown-timeout", "1",
         "--log-level", "warning",

@@ -1,6 +1,6 @@
 """The arrival schedule a live run's load generator follows: the simulator's law, its own draw.
 
-`time_scaled` (in `rl_lb.scenario_scaling`) makes the one scenario object both sides of a
+`time_scaled` (in `rl_lb.scenarios.scaling`) makes the one scenario object both sides of a
 sim-to-real comparison run; this module turns it into send times.
 """
 

@@ -10,14 +10,18 @@ event of the file happens during the demo; service times stay real.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 from rich.console import Console, Group
 from rich.live import Live
+from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
@@ -26,7 +30,7 @@ from lab.loadgen import LoadResult, run_load
 from rl_lb.scenarios import Scenario
 from serving.admin import read_state
 
-__all__ = ["BALANCERS", "DemoRow", "run_demo"]
+__all__ = ["BALANCERS", "DemoRow", "logs_through", "run_demo"]
 
 BALANCERS = ("learned", "least-latency", "round-robin")
 REFRESH_S = 0.5
@@ -47,6 +51,22 @@ class DemoRow:
     @property
     def effective_p99_ms(self) -> float:
         return self.result.effective_quantile_ms(0.99, self.timeout_s)
+
+
+@contextlib.contextmanager
+def logs_through(console: Console) -> Iterator[None]:
+    """While inside, log records are printed by `console`: a Live display on it puts them above.
+
+    With no handler configured, Python writes warnings (a backend ejected, a mode change) bare
+    to stderr, into the middle of the live table.
+    """
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
 
 
 def _ms(seconds: Any) -> str:
@@ -120,7 +140,7 @@ async def _one_run(
             admin="127.0.0.1:0",
             balancer=balancer,
             control_interval_s=scenario.control_interval_s,
-            health_interval_s=scenario.health.interval_s,
+            control=scenario.control,
             read_timeout_s=scenario.timeout_s,
         )
         names = dict(zip(pool.urls, pool.names, strict=True))
@@ -178,9 +198,12 @@ async def run_demo(
         f"{rate:.0f} requests/s for {duration:g} s per balancer"
     )
     rows: list[DemoRow] = []
-    for balancer in BALANCERS:
-        with Live(live_table(balancer, None, 0.0, duration, {}), console=console) as live:
-            rows.append(await _one_run(scenario, balancer, rate, duration, seed, live))
-    console.print()  # a Live display off a terminal leaves its last line open
+    with logs_through(console):
+        for balancer in BALANCERS:
+            with Live(live_table(balancer, None, 0.0, duration, {}), console=console) as live:
+                rows.append(await _one_run(scenario, balancer, rate, duration, seed, live))
+            if not console.is_terminal:
+                console.line()  # rich ends a Live display's last line on a terminal only
+    console.print()
     console.print(comparison_table(rows))
     return rows

@@ -16,15 +16,27 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import numpy as np
-import numpy.typing as npt
 from yarl import URL
 
+from lab.load_result import (
+    _4XX,
+    _5XX,
+    _CONNECT,
+    _IO,
+    _OK,
+    _TIMEOUT,
+    CAUSES,
+    ERROR_CAUSES,
+    LoadResult,
+    failure_verdict,
+    format_summary,
+)
 from rl_lb.errors import ConfigError
 from rl_lb.types import FloatArray, IntArray
 
@@ -36,8 +48,11 @@ __all__ = [
     "MAX_RATE",
     "MAX_REQUESTS",
     "MAX_TIMEOUT_S",
+    "LoadProgress",
     "LoadResult",
     "Process",
+    "failure_verdict",
+    "format_progress",
     "format_summary",
     "make_schedule",
     "run_load",
@@ -56,10 +71,21 @@ MIN_SLEEP_S = 0.001
 """Shortest sleep between dispatch rounds: requests due within it leave together, which bounds
 the generator's CPU use; the few hundred microseconds of lag this costs are measured."""
 
-CAUSES: tuple[str, ...] = ("ok", "4xx", "5xx", "timeout", "connect", "io")
-"""Outcome of a request; index = the code stored in `LoadResult.cause`."""
-ERROR_CAUSES: tuple[str, ...] = CAUSES[1:]
-_OK, _4XX, _5XX, _TIMEOUT, _CONNECT, _IO = range(len(CAUSES))
+PROGRESS_EVERY_S = 0.5
+"""How often a progress callback hears from a running load."""
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """Where a running load stands: what a person watching it wants to see."""
+
+    elapsed_s: float
+    sent: int
+    answered: int
+    errors: int
+    rate: float
+    """Requests sent per second over the last progress period."""
+    total: int
 
 
 def validate(
@@ -69,8 +95,11 @@ def validate(
     connections: int = 64,
     timeout: float = 5.0,
     process: str = "poisson",
-) -> None:
-    """Refuse flags that would make a meaningless or runaway run, with the fix in one line."""
+) -> Process:
+    """Refuse flags that would make a meaningless or runaway run, with the fix in one line.
+
+    Returns the process, known now to be one of `Process`.
+    """
     if process not in ("poisson", "constant"):
         raise ConfigError("--process", f"unknown process {process!r}", "use poisson or constant")
     parsed = URL(url)
@@ -100,6 +129,7 @@ def validate(
         raise ConfigError(
             "--timeout", f"{timeout:g} s is out of range", f"use 0 < timeout <= {MAX_TIMEOUT_S:g}"
         )
+    return "poisson" if process == "poisson" else "constant"
 
 
 def make_schedule(rate: float, duration: float, process: str, seed: int) -> FloatArray:
@@ -116,101 +146,6 @@ def make_schedule(rate: float, duration: float, process: str, seed: int) -> Floa
         extra = times[-1] + np.cumsum(rng.exponential(1.0 / rate, size=batch))
         times = np.concatenate([times, extra])
     return times[times < duration]
-
-
-@dataclass(frozen=True, eq=False)
-class LoadResult:
-    """One run: the per-request records and the summary figures derived from them.
-
-    Latencies run from the intended send time; failures (timeouts, refused connections, 4xx/5xx)
-    count at the time they took to fail, as in the monitor's window quantiles.
-    """
-
-    url: str
-    rate: float
-    duration_s: float
-    process: str
-    started_at: float
-    """time.monotonic() of second 0 of the schedule (compare with `EmulatedPool.started_at`)."""
-    sent_s: FloatArray
-    """Intended send time of each request, seconds from `started_at`."""
-    latency_s: FloatArray
-    lag_s: FloatArray
-    """How late the generator dispatched each request (already inside `latency_s`)."""
-    status: npt.NDArray[np.int16]
-    """HTTP status, 0 when no answer came."""
-    cause: npt.NDArray[np.int8]
-    """Index into `CAUSES`."""
-    span_s: float
-    """From second 0 to the last dispatch, at least `duration_s`: the achieved rate's divisor."""
-
-    @property
-    def requests(self) -> int:
-        return len(self.sent_s)
-
-    @property
-    def failed(self) -> npt.NDArray[np.bool_]:
-        failed: npt.NDArray[np.bool_] = self.cause != _OK
-        return failed
-
-    @property
-    def errors(self) -> dict[str, int]:
-        counts = np.bincount(self.cause, minlength=len(CAUSES))
-        return {name: int(counts[i + 1]) for i, name in enumerate(ERROR_CAUSES)}
-
-    @property
-    def error_count(self) -> int:
-        return int(self.failed.sum())
-
-    @property
-    def achieved_rate(self) -> float:
-        return self.requests / self.span_s
-
-    def quantile_ms(self, q: float) -> float:
-        """Exact quantile (numpy's linear interpolation) of all latencies, in ms; NaN if none."""
-        if self.requests == 0:
-            return math.nan
-        return float(np.quantile(self.latency_s, q)) * 1e3
-
-    def effective_quantile_ms(self, q: float, timeout_s: float) -> float:
-        """Quantile where every failed request counts as at least `timeout_s` (effective p99)."""
-        if self.requests == 0:
-            return math.nan
-        punished = np.where(self.failed, np.maximum(self.latency_s, timeout_s), self.latency_s)
-        return float(np.quantile(punished, q)) * 1e3
-
-    def summary(self) -> dict[str, Any]:
-        """The JSON figures (`--json`); NaN (no requests) becomes null."""
-        lat = self.latency_s
-        figures: dict[str, Any] = {
-            "url": self.url,
-            "rate": self.rate,
-            "duration_s": self.duration_s,
-            "process": self.process,
-            "requests": self.requests,
-            "errors": self.errors,
-            "mean_ms": float(lat.mean()) * 1e3 if self.requests else math.nan,
-            "p50_ms": self.quantile_ms(0.5),
-            "p90_ms": self.quantile_ms(0.9),
-            "p99_ms": self.quantile_ms(0.99),
-            "p999_ms": self.quantile_ms(0.999),
-            "max_ms": float(lat.max()) * 1e3 if self.requests else math.nan,
-            "achieved_rate": self.achieved_rate,
-            "lag_ms": float(self.lag_s.mean()) * 1e3 if self.requests else math.nan,
-            "max_lag_ms": float(self.lag_s.max()) * 1e3 if self.requests else math.nan,
-        }
-        return {
-            k: None if isinstance(v, float) and math.isnan(v) else v for k, v in figures.items()
-        }
-
-    def records(self) -> list[dict[str, Any]]:
-        """Per-request rows (send time s, latency ms, status, cause) for plots over time."""
-        return [
-            {"sent_s": s, "latency_ms": lat * 1e3, "status": int(st), "cause": CAUSES[c]}
-            for s, lat, st, c in zip(
-                self.sent_s.tolist(), self.latency_s.tolist(), self.status, self.cause, strict=True
-            )
-        ]
 
 
 class _Run:
@@ -273,6 +208,23 @@ class _Run:
         self.status[j] = status
         self.cause[j] = cause
 
+    def progress(self, elapsed_s: float, sent: int, rate: float) -> LoadProgress:
+        answered = ~np.isnan(self.latency[:sent])
+        errors = int(np.count_nonzero(answered & (self.cause[:sent] != _OK)))
+        total = len(self.schedule)
+        return LoadProgress(elapsed_s, sent, int(answered.sum()), errors, rate, total)
+
+    async def report(self, start: float, every: Callable[[LoadProgress], None]) -> None:
+        """Call `every` each `PROGRESS_EVERY_S` with the counts so far (until cancelled)."""
+        before, sent_before = start, 0
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            now = time.monotonic()
+            sent = int(np.searchsorted(self.schedule, now - start, side="right"))
+            rate = (sent - sent_before) / max(now - before, 1e-9)
+            every(self.progress(now - start, sent, rate))
+            before, sent_before = now, sent
+
     async def cancel(self) -> None:
         for task in self.pending:
             task.cancel()
@@ -289,6 +241,7 @@ async def run_schedule(
     connections: int = 64,
     timeout: float = 5.0,
     process: str = "schedule",
+    progress: Callable[[LoadProgress], None] | None = None,
 ) -> LoadResult:
     """Send one GET to `url` at each time of `schedule` (s after second 0), open loop.
 
@@ -300,7 +253,8 @@ async def run_schedule(
     its own timeline up with this one. `duration` is the nominal length of the run, the achieved
     rate's shortest divisor (default: the last send time); `process` only labels the result.
     `connections` and `timeout` are as in `run_load`. Returns once every request has been
-    answered or has failed.
+    answered or has failed. `progress`, if given, hears how far the run is every
+    `PROGRESS_EVERY_S` seconds.
     """
     schedule = np.asarray(schedule, dtype=np.float64)
     if len(schedule) > MAX_REQUESTS:
@@ -329,11 +283,15 @@ async def run_schedule(
     ) as session:
         run = _Run(urls, targets, schedule, session)
         start = time.monotonic() + MIN_SLEEP_S if start_at is None else start_at
+        reporter = asyncio.create_task(run.report(start, progress)) if progress else None
         try:
             last = await run.dispatch(start)
             while run.pending:
                 await asyncio.gather(*list(run.pending))
         finally:
+            if reporter is not None:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
             await run.cancel()
     return LoadResult(
         url=" ".join(urls),
@@ -359,6 +317,7 @@ async def run_load(
     connections: int = 64,
     timeout: float = 5.0,
     seed: int = 0,
+    progress: Callable[[LoadProgress], None] | None = None,
 ) -> LoadResult:
     """Send `rate` GET requests/s to `url` for `duration` s, open loop, and measure every one.
 
@@ -374,23 +333,14 @@ async def run_load(
         connections=connections,
         timeout=timeout,
         process=process,
+        progress=progress,
     )
     return replace(result, rate=rate)
 
 
-def format_summary(result: LoadResult) -> Sequence[str]:
-    """Human-readable lines for the CLI."""
-    s = result.summary()
-
-    def ms(key: str) -> str:
-        value = s[key]
-        return "-" if value is None else f"{value:.2f}"
-
-    errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v) or "none"
-    return [
-        f"{s['requests']} requests to {s['url']} at {s['achieved_rate']:.1f}/s "
-        f"({s['process']}, asked {s['rate']:g}/s for {s['duration_s']:g} s)",
-        f"latency ms: mean {ms('mean_ms')}  p50 {ms('p50_ms')}  p90 {ms('p90_ms')}  "
-        f"p99 {ms('p99_ms')}  p99.9 {ms('p999_ms')}  max {ms('max_ms')}",
-        f"errors: {errors}; generator lag ms: mean {ms('lag_ms')}  max {ms('max_lag_ms')}",
-    ]
+def format_progress(p: LoadProgress) -> str:
+    """One status line for a terminal, rewritten in place while the load runs."""
+    return (
+        f"{p.elapsed_s:6.1f} s  sent {p.sent}/{p.total}  answered {p.answered}  "
+        f"errors {p.errors}  rate {p.rate:.0f}/s"
+    )

@@ -6,12 +6,15 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from lab.runtime import load_scenario_sample, run_async, wait_for_stop_signal
 from rl_lb.scenarios import Scenario
+
+if TYPE_CHECKING:
+    from lab.loadgen import LoadProgress
 
 __all__ = ["register"]
 
@@ -62,22 +65,44 @@ def loadgen(
         Path | None, typer.Option(help="Write one CSV row per request (sent_s, latency_ms, ...).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seeds the Poisson schedule.")] = 0,
+    tolerate_errors: Annotated[
+        bool,
+        typer.Option(
+            "--tolerate-errors", help="Exit 0 even if some requests failed (not if all did)."
+        ),
+    ] = False,
 ) -> None:
-    """Open-loop load: send on schedule whatever the answers, latency from the intended send."""
-    from lab.loadgen import format_summary, run_load, validate
+    """Open-loop load: send on schedule whatever the answers, latency from the intended send.
 
-    validate(url, rate, duration, connections, timeout, process)
+    Exits 1 when every request failed, when any failed (unless --tolerate-errors), or when the
+    target rate was not reached.
+    """
+    from envs.cli import check_output_path
+    from lab.loadgen import (
+        failure_verdict,
+        format_summary,
+        run_load,
+        validate,
+    )
+
+    checked = validate(url, rate, duration, connections, timeout, process)
+    for option, path in (("--json", json_out), ("--records", records)):
+        check_output_path(path, option)
+    status = _StatusLine() if sys.stderr.isatty() else None
     result = run_async(
         run_load(
             url,
             rate,
             duration,
-            process=process,  # type: ignore[arg-type]
+            process=checked,
             connections=connections,
             timeout=timeout,
             seed=seed,
+            progress=status.show if status else None,
         )
     )
+    if status:
+        status.clear()
     for line in format_summary(result):
         typer.echo(line, err=json_out == Path("-"))
     if json_out is not None:
@@ -91,6 +116,24 @@ def loadgen(
             writer = csv.DictWriter(handle, fieldnames=["sent_s", "latency_ms", "status", "cause"])
             writer.writeheader()
             writer.writerows(result.records())
+    verdict = failure_verdict(result, tolerate_errors=tolerate_errors)
+    if verdict:
+        typer.echo(f"loadgen: {verdict}", err=True)
+        raise typer.Exit(1)
+
+
+class _StatusLine:
+    """One line on the terminal's stderr, rewritten in place while the load runs."""
+
+    def show(self, progress: LoadProgress) -> None:
+        from lab.loadgen import format_progress
+
+        sys.stderr.write("\r" + format_progress(progress) + "\x1b[K")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
 
 
 def demo(

@@ -1,7 +1,8 @@
 """A balancer is a weight policy plus a picker; named presets are the baselines.
 
 `GuardedBalancer` is how a learned policy is served: its output is checked every interval and the
-least-latency preset takes over, with the reason recorded, whenever it cannot be trusted.
+least-latency preset takes over, with the reason recorded, whenever it cannot be trusted — and,
+with an `OutcomeGuard`, whenever its outcomes are measurably worse than the fallback's would be.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rl_lb.control import OutcomeGuardSettings
 from rl_lb.errors import ConfigError, ModelError
+from rl_lb.outcome_guard import OutcomeGuard
 from rl_lb.pickers import PICKER_NAMES, make_picker
 from rl_lb.policies import make_policy
 from rl_lb.policies.learned import DEFAULT_PICKER
@@ -23,6 +26,7 @@ __all__ = [
     "BALANCER_NAMES",
     "FALLBACK_REASONS",
     "PRESETS",
+    "UNGUARDED_SUFFIX",
     "Balancer",
     "Decision",
     "GuardedBalancer",
@@ -44,6 +48,8 @@ PRESETS: dict[str, tuple[str, str | None]] = {
 """Preset → (weight policy, picker); None: the picker the learned policy was trained with."""
 BALANCER_NAMES: tuple[str, ...] = tuple(PRESETS)
 FALLBACK_PRESET = "least-latency"
+UNGUARDED_SUFFIX = "~no-outcome-guard"
+"""`learned~no-outcome-guard`: the learned policy with its output guard only (guard-off figures)."""
 FALLBACK_REASONS: tuple[str, ...] = (
     "missing",
     "load-failed",
@@ -53,6 +59,7 @@ FALLBACK_REASONS: tuple[str, ...] = (
     "negative",
     "all-zero",
     "stale",
+    "regression",
 )
 """Why a guarded balancer is on its fallback; the proxy exports a counter for each."""
 
@@ -100,6 +107,10 @@ class GuardedBalancer(Balancer):
     all-zero weights, or the snapshot is older than `max_staleness_s`. It returns to the
     primary as soon as the cause is gone. A missing primary (no model, or one that failed to
     load) keeps it on the fallback for good, with that reason.
+
+    With an `outcome_guard` (make_balancer gives every learned policy one) it also watches what
+    the primary's traffic got: a regression holds the fallback for a backoff (reason
+    "regression"), and backends it knows too little of get a probe weight floor.
     """
 
     def __init__(
@@ -110,6 +121,7 @@ class GuardedBalancer(Balancer):
         max_staleness_s: float | None = None,
         missing_reason: str = "missing",
         name: str | None = None,
+        outcome_guard: OutcomeGuard | None = None,
     ) -> None:
         self.primary = primary
         self.fallback = fallback or make_balancer(FALLBACK_PRESET)
@@ -121,9 +133,24 @@ class GuardedBalancer(Balancer):
         self.reason = "" if primary else missing_reason
         self.fallback_counts: Counter[str] = Counter()
         self.switches = 0
+        self.outcome_guard = outcome_guard
 
     def decide(self, snapshot: PoolSnapshot, now: float) -> Decision:
         weights, reason = self._primary_weights(snapshot, now)
+        guard = self.outcome_guard
+        if guard is not None:
+            if guard.observe(snapshot, now, served_by_policy=self.mode == "primary"):
+                log.warning(
+                    "balancer %s: policy regression (%s); %s for %g s",
+                    self.name,
+                    guard.last,
+                    self.fallback.name,
+                    guard.hold_until - now,
+                )
+            if not reason and guard.holding(now):
+                reason = "regression"
+            elif not reason and weights is not None and snapshot.live.any():
+                weights = guard.with_probes(weights, snapshot)
         if reason:
             decision = self.fallback.decide(snapshot, now)
             decision = decision._replace(mode="fallback", reason=reason)
@@ -182,6 +209,10 @@ class GuardedBalancer(Balancer):
         if self.primary is not None:
             self.primary.reset()
         self.fallback.reset()
+        if self.outcome_guard is not None:
+            self.outcome_guard.reset()
+        self.mode = "primary" if self.primary else "fallback"
+        self.reason = "" if self.primary else self.missing_reason
 
 
 def _child_rng(rng: random.Random | None) -> random.Random | None:
@@ -194,13 +225,26 @@ def make_balancer(
     rng: random.Random | None = None,
     max_staleness_s: float | None = None,
     on_load_error: str = "raise",
+    outcome_guard: OutcomeGuardSettings | bool = True,
 ) -> Balancer:
     """A balancer by name: a preset, `learned[:PATH|URI]` or `POLICY+PICKER`.
 
-    Learned policies come back guarded. With `on_load_error="fallback"` a model that fails to
-    load gives a guarded balancer on its fallback (reason "load-failed") instead of an error,
-    which is what a proxy wants at start-up.
+    Learned policies come back guarded: their output always, their outcomes unless
+    `outcome_guard` is False (or settings with `enabled=False`), or the name ends with
+    `UNGUARDED_SUFFIX`. With `on_load_error="fallback"` a model that fails to load gives a
+    guarded balancer on its fallback (reason "load-failed") instead of an error, which is what a
+    proxy wants at start-up.
     """
+    if name.startswith("learned") and name.endswith(UNGUARDED_SUFFIX):
+        unguarded = make_balancer(
+            name.removesuffix(UNGUARDED_SUFFIX),
+            rng=rng,
+            max_staleness_s=max_staleness_s,
+            on_load_error=on_load_error,
+            outcome_guard=False,
+        )
+        unguarded.name = name
+        return unguarded
     picker_name: str | None
     if name in PRESETS:
         policy_name, picker_name = PRESETS[name]
@@ -240,4 +284,17 @@ def make_balancer(
     trained_with = str(getattr(policy, "picker", DEFAULT_PICKER))
     picker = make_picker(picker_name or trained_with, rng=_child_rng(rng))
     primary = Balancer(name, policy, picker)
-    return GuardedBalancer(primary, fallback, max_staleness_s=max_staleness_s, name=name)
+    return GuardedBalancer(
+        primary,
+        fallback,
+        max_staleness_s=max_staleness_s,
+        name=name,
+        outcome_guard=_outcome_guard(outcome_guard),
+    )
+
+
+def _outcome_guard(settings: OutcomeGuardSettings | bool) -> OutcomeGuard | None:
+    if settings is False:
+        return None
+    chosen = OutcomeGuardSettings() if settings is True else settings
+    return OutcomeGuard(chosen) if chosen.enabled else None

@@ -76,7 +76,7 @@ _registered: set[str] = set()
 
 def _register_wings() -> None:
     """Add the core's and every installed wing's commands, each once per process."""
-    from rl_lb import scenario_cli
+    from rl_lb.scenarios import cli as scenario_cli
 
     scenario_cli.register(app)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):

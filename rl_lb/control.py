@@ -10,8 +10,8 @@ once — default, bounds, unit and one-line help — and everything else is deri
 - the simulator's parameters (the section dataclasses are handed to it as they are),
 - the docs' settings tables (`markdown_table`).
 
-A default is written nowhere else in the repository (tests/test_control.py checks the proxy's
-flags, docs/proxy.md and docs/scenarios.md against this module).
+A default is written nowhere else in the repository (tests/test_control_spec.py checks the
+proxy's flags and docs/proxy.md against this module, tests/test_scenarios.py docs/scenarios.md).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ __all__ = [
     "EjectionSettings",
     "HealthSettings",
     "MetricsSettings",
+    "OutcomeGuardSettings",
     "RetrySettings",
     "Setting",
     "check_value",
@@ -277,6 +278,85 @@ class RetrySettings(_Section):
 
 
 @dataclass(frozen=True)
+class OutcomeGuardSettings(_Section):
+    """The outcome guard of a learned policy (`rl_lb.outcome_guard`; docs/proxy.md says why).
+
+    `enabled` is not a flag (a `Setting` is a number): `make_balancer(..., outcome_guard=False)`
+    turns the guard off, for the guard-off figures.
+    """
+
+    threshold: float = setting(
+        2.5,
+        Setting(
+            "outcome-guard-threshold",
+            "Policy worse than this many times the fallback's estimated latency counts as a "
+            "regression.",
+            minimum=1.0,
+            min_exclusive=True,
+        ),
+    )
+    evidence: float = setting(
+        0.5,
+        Setting(
+            "outcome-guard-evidence",
+            "CUSUM limit: summed log(ratio / threshold) over intervals that switches to the "
+            "fallback.",
+            minimum=0.0,
+            min_exclusive=True,
+        ),
+    )
+    min_answers: int = setting(
+        5,
+        Setting(
+            "outcome-guard-min-answers",
+            "Answers in the metrics window below which a backend is unknown to the guard "
+            "(and probed).",
+            minimum=1,
+            integer=True,
+        ),
+    )
+    probe_share: float = setting(
+        0.01,
+        Setting(
+            "outcome-guard-probe-share",
+            "Weight floor, shared among the backends the guard knows too little of.",
+            maximum=0.5,
+        ),
+    )
+    backoff_s: float = setting(
+        30.0,
+        Setting(
+            "outcome-guard-backoff",
+            "Time on the fallback after a regression; doubles with each further one.",
+            "s",
+            minimum=0.0,
+            min_exclusive=True,
+        ),
+    )
+    max_backoff_s: float = setting(
+        600.0,
+        Setting(
+            "outcome-guard-max-backoff",
+            "Longest time on the fallback; as long without a regression resets the backoff.",
+            "s",
+            minimum=0.0,
+            min_exclusive=True,
+        ),
+    )
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backoff_s > self.max_backoff_s:
+            raise ConfigError(
+                "outcome-guard-max-backoff",
+                f"{self.max_backoff_s:g} s is shorter than outcome-guard-backoff "
+                f"({self.backoff_s:g} s)",
+                "use outcome-guard-backoff <= outcome-guard-max-backoff",
+            )
+
+
+@dataclass(frozen=True)
 class ControlSpec:
     """All the shared settings; the simulator and the proxy each hold one."""
 
@@ -284,6 +364,7 @@ class ControlSpec:
     health: HealthSettings = field(default_factory=HealthSettings)
     ejection: EjectionSettings = field(default_factory=EjectionSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
+    outcome_guard: OutcomeGuardSettings = field(default_factory=OutcomeGuardSettings)
 
     def flags(self) -> dict[str, float | int]:
         """Every setting as `{key: value}`: the TOML keys (and flags) of a proxy that runs it."""

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from gymnasium import spaces
 
 from rl_lb.types import BoolArray, FloatArray, PoolSnapshot
 
@@ -23,6 +22,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "MAX_BACKENDS",
     "SCORE_SCALE",
+    "ArraySpec",
     "Feature",
     "FeatureEncoder",
 ]
@@ -34,6 +34,20 @@ SCORE_SCALE = 4.0
 CLIP = 10.0
 LOG_CLIP = 5.0
 """Relative latencies are log-ratios clipped to ±5 (e^5 ≈ 150× the pool median)."""
+
+
+class ArraySpec(NamedTuple):
+    """Shape, dtype and bounds of the array the policy reads (observation) or writes (action).
+
+    Exactly what a Gymnasium `Box` needs, written without Gymnasium: the core serves policies
+    in a proxy that has no use for it, so the spaces themselves are built in envs/
+    (`envs.env.policy_spaces`).
+    """
+
+    shape: tuple[int, ...]
+    low: float
+    high: float
+    dtype: type[np.float32] = np.float32
 
 
 class Feature(NamedTuple):
@@ -108,10 +122,8 @@ class FeatureEncoder:
             raise ValueError("history must be at least 1 (the current snapshot)")
         self.history = history
         self.names = _names(history)
-        self.observation_space = spaces.Box(
-            low=-CLIP, high=CLIP, shape=(MAX_BACKENDS, len(self.names)), dtype=np.float32
-        )
-        self.action_space = spaces.Box(low=-1.0, high=1.0, shape=(MAX_BACKENDS,), dtype=np.float32)
+        self.observation_spec = ArraySpec((MAX_BACKENDS, len(self.names)), -CLIP, CLIP)
+        self.action_spec = ArraySpec((MAX_BACKENDS,), -1.0, 1.0)
         self._cache: dict[int, tuple[PoolSnapshot, FloatArray]] = {}
 
     def layout(self) -> dict[str, Any]:
@@ -140,9 +152,10 @@ class FeatureEncoder:
         self._cache = {id(s): self._cache[id(s)] for s in past if id(s) in self._cache}
         blank = np.zeros((n, len(HISTORY_FEATURES)))
         lagged += [blank] * (self.history - 1 - len(lagged))
-        observation = np.zeros(self.observation_space.shape, dtype=np.float32)
+        spec = self.observation_spec
+        observation = np.zeros(spec.shape, dtype=spec.dtype)
         observation[:n] = np.concatenate([rows, *lagged], axis=1)
-        return np.clip(observation, -CLIP, CLIP)
+        return np.clip(observation, spec.low, spec.high)
 
     def _current(self, s: PoolSnapshot) -> FloatArray:
         live = s.live

@@ -4,63 +4,20 @@ A power-of-two-choices draw cannot steer clear of a dead backend on its own (two
 no choice), and a weight policy reacts only once per interval; so, as in Envoy, a backend that
 fails `consecutive_failures` requests in a row is taken out of rotation for a while. The rules are
 pure logic on injected times so that simulated and real pools eject at the same moments. The
-defaults are Envoy's, written once in `OutlierConfig` and `HealthConfig`.
+settings and their (Envoy's) defaults are declared once, in `rl_lb.control` (`EjectionSettings`,
+`HealthSettings`).
+
+This is the reference: the simulator's numba twin (`envs/nb_health.py`) follows it function for
+function, and tests/test_sim_health.py feeds both the same results and compares every decision.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from rl_lb.errors import ConfigError
+from rl_lb.control import EjectionSettings, HealthSettings
 
-__all__ = ["HealthChecker", "HealthConfig", "OutlierConfig", "OutlierDetector"]
-
-
-@dataclass(frozen=True)
-class OutlierConfig:
-    """Passive outlier ejection (Envoy's `consecutive_5xx` detector and its defaults)."""
-
-    consecutive_failures: int = 5
-    base_ejection_s: float = 30.0
-    max_ejection_s: float = 300.0
-    max_ejection_percent: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.consecutive_failures < 1:
-            raise ConfigError(
-                "outlier.consecutive_failures",
-                f"{self.consecutive_failures}",
-                "use 1 or more",
-            )
-        if not (0 < self.base_ejection_s <= self.max_ejection_s < math.inf):
-            raise ConfigError(
-                "outlier",
-                f"base_ejection_s = {self.base_ejection_s}, max_ejection_s = {self.max_ejection_s}",
-                "use 0 < base_ejection_s <= max_ejection_s",
-            )
-        if not (0 <= self.max_ejection_percent <= 100):
-            raise ConfigError(
-                "outlier.max_ejection_percent",
-                f"{self.max_ejection_percent}",
-                "use a percentage in [0, 100]",
-            )
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """Active health checking: how many results in a row flip a backend's state."""
-
-    healthy_threshold: int = 1
-    unhealthy_threshold: int = 2
-
-    def __post_init__(self) -> None:
-        for label, value in (
-            ("healthy_threshold", self.healthy_threshold),
-            ("unhealthy_threshold", self.unhealthy_threshold),
-        ):
-            if value < 1:
-                raise ConfigError(f"health.{label}", f"{value}", "use 1 or more")
+__all__ = ["HealthChecker", "OutlierDetector"]
 
 
 class OutlierDetector:
@@ -71,33 +28,13 @@ class OutlierDetector:
     returns.
     """
 
-    def __init__(
-        self,
-        n: int,
-        *,
-        consecutive_failures: int = OutlierConfig.consecutive_failures,
-        base_ejection_s: float = OutlierConfig.base_ejection_s,
-        max_ejection_s: float = OutlierConfig.max_ejection_s,
-        max_ejection_percent: float = OutlierConfig.max_ejection_percent,
-    ) -> None:
-        self.config = OutlierConfig(
-            consecutive_failures, base_ejection_s, max_ejection_s, max_ejection_percent
-        )
+    def __init__(self, n: int, settings: EjectionSettings | None = None) -> None:
+        self.settings = settings if settings is not None else EjectionSettings()
         self.ejected: list[bool] = [False] * n
         self.times_ejected: list[int] = [0] * n
         self.ejected_until: list[float] = [-math.inf] * n
         self.failures: list[int] = [0] * n
         """Consecutive failures since the last success (or the last ejection)."""
-
-    @classmethod
-    def from_config(cls, n: int, config: OutlierConfig) -> OutlierDetector:
-        return cls(
-            n,
-            consecutive_failures=config.consecutive_failures,
-            base_ejection_s=config.base_ejection_s,
-            max_ejection_s=config.max_ejection_s,
-            max_ejection_percent=config.max_ejection_percent,
-        )
 
     def on_result(self, i: int, failed: bool, now: float) -> bool:
         """One request's outcome (failed = 5xx or connect failure); True when it ejects i."""
@@ -107,13 +44,13 @@ class OutlierDetector:
             self.failures[i] = 0
             return False
         self.failures[i] += 1
-        if self.failures[i] < self.config.consecutive_failures or not self._room_to_eject():
+        if self.failures[i] < self.settings.consecutive_failures or not self._room_to_eject():
             return False
         self.failures[i] = 0
         self.ejected[i] = True
         self.times_ejected[i] += 1
         self.ejected_until[i] = now + min(
-            self.config.base_ejection_s * self.times_ejected[i], self.config.max_ejection_s
+            self.settings.base_ejection_s * self.times_ejected[i], self.settings.max_ejection_s
         )
         return True
 
@@ -122,7 +59,7 @@ class OutlierDetector:
         already = sum(self.ejected)
         if already == 0:
             return True
-        return 100.0 * (already + 1) / len(self.ejected) <= self.config.max_ejection_percent
+        return 100.0 * (already + 1) / len(self.ejected) <= self.settings.max_ejection_percent
 
     def expire(self, now: float) -> list[int]:
         """Return to rotation every backend whose ejection has run out; returns their indices."""
@@ -168,20 +105,11 @@ class OutlierDetector:
 class HealthChecker:
     """Turns active health-check results into a healthy flag per backend (starts healthy)."""
 
-    def __init__(
-        self,
-        n: int,
-        healthy_threshold: int = HealthConfig.healthy_threshold,
-        unhealthy_threshold: int = HealthConfig.unhealthy_threshold,
-    ) -> None:
-        self.config = HealthConfig(healthy_threshold, unhealthy_threshold)
+    def __init__(self, n: int, settings: HealthSettings | None = None) -> None:
+        self.settings = settings if settings is not None else HealthSettings()
         self.healthy: list[bool] = [True] * n
         self._streak: list[int] = [0] * n
         """Consecutive results that disagree with the current state."""
-
-    @classmethod
-    def from_config(cls, n: int, config: HealthConfig) -> HealthChecker:
-        return cls(n, config.healthy_threshold, config.unhealthy_threshold)
 
     def on_check(self, i: int, passed: bool) -> bool:
         """One check result; True when it flips backend i's state."""
@@ -189,7 +117,7 @@ class HealthChecker:
             self._streak[i] = 0
             return False
         self._streak[i] += 1
-        needed = self.config.healthy_threshold if passed else self.config.unhealthy_threshold
+        needed = self.settings.healthy_threshold if passed else self.settings.unhealthy_threshold
         if self._streak[i] < needed:
             return False
         self.healthy[i] = passed

@@ -3,6 +3,9 @@
 It listens on its own address (127.0.0.1 by default) so that it is never reachable through the
 proxy port. With a token configured, every call must carry `Authorization: Bearer TOKEN`
 (compared in constant time); `serving.config` refuses a non-loopback address without one.
+
+The routes see one worker through `AdminTarget`, which `serving.app.ProxyServer` builds: exactly
+what the API reads or changes, so this module never depends on the server that embeds it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import hmac
 import json
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -20,13 +24,11 @@ from rl_lb.balancers import Balancer, GuardedBalancer
 from rl_lb.errors import RlLbError
 from rl_lb.features import MAX_BACKENDS, FeatureEncoder
 from rl_lb.types import SNAPSHOT_COLUMNS, PoolSnapshot
-from serving.controller import balancer_spec
+from serving.controller import Controller, balancer_spec
+from serving.monitor import Monitor
 from serving.prom import CONTENT_TYPE
 
-if TYPE_CHECKING:
-    from serving.app import ProxyServer
-
-__all__ = ["make_admin_app", "policy_info", "read_state", "snapshot_json"]
+__all__ = ["AdminTarget", "make_admin_app", "policy_info", "read_state", "snapshot_json"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -93,9 +95,24 @@ def _field(data: Any, *names: str) -> tuple[str, str]:
     )
 
 
-def make_admin_app(server: ProxyServer) -> web.Application:
-    """The admin routes of one `ProxyServer`."""
-    token = server.config.admin_token
+@dataclass(frozen=True)
+class AdminTarget:
+    """The proxy worker the admin API serves: its pool and control loop, its metrics page, and
+    whether it is ready."""
+
+    token: str | None
+    """The bearer token every call must carry; None: no authentication."""
+    monitor: Monitor
+    controller: Controller
+    render_metrics: Callable[[], bytes]
+    """The worker's Prometheus exposition (`GET /metrics`)."""
+    is_ready: Callable[[], bool]
+    worker: int
+
+
+def make_admin_app(target: AdminTarget) -> web.Application:
+    """The admin routes of one proxy worker."""
+    token = target.token
     expected = f"Bearer {token}".encode() if token else None
 
     @web.middleware
@@ -106,7 +123,7 @@ def make_admin_app(server: ProxyServer) -> web.Application:
                 return _json({"error": "missing or wrong bearer token", "status": 401}, 401)
         return await handler(request)
 
-    monitor, controller = server.monitor, server.controller
+    monitor, controller = target.monitor, target.controller
 
     async def state(request: web.Request) -> web.Response:
         snapshot = controller.current_snapshot()
@@ -144,8 +161,8 @@ def make_admin_app(server: ProxyServer) -> web.Application:
                 "control_interval_s": controller.interval,
                 "metrics_delay_s": controller.delay,
                 "inference_s": _finite(controller.inference_s),
-                "ready": server.ready,
-                "worker": server.worker,
+                "ready": target.is_ready(),
+                "worker": target.worker,
             }
         )
 
@@ -199,13 +216,13 @@ def make_admin_app(server: ProxyServer) -> web.Application:
         return _json({"url": backend.url, "draining": backend.index >= 0}, 202)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=server.prometheus.render(), headers={"Content-Type": CONTENT_TYPE})
+        return web.Response(body=target.render_metrics(), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = server.ready
+        ready = target.is_ready()
         return _json({"ready": ready}, 200 if ready else 503)
 
     app = web.Application(middlewares=[authenticate])

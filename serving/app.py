@@ -19,8 +19,8 @@ from typing import Any
 from aiohttp import web
 
 from rl_lb.errors import RlLbError
-from serving.admin import make_admin_app
-from serving.config import ProxyConfig, check_admin, load_config
+from serving.admin import AdminTarget, make_admin_app
+from serving.config import ProxyConfig, check_admin, load_config, restart_only_changes
 from serving.controller import Controller, balancer_spec, build_balancer
 from serving.http_server import HttpServer
 from serving.monitor import Monitor
@@ -91,7 +91,9 @@ class ProxyServer:
 
         admin = config.admin_address
         if admin is not None and self.worker == 0:
-            self._admin_runner = web.AppRunner(make_admin_app(self), access_log=None)
+            self._admin_runner = web.AppRunner(
+                make_admin_app(self._admin_target()), access_log=None
+            )
             await self._admin_runner.setup()
             await web.TCPSite(self._admin_runner, *admin).start()
             self.admin_port = self._admin_runner.addresses[0][1]
@@ -167,6 +169,18 @@ class ProxyServer:
             and any(self.monitor.metrics.available)
         )
 
+    def _admin_target(self) -> AdminTarget:
+        """What the admin API may see and change of this worker (the token is the start-up one:
+        a reload does not change it)."""
+        return AdminTarget(
+            token=self.config.admin_token,
+            monitor=self.monitor,
+            controller=self.controller,
+            render_metrics=self.prometheus.render,
+            is_ready=lambda: self.ready,
+            worker=self.worker,
+        )
+
     def _pool(self, url: str) -> UpstreamPool:
         """The connection pool of one backend."""
         config = self.config
@@ -211,16 +225,9 @@ class ProxyServer:
         for url in old.backends:
             if url not in new.backends and self.monitor.find(url) is not None:
                 self.monitor.drain(url)
-        live = ("backends", "balancer", "policy", "config_path")
-        ignored = [
-            f.name
-            for f in dataclasses.fields(ProxyConfig)
-            if f.name not in live and getattr(old, f.name) != getattr(new, f.name)
-        ]
+        self.config, ignored = restart_only_changes(old, new)
         if ignored:
             log.warning("reload: %s change only at restart", ", ".join(ignored))
-        keep = {name: getattr(old, name) for name in ignored}
-        self.config = dataclasses.replace(new, **keep)
         log.info("reloaded %s", path)
         return True
 

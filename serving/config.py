@@ -1,24 +1,54 @@
 """The proxy's settings: one frozen `ProxyConfig`, read from flags and an optional TOML file.
 
+Every setting is declared once. Those the proxy shares with the simulator (metrics window, EWMA,
+error penalty, health, ejection, retries) live in `ProxyConfig.control`, a
+`rl_lb.control.ControlSpec` declared in the core; the proxy's own are declared on the fields
+below (`proxy_setting(default, Setting(...), Option(...))`). From those declarations come the key
+table (`KEYS`), the checks, the `rl-lb serve` flags with their help and defaults
+(serving/proxy_cli.py) and the settings tables of docs/proxy.md (`markdown_table`).
+
 The TOML keys are the flag names without the dashes in front (`control-interval = 0.5`,
 `backend = ["http://…"]`), so a config file is a saved command line. Flags override the file.
 Every value is checked here, once, so that a typo stops `rl-lb serve` with one line naming the
 file and the key instead of surfacing later as a half-working proxy.
+
+This module is imported when `rl-lb` builds its commands: it stays free of heavy imports.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
-from rl_lb.balancers import make_balancer
+from rl_lb.control import ControlSpec, Setting
 from rl_lb.errors import ConfigError
-from rl_lb.metrics import DEFAULT_EWMA_TAU_S, DEFAULT_WINDOW_S
 from rl_lb.toml_file import read_toml
+from serving.config_values import (
+    is_loopback,
+    normalise_backend,
+    read_address,
+    read_backends,
+    read_health_path,
+    read_listen,
+    read_name,
+    read_switch,
+    read_text,
+    split_address,
+)
+from serving.settings import (
+    ADMIN,
+    BALANCING,
+    HEALTH,
+    LIMITS,
+    Declared,
+    Option,
+    declare,
+    duration,
+    proxy_setting,
+)
+from serving.settings import markdown_table as settings_table
 
 __all__ = [
     "KEYS",
@@ -26,7 +56,9 @@ __all__ = [
     "check_admin",
     "is_loopback",
     "load_config",
+    "markdown_table",
     "normalise_backend",
+    "restart_only_changes",
     "split_address",
 ]
 
@@ -35,46 +67,167 @@ __all__ = [
 class ProxyConfig:
     """Everything `ProxyServer` needs. Durations are seconds; 0 disables a limit where noted."""
 
-    backends: tuple[str, ...] = ()
-    listen: str = "127.0.0.1:8080"
-    balancer: str = "learned"
-    policy: str | None = None
-    """Model path or `models:/rl-lb-policy/N` for the learned balancer; None: the shipped one."""
-    control_interval_s: float = 1.0
-    max_staleness_s: float = 5.0
-    """A snapshot older than this sends a learned balancer to its fallback (reason "stale")."""
-    metrics_delay_s: float = 0.0
-    metrics_window_s: float = DEFAULT_WINDOW_S
-    """Sliding window of the latency quantiles, error rate and throughput the policy sees."""
-    ewma_tau_s: float = DEFAULT_EWMA_TAU_S
-    """Time constant of the peak-EWMA latency (features and the least-latency picker)."""
-    admin: str | None = "127.0.0.1:9090"
-    """None: no admin API."""
-    admin_token: str | None = None
-    health_path: str | None = "/health"
-    """None: no active health checks."""
-    health_interval_s: float = 5.0
-    health_timeout_s: float = 2.0
-    workers: int = 1
-    connect_timeout_s: float = 2.0
-    read_timeout_s: float = 30.0
-    total_timeout_s: float = 0.0
-    """0: no bound on a whole exchange (a long download is fine while bytes keep coming)."""
-    header_timeout_s: float = 60.0
-    """A client connection that sends no complete request head for this long is closed."""
-    max_body_bytes: int = 1 << 30
-    """0: unlimited."""
-    max_header_bytes: int = 8190
-    max_connections: int = 10_000
-    max_in_flight: int = 1_000
-    """Per backend: a backend with this many exchanges open is not picked (circuit breaker)."""
-    retries: int = 2
-    retry_budget: float = 0.2
-    preserve_host: bool = True
-    consecutive_failures: int = 5
-    base_ejection_s: float = 30.0
-    max_ejection_percent: float = 10.0
-    shutdown_timeout_s: float = 30.0
+    backends: tuple[str, ...] = proxy_setting(
+        (),
+        Setting("backend", "Backend URL http(s)://HOST:PORT[/PREFIX]; repeat the flag for more."),
+        Option(
+            read=read_backends,
+            accepts="URLs",
+            none_means="",
+            flag_type=list[str],
+            flags=("--backend", "-b"),
+        ),
+    )
+    listen: str = proxy_setting(
+        "127.0.0.1:8080",
+        Setting("listen", "Address the proxy accepts clients on."),
+        Option(read=read_listen, accepts="HOST:PORT", flag_type=str),
+    )
+    balancer: str = proxy_setting(
+        "learned",
+        Setting(
+            "balancer",
+            "Who sets the weights: learned, least-latency, round-robin, jsq, "
+            "capacity, … or POLICY+PICKER.",
+        ),
+        Option(BALANCING, read_name, "a preset or POLICY+PICKER", flag_type=str),
+    )
+    policy: str | None = proxy_setting(
+        None,
+        Setting(
+            "policy", "Model directory, .npz or models:/rl-lb-policy/N for the learned balancer."
+        ),
+        Option(BALANCING, read_text, "a path or URI", "the shipped policy", flag_type=str),
+    )
+    control_interval_s: float = proxy_setting(
+        1.0,
+        Setting("control-interval", "Seconds between two weight decisions.", "s", minimum=0.01),
+        Option(BALANCING),
+    )
+    max_staleness_s: float = duration(
+        5.0,
+        "max-staleness",
+        "Older metrics send a learned balancer to its fallback (reason stale).",
+        0.0,
+        BALANCING,
+    )
+    metrics_delay_s: float = duration(
+        0.0,
+        "metrics-delay",
+        "Give the balancer metrics this old (a scenario's metrics.delay_s).",
+        0.0,
+        BALANCING,
+    )
+    admin: str | None = proxy_setting(
+        "127.0.0.1:9090",
+        Setting("admin", "Address of the admin API and /metrics; '' for none."),
+        Option(ADMIN, read_address, "HOST:PORT or ''", flag_type=str),
+    )
+    admin_token: str | None = proxy_setting(
+        None,
+        Setting("admin-token", "Bearer token the admin API asks for (needed off loopback)."),
+        Option(ADMIN, read_text, "a string", flag_type=str, envvar="RL_LB_ADMIN_TOKEN"),
+    )
+    health_path: str | None = proxy_setting(
+        "/health",
+        Setting("health-path", "Path of the active health check (GET, 2xx passes); '' for none."),
+        Option(HEALTH, read_health_path, "/PATH or ''", flag_type=str),
+    )
+    workers: int = proxy_setting(
+        1,
+        Setting(
+            "workers",
+            "Processes sharing the port (SO_REUSEPORT), each deciding on its own.",
+            minimum=1,
+            integer=True,
+        ),
+    )
+    connect_timeout_s: float = duration(
+        2.0,
+        "connect-timeout",
+        "A backend connection not made in time fails (504, retried on another backend).",
+        0.001,
+        LIMITS,
+    )
+    read_timeout_s: float = duration(
+        30.0,
+        "read-timeout",
+        "Longest wait for the next bytes from a backend (504).",
+        0.001,
+        LIMITS,
+    )
+    total_timeout_s: float = duration(
+        0.0,
+        "total-timeout",
+        "Bound on a whole exchange, 0 for none (a long download is fine while bytes keep coming).",
+        0.0,
+        LIMITS,
+    )
+    header_timeout_s: float = duration(
+        60.0,
+        "header-timeout",
+        "A client connection idle, or with an unfinished request head, this long is closed.",
+        0.01,
+        LIMITS,
+    )
+    max_body_bytes: int = proxy_setting(
+        1 << 30,
+        Setting("max-body-size", "Largest request body (413), 0 for none.", "bytes", integer=True),
+        Option(LIMITS),
+    )
+    max_header_bytes: int = proxy_setting(
+        8190,
+        Setting(
+            "max-header-size",
+            "Longest request line or header line (400).",
+            "bytes",
+            minimum=256,
+            integer=True,
+        ),
+        Option(LIMITS),
+    )
+    max_connections: int = proxy_setting(
+        10_000,
+        Setting(
+            "max-connections",
+            "Client connections at once; more get a 503 and are closed.",
+            minimum=1,
+            integer=True,
+        ),
+        Option(LIMITS),
+    )
+    max_in_flight: int = proxy_setting(
+        1_000,
+        Setting(
+            "max-in-flight",
+            "Open exchanges that make a backend full: it is not picked (all full: 503).",
+            minimum=1,
+            integer=True,
+        ),
+        Option(LIMITS),
+    )
+    preserve_host: bool = proxy_setting(
+        True,
+        Setting(
+            "preserve-host",
+            "Pass the client's Host header on; --backend-host sends the backend's own.",
+        ),
+        Option(
+            read=read_switch,
+            accepts="true or false",
+            flag_type=bool,
+            flags=("--preserve-host/--backend-host",),
+        ),
+    )
+    shutdown_timeout_s: float = duration(
+        30.0,
+        "shutdown-timeout",
+        "On SIGTERM, how long open exchanges may take to finish.",
+        0.0,
+        LIMITS,
+    )
+    control: ControlSpec = field(default_factory=ControlSpec)
+    """The settings shared with the simulator (rl_lb/control.py declares them)."""
     config_path: str | None = None
     """The TOML file the settings came from, re-read on SIGHUP."""
 
@@ -87,129 +240,8 @@ class ProxyConfig:
         return split_address(self.admin, "admin") if self.admin else None
 
 
-def split_address(value: str, where: str) -> tuple[str, int]:
-    """`host:port` or `[v6]:port` → (host, port)."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ConfigError(where, f"{value!r} is not HOST:PORT", "write it like 127.0.0.1:8080")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def normalise_backend(url: str, where: str = "backend") -> str:
-    """`http(s)://host:port[/prefix]` without a trailing slash; anything else is refused."""
-    if not isinstance(url, str):
-        raise ConfigError(where, f"{url!r} is not a URL", "write it like http://10.0.0.5:8000")
-    refused = ConfigError(where, f"{url!r} is not a backend URL", "write it like http://host:8000")
-    try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError:
-        raise refused from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise refused
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-
-
-def _number(
-    minimum: float, integer: bool = False, maximum: float = math.inf
-) -> Callable[[Any, str], Any]:
-    def convert(value: Any, where: str) -> Any:
-        kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise ConfigError(where, f"{value!r} is not {kind}")
-        if integer and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(where, f"{value!r} is not {kind}")
-        try:
-            number: float = int(value) if integer else float(value)
-        except ValueError:
-            raise ConfigError(where, f"{value!r} is not {kind}") from None
-        if not (math.isfinite(number) and minimum <= number <= maximum):
-            bounds = f">= {minimum}" if maximum == math.inf else f"from {minimum} to {maximum}"
-            raise ConfigError(where, f"{value!r} is out of range", f"use {kind} {bounds}")
-        return number
-
-    return convert
-
-
-def _text(value: Any, where: str) -> str | None:
-    if not isinstance(value, str):
-        raise ConfigError(where, f"{value!r} is not a string")
-    return value or None
-
-
-def _flag(value: Any, where: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(where, f"{value!r} is not true or false")
-    return value
-
-
-def _backends(value: Any, where: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise ConfigError(where, f"{value!r} is not a list of URLs")
-    urls = tuple(normalise_backend(u, where) for u in items)
-    if len(set(urls)) != len(urls):
-        raise ConfigError(where, "a backend is listed twice", "list each URL once")
-    return urls
-
-
-def _health_path(value: Any, where: str) -> str | None:
-    path = _text(value, where)
-    if path is not None and not path.startswith("/"):
-        raise ConfigError(where, f"{value!r} does not start with '/'", "write it like /health")
-    return path
-
-
-def _address(value: Any, where: str) -> str | None:
-    text = _text(value, where)
-    if text is not None:
-        split_address(text, where)
-    return text
-
-
-KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
-    "backend": ("backends", _backends),
-    "listen": ("listen", _address),
-    "balancer": ("balancer", _text),
-    "policy": ("policy", _text),
-    "control-interval": ("control_interval_s", _number(0.01)),
-    "max-staleness": ("max_staleness_s", _number(0.0)),
-    "metrics-delay": ("metrics_delay_s", _number(0.0)),
-    "metrics-window": ("metrics_window_s", _number(0.01)),
-    "ewma-tau": ("ewma_tau_s", _number(0.01)),
-    "admin": ("admin", _address),
-    "admin-token": ("admin_token", _text),
-    "health-path": ("health_path", _health_path),
-    "health-interval": ("health_interval_s", _number(0.05)),
-    "health-timeout": ("health_timeout_s", _number(0.01)),
-    "workers": ("workers", _number(1, integer=True)),
-    "connect-timeout": ("connect_timeout_s", _number(0.001)),
-    "read-timeout": ("read_timeout_s", _number(0.001)),
-    "total-timeout": ("total_timeout_s", _number(0.0)),
-    "header-timeout": ("header_timeout_s", _number(0.01)),
-    "max-body-size": ("max_body_bytes", _number(0, integer=True)),
-    "max-header-size": ("max_header_bytes", _number(256, integer=True)),
-    "max-connections": ("max_connections", _number(1, integer=True)),
-    "max-in-flight": ("max_in_flight", _number(1, integer=True)),
-    "retries": ("retries", _number(0, integer=True)),
-    "retry-budget": ("retry_budget", _number(0.0)),
-    "preserve-host": ("preserve_host", _flag),
-    "consecutive-failures": ("consecutive_failures", _number(1, integer=True)),
-    "base-ejection": ("base_ejection_s", _number(0.001)),
-    "max-ejection-percent": ("max_ejection_percent", _number(0.0, maximum=100.0)),
-    "shutdown-timeout": ("shutdown_timeout_s", _number(0.0)),
-}
-"""Flag name (= TOML key) → (ProxyConfig field, converter)."""
+KEYS: dict[str, Declared] = declare(ProxyConfig)
+"""Flag name (= TOML key) → its declaration: the proxy's own settings, then the shared ones."""
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -224,20 +256,40 @@ def _read_file(path: str) -> dict[str, Any]:
 
 def load_config(path: str | None = None, flags: Mapping[str, Any] | None = None) -> ProxyConfig:
     """The file's settings, then the flags (keys as in `KEYS`, None meaning "not given")."""
-    values: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
     sources = [(_read_file(path), f"{path}: ")] if path else []
     sources.append(({k: v for k, v in (flags or {}).items() if v is not None}, "--"))
     for data, prefix in sources:
         for key, raw in data.items():
-            field, convert = KEYS[key]
-            values[field] = convert(raw, f"{prefix}{key}")
-    config = ProxyConfig(config_path=path, **values)
-    _check(config, f"{path}: " if path else "--")
+            declared = KEYS.get(key)
+            if declared is None:
+                raise ConfigError(f"{prefix}{key}", "not a setting of rl-lb serve")
+            value = declared.read(raw, f"{prefix}{key}")
+            if declared.section is None:
+                own[declared.field.name] = value
+            else:
+                shared[key] = value
+    prefix = f"{path}: " if path else "--"
+    config = ProxyConfig(config_path=path, control=_control(shared, prefix), **own)
+    _check(config, prefix)
     return config
+
+
+def _control(values: Mapping[str, Any], prefix: str) -> ControlSpec:
+    """The shared settings; a rule tying two of them together is named with `prefix`."""
+    try:
+        return ControlSpec.from_flags(values, prefix)
+    except ConfigError as error:
+        if error.where.startswith(prefix):
+            raise
+        raise ConfigError(f"{prefix}{error.where}", error.what, error.fix) from None
 
 
 def _check(config: ProxyConfig, prefix: str) -> None:
     """Rules that tie several settings together."""
+    from rl_lb.balancers import make_balancer  # numpy and the policies: not at `rl-lb` start
+
     if not config.backends:
         raise ConfigError(f"{prefix}backend", "no backend given", "pass --backend URL (repeatable)")
     if config.policy and not config.balancer.startswith("learned"):
@@ -269,3 +321,25 @@ def check_admin(config: ProxyConfig, prefix: str = "--") -> None:
             f"the admin API on {config.admin} needs a token",
             "set --admin-token or RL_LB_ADMIN_TOKEN, or bind it to 127.0.0.1",
         )
+
+
+LIVE = frozenset({"backends", "balancer", "policy", "config_path"})
+"""The `ProxyConfig` fields a reload (SIGHUP) applies to a running proxy."""
+
+
+def restart_only_changes(old: ProxyConfig, new: ProxyConfig) -> tuple[ProxyConfig, list[str]]:
+    """`new` with every setting a running proxy cannot change kept as in `old`, and the keys of
+    those that differ (they take effect at the next start)."""
+    changed = [
+        d for d in KEYS.values() if d.field.name not in LIVE and d.value(old) != d.value(new)
+    ]
+    holders = {d.field.name if d.section is None else "control" for d in changed}
+    return dataclasses.replace(new, **{name: getattr(old, name) for name in holders}), [
+        d.key for d in changed
+    ]
+
+
+def markdown_table() -> str:
+    """The proxy's own settings as a Markdown table (docs/proxy.md, beside
+    `rl_lb.control.markdown_table()` for the shared ones)."""
+    return settings_table(KEYS.values())

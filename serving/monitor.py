@@ -97,17 +97,16 @@ class Monitor:
         self._new_pool = pool_factory
         self._health_session: aiohttp.ClientSession | None = None
         """Health checks use their own small aiohttp client (off the request path)."""
+        control = config.control
         self.metrics = PoolMetrics(
-            [], clock, window_s=config.metrics_window_s, ewma_tau_s=config.ewma_tau_s
+            [],
+            clock,
+            window_s=control.metrics.window_s,
+            ewma_tau_s=control.metrics.ewma_tau_s,
+            error_penalty_s=control.metrics.error_penalty_s,
         )
-        self.detector = OutlierDetector(
-            0,
-            consecutive_failures=config.consecutive_failures,
-            base_ejection_s=config.base_ejection_s,
-            max_ejection_s=max(300.0, config.base_ejection_s),
-            max_ejection_percent=config.max_ejection_percent,
-        )
-        self.checker = HealthChecker(0)
+        self.detector = OutlierDetector(0, control.ejection)
+        self.checker = HealthChecker(0, control.health)
         self.backends: list[Backend] = []
         self.view = PoolView(self.metrics)
         self.on_pool_change: Callable[[], object] = lambda: None
@@ -217,7 +216,7 @@ class Monitor:
             log.warning(
                 "backend %s ejected after %d consecutive failures (ejection #%d)",
                 backend.url,
-                self.detector.config.consecutive_failures,
+                self.detector.settings.consecutive_failures,
                 self.detector.times_ejected[i],
             )
 
@@ -245,7 +244,7 @@ class Monitor:
             log.info("backend %s back from ejection", self.backends[i].url)
 
     async def run_health_checks(self) -> None:
-        """Check every backend each `health_interval_s` until cancelled."""
+        """Check every backend each health-check interval until cancelled."""
         assert self.config.health_path is not None
         while True:
             started = self.clock()
@@ -254,12 +253,12 @@ class Monitor:
                 if isinstance(outcome, Exception):
                     log.error("health check failed to run: %r", outcome)
             elapsed = self.clock() - started
-            await asyncio.sleep(max(self.config.health_interval_s - elapsed, 0.0))
+            await asyncio.sleep(max(self.config.control.health.interval_s - elapsed, 0.0))
 
     async def check(self, backend: Backend) -> bool:
         """One active check: `GET {health_path}`, 2xx within the timeout passes."""
         assert self.config.health_path is not None
-        timeout = aiohttp.ClientTimeout(total=self.config.health_timeout_s)
+        timeout = aiohttp.ClientTimeout(total=self.config.control.health.timeout_s)
         if self._health_session is None:
             self._health_session = aiohttp.ClientSession(
                 auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False

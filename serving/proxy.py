@@ -15,7 +15,8 @@ import math
 import random
 from collections import Counter
 
-from rl_lb.types import Clock, NoBackendAvailable
+from rl_lb.retry_budget import RetryBudget
+from rl_lb.types import NoBackendAvailable
 from serving.config import ProxyConfig
 from serving.controller import Controller
 from serving.http_message import (
@@ -29,7 +30,7 @@ from serving.http_server import ClientConnection
 from serving.monitor import Backend, Monitor
 from serving.upstream import UpstreamConnection
 
-__all__ = ["IDEMPOTENT", "Exchange", "Forwarder", "ProxyStats", "RetryBudget"]
+__all__ = ["IDEMPOTENT", "Exchange", "Forwarder", "ProxyStats"]
 
 log = logging.getLogger("rl_lb.serving.proxy")
 
@@ -38,51 +39,6 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = (204, 304)
 _INLINE = 1 << 14
 """Response head and first body chunk leave in one write below this size (one segment)."""
-
-
-class RetryBudget:
-    """Linkerd/Finagle retry budget: retries may add `ratio` of the recent requests.
-
-    Over a sliding `ttl_s` window, a retry is allowed while retries < ratio × requests +
-    min_per_s × ttl_s; the floor keeps a quiet proxy able to retry at all. A budget rather than
-    a per-request limit because retries multiply load exactly when backends are failing.
-    """
-
-    def __init__(
-        self, ratio: float, clock: Clock, *, ttl_s: float = 10.0, min_per_s: float = 10.0
-    ) -> None:
-        self.ratio = ratio
-        self._clock = clock
-        self._slots = 10
-        self._slot_len = ttl_s / self._slots
-        self._floor = min_per_s * ttl_s
-        self._ids = [-1] * self._slots
-        self._requests = [0] * self._slots
-        self._retries = [0] * self._slots
-
-    def _slot(self) -> int:
-        s = int(self._clock() / self._slot_len)
-        r = s % self._slots
-        if self._ids[r] != s:
-            self._ids[r] = s
-            self._requests[r] = 0
-            self._retries[r] = 0
-        return r
-
-    def request(self) -> None:
-        self._requests[self._slot()] += 1
-
-    def try_retry(self) -> bool:
-        """Take one retry from the budget if there is room."""
-        r = self._slot()
-        oldest = self._ids[r] - self._slots
-        live = [k for k in range(self._slots) if self._ids[k] > oldest]
-        requests = sum(self._requests[k] for k in live)
-        retries = sum(self._retries[k] for k in live)
-        if retries + 1 > self.ratio * requests + self._floor:
-            return False
-        self._retries[r] += 1
-        return True
 
 
 class ProxyStats:
@@ -104,10 +60,10 @@ class Forwarder:
         self.controller = controller
         self.stats = stats
         self.max_body = config.max_body_bytes
-        self.retries = config.retries
+        self.retries = config.control.retries.retries
         self.preserve_host = config.preserve_host
         self.total_timeout = config.total_timeout_s or math.inf
-        self.budget = RetryBudget(config.retry_budget, monitor.clock)
+        self.budget = RetryBudget(config.control.retries, monitor.clock)
         self.retry_after = str(max(1, math.ceil(config.control_interval_s)))
         self.stopping = False
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch as th
 
+from envs.env import policy_spaces
 from rl_lb.features import FeatureEncoder
 from training.policy import SetActorCriticPolicy
 
@@ -17,8 +18,7 @@ ENCODER = FeatureEncoder()
 def make_policy(seed: int = 0, activation: str = "tanh") -> SetActorCriticPolicy:
     th.manual_seed(seed)
     policy = SetActorCriticPolicy(
-        ENCODER.observation_space,
-        ENCODER.action_space,
+        *policy_spaces(ENCODER),
         lambda _: 3e-4,
         slot_net=[32, 24],
         head_net=[16],

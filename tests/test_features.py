@@ -22,13 +22,34 @@ def column(encoder: FeatureEncoder, name: str) -> int:
     return encoder.names.index(name)
 
 
-def test_shape_dtype_and_space() -> None:
+def test_shape_dtype_and_bounds_follow_the_spec() -> None:
     encoder = FeatureEncoder()
+    spec = encoder.observation_spec
     obs = encoder.encode(make_snapshot([0.01, 0.02, 0.05]))
-    assert obs.shape == (MAX_BACKENDS, len(FEATURE_NAMES))
-    assert obs.dtype == np.float32
-    assert encoder.observation_space.contains(obs)
+    assert obs.shape == spec.shape == (MAX_BACKENDS, len(FEATURE_NAMES))
+    assert obs.dtype == spec.dtype == np.float32
+    assert spec.low <= obs.min()
+    assert obs.max() <= spec.high
+    assert encoder.action_spec.shape == (MAX_BACKENDS,)
     assert encoder.names == FEATURE_NAMES
+
+
+def test_the_gymnasium_spaces_built_in_envs_are_the_specs() -> None:
+    """The core describes the arrays; envs/ turns the descriptions into the spaces."""
+    from envs.env import policy_spaces
+
+    encoder = FeatureEncoder(history=2)
+    observation_space, action_space = policy_spaces(encoder)
+    for space, spec in (
+        (observation_space, encoder.observation_spec),
+        (action_space, encoder.action_spec),
+    ):
+        assert space.shape == spec.shape
+        assert space.dtype == spec.dtype
+        assert (space.low == spec.low).all()
+        assert (space.high == spec.high).all()
+    assert observation_space.contains(encoder.encode(make_snapshot([0.01, 0.5, 0.002])))
+    assert action_space.contains(np.ones(MAX_BACKENDS, dtype=np.float32))
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 16])

@@ -6,22 +6,24 @@ from collections.abc import Callable
 
 import pytest
 
+from rl_lb.control import EjectionSettings, HealthSettings
 from rl_lb.errors import ConfigError
-from rl_lb.health import HealthChecker, HealthConfig, OutlierConfig, OutlierDetector
+from rl_lb.health import HealthChecker, OutlierDetector
 
 
 def fail(detector: OutlierDetector, i: int, times: int, now: float = 0.0) -> list[bool]:
     return [detector.on_result(i, True, now) for _ in range(times)]
 
 
-def test_defaults_are_envoys_and_written_once() -> None:
-    assert OutlierConfig() == OutlierConfig(5, 30.0, 300.0, 10.0)
-    assert HealthConfig() == HealthConfig(1, 2)
-    assert OutlierDetector(3).config == OutlierConfig()
-    assert HealthChecker(3).config == HealthConfig()
-    custom = OutlierConfig(consecutive_failures=2, base_ejection_s=1.0)
-    assert OutlierDetector.from_config(3, custom).config == custom
-    assert HealthChecker.from_config(3, HealthConfig(3, 4)).config == HealthConfig(3, 4)
+def test_defaults_are_envoys_and_come_from_the_control_spec() -> None:
+    assert EjectionSettings() == EjectionSettings(5, 30.0, 300.0, 10.0)
+    assert (HealthSettings().healthy_threshold, HealthSettings().unhealthy_threshold) == (1, 2)
+    assert OutlierDetector(3).settings == EjectionSettings()
+    assert HealthChecker(3).settings == HealthSettings()
+    custom = EjectionSettings(consecutive_failures=2, base_ejection_s=1.0)
+    assert OutlierDetector(3, custom).settings is custom
+    thresholds = HealthSettings(healthy_threshold=3, unhealthy_threshold=4)
+    assert HealthChecker(3, thresholds).settings is thresholds
 
 
 def test_consecutive_failures_eject() -> None:
@@ -83,7 +85,7 @@ def test_at_least_one_is_ejected_even_below_one_backend_in_ten() -> None:
     assert not fail(d, 2, 5)[-1]
     single = OutlierDetector(1)
     assert fail(single, 0, 5)[-1]
-    none_allowed = OutlierDetector(4, max_ejection_percent=0.0)
+    none_allowed = OutlierDetector(4, EjectionSettings(max_ejection_percent=0.0))
     assert fail(none_allowed, 0, 5)[-1]
     assert not fail(none_allowed, 1, 5)[-1]
 
@@ -130,7 +132,7 @@ def test_health_checker_thresholds() -> None:
 
 
 def test_health_checker_needs_the_healthy_threshold_in_a_row() -> None:
-    h = HealthChecker(1, healthy_threshold=3, unhealthy_threshold=1)
+    h = HealthChecker(1, HealthSettings(healthy_threshold=3, unhealthy_threshold=1))
     assert h.on_check(0, False)
     assert [h.on_check(0, True) for _ in range(2)] == [False, False]
     assert not h.on_check(0, False)  # breaks the streak
@@ -153,13 +155,13 @@ def test_health_checker_add_and_remove_backends() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: OutlierConfig(consecutive_failures=0),
-        lambda: OutlierConfig(base_ejection_s=400.0),
-        lambda: OutlierConfig(base_ejection_s=0.0),
-        lambda: OutlierConfig(max_ejection_percent=101.0),
-        lambda: HealthConfig(healthy_threshold=0),
-        lambda: HealthChecker(2, unhealthy_threshold=0),
-        lambda: OutlierDetector(2, max_ejection_s=-1.0),
+        lambda: EjectionSettings(consecutive_failures=0),
+        lambda: EjectionSettings(base_ejection_s=400.0),
+        lambda: EjectionSettings(base_ejection_s=0.0),
+        lambda: EjectionSettings(max_ejection_percent=101.0),
+        lambda: HealthSettings(healthy_threshold=0),
+        lambda: HealthSettings(unhealthy_threshold=0),
+        lambda: EjectionSettings(max_ejection_s=-1.0),
     ],
 )
 def test_bad_settings_are_config_errors(make: Callable[[], object]) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from random_policy import ENCODER, make_policy
 
-from rl_lb.balancers import make_balancer
+from rl_lb.balancers import GuardedBalancer, make_balancer
 from rl_lb.errors import ModelError
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import SHIPPED_DIR, LearnedPolicy
@@ -20,7 +20,7 @@ from training.export import export_policy
 
 
 def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:
-    n_slots, n_features = ENCODER.observation_space.shape
+    n_slots, n_features = ENCODER.observation_spec.shape
     obs = np.zeros((batch, n_slots, n_features), dtype=np.float32)
     for row in obs:
         n = int(rng.integers(1, n_slots + 1))
@@ -108,6 +108,27 @@ def test_reset_forgets_the_history(model_dir: Path) -> None:
 def test_the_shipped_policy_loads_without_a_spec() -> None:
     policy = LearnedPolicy.load(None)
     assert policy.weights(snapshot(4, np.random.default_rng(0))).sum() == pytest.approx(1.0)
+
+
+def test_the_learned_preset_is_the_shipped_policy_guarded_with_its_picker() -> None:
+    """`learned` alone: the shipped export, served with the picker its header names (docs:
+    p2c-latency, not the p2c a header without one gets), least-latency as its fallback."""
+    header = json.loads((SHIPPED_DIR / "policy.json").read_text())
+    balancer = make_balancer("learned")
+    assert isinstance(balancer, GuardedBalancer)
+    assert balancer.name == "learned"
+    assert balancer.primary is not None
+    policy = balancer.primary.policy
+    assert isinstance(policy, LearnedPolicy)
+    assert policy.version == header["version"]
+    assert balancer.primary.picker.name == header["picker"] == "p2c-latency"
+    assert balancer.fallback.name == "least-latency"
+    assert (balancer.mode, balancer.reason) == ("primary", "")
+    pool = snapshot(5, np.random.default_rng(4))
+    decision = balancer.decide(pool, now=0.0)
+    assert (decision.mode, decision.reason) == ("primary", "")
+    assert decision.picker is balancer.primary.picker
+    np.testing.assert_allclose(decision.weights, LearnedPolicy.load(None).weights(pool))
 
 
 def _copy(model_dir: Path, tmp_path: Path) -> Path:

@@ -26,6 +26,7 @@ from envs.factory import pool_scenario
 from envs.live import Counters, LivePoolEnv, snapshot_from_json
 from lab.backends import EmulatedPool
 from lab.loadgen import run_load
+from rl_lb.control import ControlSpec, HealthSettings
 from rl_lb.features import FeatureEncoder
 from rl_lb.scenarios import Event, Scenario, ServiceDist
 from serving.app import ProxyServer
@@ -79,7 +80,7 @@ class Stack:
                 admin="127.0.0.1:0",
                 balancer="least-latency",
                 control_interval_s=INTERVAL_S,
-                health_interval_s=1.0,
+                control=ControlSpec(health=HealthSettings(interval_s=1.0)),
                 read_timeout_s=SCENARIO.timeout_s,
             )
             async with ProxyServer(config) as proxy:
@@ -302,7 +303,7 @@ def test_install_is_the_inverse_of_the_export(tmp_path: Any) -> None:
     export_policy(trained.policy, tmp_path, FeatureEncoder(), "test")  # type: ignore[arg-type]
     with np.load(tmp_path / "policy.npz") as arrays:
         _install(fresh.policy, dict(arrays))
-    shape = (2, *FeatureEncoder().observation_space.shape)
+    shape = (2, *FeatureEncoder().observation_spec.shape)
     observation = th.as_tensor(np.random.default_rng(0).uniform(-1, 1, shape), dtype=th.float32)
     observation[:, 5:, :] = 0.0
     observation[:, :5, 0] = 1.0

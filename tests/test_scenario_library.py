@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rl_lb._scenario_parse import (
-    _ARRIVAL_KEYS,
-    _BACKEND_KEYS,
-    _EVENT_KEYS,
-    _HEALTH_KEYS,
-    _METRICS_KEYS,
-    _SERVICE_KEYS,
-    _TOP_KEYS,
-)
 from rl_lb.scenarios import Scenario, load_scenario, scenario_library_dir
+from rl_lb.scenarios.arrivals import ARRIVAL_KEYS
+from rl_lb.scenarios.parse import (
+    BACKEND_KEYS,
+    EVENT_KEYS,
+    PAUSES_KEYS,
+    SECTION_KEYS,
+    SERVICE_KEYS,
+    TOP_KEYS,
+)
+from rl_lb.scenarios.shared import shared_keys
 
 LIBRARY = sorted(scenario_library_dir().glob("*.toml"))
 NAMES = [p.stem for p in LIBRARY]
@@ -160,23 +161,31 @@ def test_docs_library_table_matches_the_files() -> None:
 
 
 def test_docs_describe_every_key() -> None:
+    """A row for every key: the scenario's own, and the shared ones (`section.key`)."""
     text = DOCS.read_text(encoding="utf-8")
-    keys = (
-        _TOP_KEYS
-        + _ARRIVAL_KEYS
-        + _METRICS_KEYS
-        + _HEALTH_KEYS
-        + _BACKEND_KEYS
-        + _SERVICE_KEYS
-        + _EVENT_KEYS
-        + ("every_s", "duration_s")
-    )
-    cells = (
-        [f"| `{k}` |" for k in keys],
-        [f"| `[{k}]` |" for k in keys],
-        [f"| `[[{k}]]` |" for k in keys],
-    )
-    missing = [
-        k for k, *forms in zip(keys, *cells, strict=True) if not any(f in text for f in forms)
+    own = {section: set(keys) - set(shared_keys(section)) for section, keys in SECTION_KEYS.items()}
+    keys = [
+        *TOP_KEYS,
+        *ARRIVAL_KEYS,
+        *(k for section in own.values() for k in section),
+        *BACKEND_KEYS,
+        *SERVICE_KEYS,
+        *EVENT_KEYS,
+        *PAUSES_KEYS,
     ]
+    cells = {k: (f"| `{k}` |", f"| `[{k}]` |", f"| `[[{k}]]` |") for k in keys}
+    cells |= {
+        f"{section}.{k}": (f"| `{section}.{k}` |",)
+        for section in SECTION_KEYS
+        for k in shared_keys(section)
+    }
+    missing = [k for k, forms in cells.items() if not any(f in text for f in forms)]
     assert not missing, missing
+
+
+def test_library_checks_health_once_a_second_as_it_always_has() -> None:
+    """The proxy's 5 s default came later; the library keeps the simulator's results."""
+    for path in LIBRARY:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        assert raw["health"]["interval_s"] == 1.0, path.name
+        assert load_scenario(path).nominal().control.health.interval_s == 1.0

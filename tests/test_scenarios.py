@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +14,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rl_lb.cli
-from rl_lb import scenarios
+from rl_lb import control, scenarios
+from rl_lb.control import ControlSpec, EjectionSettings, MetricsSettings, RetrySettings
 from rl_lb.errors import ScenarioError
 from rl_lb.scenarios import (
     ScenarioFamily,
+    library,
     load_scenario,
     load_scenarios,
     resolve_scenario,
     scenario_library_dir,
 )
 
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "scenarios.md"
 BASE = """\
 name = "t"
 duration_s = 100
@@ -77,7 +81,7 @@ def test_base_document_parses_into_the_dataclasses(tmp_path: Path) -> None:
     assert (other.service.dist, other.service.shape, other.queue_limit) == ("pareto", 1.5, 1000)
     assert s.arrivals == scenarios.Arrivals("poisson", 100.0, (scenarios.RateStep(50, 200),))
     assert s.metrics == scenarios.MetricsSpec()
-    assert s.health == scenarios.HealthSpec()
+    assert s.control == ControlSpec(health=scenarios.HealthSpec(interval_s=1.0))
     assert (s.duration_s, s.control_interval_s, s.source) == (100, 1.0, family.source)
     assert s.capacity_rps == pytest.approx(2 * 400 + 50)
 
@@ -153,9 +157,77 @@ def test_metrics_health_and_defaults_for_constant_and_exponential(tmp_path: Path
         ('dist = "pareto", mean_s = 0.02, shape = 1.5', 'dist = "exponential", mean_s = 0.02'),
     )
     s = load_scenario(write(tmp_path, text)).sample(np.random.default_rng(0))
-    assert s.metrics == scenarios.MetricsSpec(0.5, 3, 5.0, 2.0, 0.25)
-    assert s.health == scenarios.HealthSpec(2.0, 3, 4)
+    assert s.metrics == scenarios.MetricsSpec(0.5, 3, 0.25)
+    assert s.control.metrics == MetricsSettings(window_s=5.0, ewma_tau_s=2.0)
+    health = scenarios.HealthSpec(interval_s=2.0, healthy_threshold=3, unhealthy_threshold=4)
+    assert s.control.health == health
     assert (s.backends[0].service.cv, s.backends[2].service.cv) == (0.0, 1.0)
+
+
+def test_every_shared_key_is_read_from_its_section(tmp_path: Path) -> None:
+    """Each `Setting.scenario` key reaches `Scenario.control`: write twice every default."""
+    lines: dict[str, list[str]] = {}
+    expected: dict[str, dict[str, Any]] = {}
+    for section, f, info in control.spec_settings():
+        if info.scenario is None:
+            continue
+        file_section, key = info.scenario.split(".")
+        value = f.default * 2
+        lines.setdefault(file_section, []).append(f"{key} = {value!r}")
+        expected.setdefault(section, {})[f.name] = value
+    tables = "".join(f"[{name}]\n" + "\n".join(keys) + "\n" for name, keys in lines.items())
+    text = edit(("[metrics]\nproxies = 1\n[health]\ninterval_s = 1.0\n", tables))
+    s = load_scenario(write(tmp_path, text)).sample(np.random.default_rng(0))
+    defaults = ControlSpec()
+    assert s.control == ControlSpec(
+        **{name: replace(getattr(defaults, name), **kw) for name, kw in expected.items()}
+    )
+    assert s.metrics == scenarios.MetricsSpec()
+    assert type(s.control.retries.retries) is int
+
+
+def test_shared_sections_left_out_keep_the_proxys_defaults(tmp_path: Path) -> None:
+    text = edit(("[health]\ninterval_s = 1.0\n", "[ejection]\nconsecutive_failures = 3\n"))
+    s = load_scenario(write(tmp_path, text)).nominal()
+    assert s.control == ControlSpec(ejection=EjectionSettings(consecutive_failures=3))
+    assert s.control.health.interval_s == 5.0
+
+
+def test_shared_settings_may_be_ranges_and_every_draw_is_valid(tmp_path: Path) -> None:
+    shared = (
+        "[health]\ninterval_s = [0.5, 2]\nunhealthy_threshold = [1, 3]\n"
+        "[ejection]\nbase_ejection_s = [10, 60]\nmax_ejection_s = [60, 120]\n"
+        "[retries]\nbudget = [0.1, 0.3]"
+    )
+    family = load_scenario(write(tmp_path, edit(("[health]\ninterval_s = 1.0", shared))))
+    assert family.randomised == 5
+    thresholds = set()
+    for seed in range(40):
+        c = family.sample(np.random.default_rng(seed)).control
+        assert 0.5 <= c.health.interval_s <= 2.0
+        assert type(c.health.unhealthy_threshold) is int
+        thresholds.add(c.health.unhealthy_threshold)
+        assert 10 <= c.ejection.base_ejection_s <= c.ejection.max_ejection_s <= 120
+        assert 0.1 <= c.retries.budget <= 0.3
+    assert thresholds == {1, 2, 3}
+    nominal = family.nominal().control
+    assert (nominal.health.interval_s, nominal.health.unhealthy_threshold) == (1.25, 2)
+    assert nominal.retries.budget == pytest.approx(0.2)
+    assert replace(nominal.retries, budget=0.2) == RetrySettings()
+
+
+def test_time_scaling_compresses_the_shared_memory_but_not_below_the_proxys_shortest_check(
+    tmp_path: Path,
+) -> None:
+    s = load_scenario(write(tmp_path, BASE)).nominal()
+    half = scenarios.time_scaled(s, 0.5)
+    assert (half.control.metrics.window_s, half.control.metrics.ewma_tau_s) == (5.0, 5.0)
+    assert half.control.health.interval_s == 0.5
+    assert half.control.ejection == s.control.ejection  # hardware and policy, not timeline
+    assert half.control.retries == s.control.retries
+    tiny = scenarios.time_scaled(s, 0.01)
+    assert tiny.control.health.interval_s == 0.05  # health.interval_s's minimum, not 0.01 s
+    assert tiny.control.metrics.window_s == pytest.approx(0.1)
 
 
 RANGED = edit(
@@ -385,6 +457,56 @@ INVALID = {
         "metrics",
         "expected a table",
     ),
+    "health interval too short": (
+        edit(("[health]\ninterval_s = 1.0", "[health]\ninterval_s = 0.01")),
+        "health.interval_s",
+        "must be >= 0.05",
+    ),
+    "unknown shared key": (
+        edit(("[health]\ninterval_s = 1.0", "[health]\ninterval = 1.0")),
+        "health.interval",
+        "did you mean 'interval_s'",
+    ),
+    "proxy-only setting": (
+        edit(("[health]\ninterval_s = 1.0", "[health]\ntimeout_s = 1.0")),
+        "health.timeout_s",
+        "unknown key",
+    ),
+    "ejection base over max": (
+        edit(("[health]", "[ejection]\nbase_ejection_s = 400\n[health]")),
+        "ejection.max_ejection_s",
+        "300 s is shorter than base_ejection_s (400 s) (use base_ejection_s <= max_ejection_s)",
+    ),
+    "ejection ranges may cross": (
+        edit(
+            (
+                "[health]",
+                "[ejection]\nbase_ejection_s = [10, 100]\nmax_ejection_s = [50, 200]\n[health]",
+            )
+        ),
+        "ejection.max_ejection_s",
+        "shorter than base_ejection_s",
+    ),
+    "ejection percent over 100": (
+        edit(("[health]", "[ejection]\nmax_ejection_percent = 101\n[health]")),
+        "ejection.max_ejection_percent",
+        "<= 100",
+    ),
+    "negative retries": (
+        edit(("[health]", "[retries]\nretries = -1\n[health]")),
+        "retries.retries",
+        ">= 0",
+    ),
+    "retry budget window 0": (
+        edit(("[health]", "[retries]\nbudget_window_s = 0\n[health]")),
+        "retries.budget_window_s",
+        "> 0",
+    ),
+    "fractional retries": (
+        edit(("[health]", "[retries]\nretries = 1.5\n[health]")),
+        "retries.retries",
+        "expected an integer",
+    ),
 }
 
 
@@ -434,13 +556,22 @@ def test_library_dir_falls_back_to_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert (scenario_library_dir() / "steady.toml").is_file()
-    monkeypatch.setattr(scenarios, "__file__", str(tmp_path / "site" / "rl_lb" / "scenarios.py"))
+    installed = tmp_path / "site" / "rl_lb" / "scenarios" / "library.py"
+    monkeypatch.setattr(library, "__file__", str(installed))
     monkeypatch.delenv(scenarios.LIBRARY_ENV, raising=False)
     with pytest.raises(ScenarioError, match=scenarios.LIBRARY_ENV):
         scenario_library_dir()
     monkeypatch.setenv(scenarios.LIBRARY_ENV, str(tmp_path))
     write(tmp_path, BASE, "mine.toml")
     assert load_scenario("mine").name == "t"
+
+
+def test_docs_hold_the_generated_table_of_shared_settings() -> None:
+    """docs/scenarios.md shows `rl_lb.control.markdown_table(scenario=True)` as it is now."""
+    text = DOCS.read_text(encoding="utf-8")
+    begin, end = "<!-- control:begin -->", "<!-- control:end -->"
+    block = text[text.index(begin) + len(begin) : text.index(end)]
+    assert block.strip() == control.markdown_table(scenario=True)
 
 
 @pytest.fixture

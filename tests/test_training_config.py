@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import subprocess
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from envs.env import ERROR_WEIGHT, BackendPoolEnv
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError
+from rl_lb.policies.learned import HEADER_FILE, SHIPPED_DIR
+from rl_lb.scenarios import library_scenarios
 from training.config import AlgoConfig, PolicyConfig, TrainConfig, load_config
 
-SHIPPED = Path(__file__).parents[1] / "training" / "configs" / "shipped.toml"
+CONFIGS = Path(__file__).parents[1] / "training" / "configs"
+SHIPPED = CONFIGS / "shipped.toml"
+FINETUNE = CONFIGS / "shipped-finetune.toml"
+"""The two stages of `make policy` (docs/training.md, "Reproduce the shipped policy")."""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -37,13 +45,44 @@ def test_the_file_fills_sections_and_flags_override_it(tmp_path: Path) -> None:
     assert config.flat()["algo_params.gamma"] == 1.0
 
 
-def test_the_shipped_config_pins_every_hyper_parameter() -> None:
+@pytest.mark.parametrize("path", [SHIPPED, FINETUNE], ids=["stage 1", "stage 2"])
+def test_both_shipped_configs_load_and_pin_every_hyper_parameter(path: Path) -> None:
     """`make policy` must not change when a default in config.py does."""
-    raw = tomllib.loads(SHIPPED.read_text())
+    raw = tomllib.loads(path.read_text())
     assert {"seed", "timesteps", "n_envs", "algo", "reward_scale"} <= raw.keys()
     for section, cls in (("algo_params", AlgoConfig), ("policy", PolicyConfig)):
         assert raw[section].keys() == {f.name for f in dataclasses.fields(cls)}, section
-    assert len(load_config(SHIPPED).scenario_paths()) >= 10
+    config = load_config(path)
+    assert config.scenario_paths() == library_scenarios()  # the whole library
+    assert config.algo == "ppo"
+    assert config.seed == 7  # the shipped version is ppo-…-s7@…
+    assert set(config.env) <= set(inspect.signature(BackendPoolEnv).parameters)
+
+
+def test_the_shipped_configs_are_the_two_stages_docs_training_describes() -> None:
+    """Stage 1: 300 000 steps with the in-flight p2c picker and the default error price.
+    Stage 2 resumes it for 150 000 more (450 000 in all) with p2c-latency, arrival rates at
+    50-100 % of each scenario's, a failed request priced at 40 instead of 10, and the policy at
+    its end exported; the same network and PPO settings as stage 1."""
+    stage1, stage2 = load_config(SHIPPED), load_config(FINETUNE)
+    assert stage1.timesteps == 300_000
+    assert stage1.picker == "p2c"
+    assert "load_scale" not in stage1.env
+    assert stage1.env.get("error_weight", ERROR_WEIGHT) == ERROR_WEIGHT == 10.0
+    assert stage2.timesteps - stage1.timesteps == 150_000
+    assert stage2.picker == "p2c-latency"
+    assert stage2.env["load_scale"] == [0.5, 1.0]
+    assert stage2.env["error_weight"] == 40.0
+    assert stage2.eval.every_steps == 150_000  # one evaluation, at the end: the one exported
+    assert stage2.algo_params == stage1.algo_params
+    assert stage2.policy == stage1.policy
+    shipped = json.loads((SHIPPED_DIR / HEADER_FILE).read_text())
+    assert shipped["picker"] == stage2.picker
+    assert shipped["architecture"]["slot_net"] == stage2.policy.slot_net
+    assert shipped["architecture"]["head_net"] == stage2.policy.head_net
+    assert shipped["activation"] == stage2.policy.activation
+    steps = int(shipped["version"].rpartition("@")[2])  # PPO ends on a whole rollout
+    assert 0 <= steps - stage2.timesteps < stage2.algo_params.n_steps * stage2.n_envs
 
 
 @pytest.mark.parametrize(

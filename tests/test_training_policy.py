@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 from random_policy import ENCODER, make_policy
 from stable_baselines3 import A2C, PPO
 
+from envs.env import policy_spaces
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import LearnedPolicy
 from training.export import MAX_ARTIFACT_BYTES, export_policy
 from training.policy import SetActorCriticPolicy
 
-N_SLOTS, N_FEATURES = ENCODER.observation_space.shape
+N_SLOTS, N_FEATURES = ENCODER.observation_spec.shape
 
 
 def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:
@@ -93,8 +94,7 @@ def test_export_refuses_a_policy_trained_on_another_layout(tmp_path) -> None:
 class SignEnv(gym.Env[np.ndarray, np.ndarray]):
     """One-step bandit over a random pool: the best score of a slot is the sign of its feature 2."""
 
-    observation_space = ENCODER.observation_space
-    action_space = ENCODER.action_space
+    observation_space, action_space = policy_spaces(ENCODER)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

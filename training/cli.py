@@ -55,14 +55,27 @@ def train(
 
 
 def ui(
-    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the MLflow UI.")] = 5000,
+    experiment: Annotated[
+        str | None,
+        typer.Option(help="Experiment whose runs to open. Default: the one `rl-lb train` uses."),
+    ] = None,
 ) -> None:
-    """Open the MLflow UI on the store `rl-lb train` writes to, on 127.0.0.1 only."""
-    from training.tracking import tracking_uri
+    """Open the MLflow UI on the store `rl-lb train` writes to, on 127.0.0.1 only.
 
+    Prints the link to the experiment's runs list: MLflow 3 otherwise lands on its GenAI pages.
+    """
+    from training.config import TrainConfig
+    from training.tracking import runs_page, setup_experiment, tracking_uri
+
+    name = experiment or TrainConfig.experiment
+    experiment_id = setup_experiment(name)  # created (empty) if nothing was trained yet
+    host = "127.0.0.1"
+    link = runs_page(f"http://{host}:{port}", experiment_id)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri()]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store {tracking_uri()}); Ctrl-C to stop")
+    command += ["--host", host, "--port", str(port), "--workers", "1"]  # one local user
+    typer.echo(f"MLflow UI, runs of experiment {name!r}: {link}")
+    typer.echo(f"(store {tracking_uri()}); Ctrl-C to stop")
     raise typer.Exit(subprocess.call(command))
 
 

@@ -53,10 +53,10 @@ def export_policy(
     `picker` is the one the environment used in training; the balancer serves it with that one.
     """
     n_slots, n_features = policy.observation_space.shape  # type: ignore[misc]
-    if (n_slots, n_features) != encoder.observation_space.shape:
+    if (n_slots, n_features) != encoder.observation_spec.shape:
         raise ValueError(
             f"policy observes {(n_slots, n_features)}, the encoder produces "
-            f"{encoder.observation_space.shape}: it was trained on another feature layout"
+            f"{encoder.observation_spec.shape}: it was trained on another feature layout"
         )
     extractor, head = policy.mlp_extractor, policy.action_net
     if not isinstance(extractor, SetExtractor) or not isinstance(head, SlotScoreHead):

@@ -19,17 +19,29 @@ from mlflow.exceptions import MlflowException
 from rl_lb.policies.learned import DEFAULT_TRACKING_URI, REGISTERED_MODEL
 
 __all__ = [
+    "EXPERIMENT_KIND_TAG",
+    "MODEL_TRAINING_KIND",
     "POLICY_ARTIFACT_PATH",
     "artifact_root",
     "git_state",
     "log_params",
     "register_policy",
+    "runs_page",
     "setup_experiment",
     "tracking_uri",
 ]
 
 POLICY_ARTIFACT_PATH = "policy"
 _MAX_PARAM_CHARS = 6000
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""MLflow 3's experiment-kind tag, which MLflow's UI can set by hand ("Machine learning" or "GenAI
+apps & agents"). Recorded so the experiment says what it holds; the open-source UI of 3.17 still
+picks its view from the link's `workflowType` (see `runs_page`), not from this tag."""
+MODEL_TRAINING_KIND = "custom_model_development"
+"""The experiment kind the UI names "Machine learning": training runs, no GenAI traces."""
+_UI_VIEW = "workflowType=machine_learning"
+"""The UI's model-training view; without it MLflow 3 shows its GenAI pages, empty for us."""
 
 
 def tracking_uri() -> str:
@@ -45,13 +57,30 @@ def artifact_root(uri: str) -> str | None:
 
 
 def setup_experiment(name: str) -> str:
-    """Point MLflow at the store and return the id of experiment `name`, created if new."""
+    """Point MLflow at the store and return the id of experiment `name`, created if new.
+
+    The experiment is marked as model training, unless someone already chose its kind in the UI.
+    """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    return str(mlflow.create_experiment(name, artifact_location=artifact_root(uri)))
+    if experiment is None:
+        created = mlflow.create_experiment(
+            name,
+            artifact_location=artifact_root(uri),
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+        )
+        return str(created)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        MlflowClient().set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+        )
+    return str(experiment.experiment_id)
+
+
+def runs_page(ui_url: str, experiment_id: str) -> str:
+    """The link to an experiment's runs list, in the model-training view of the UI at `ui_url`."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{_UI_VIEW}"
 
 
 def git_state(repo: Path | None = None) -> dict[str, str]:

@@ -156,9 +156,10 @@ class Evaluator:
         return self.work / "candidate"
 
     def __call__(self, model: BaseAlgorithm) -> tuple[dict[str, float], tuple[bool, float]]:
-        export_policy(
-            _set_policy(model), self.candidate, self.encoder, "candidate", picker=self.picker
-        )
+        # Named like the final export (run name @ steps), so a best_policy/ served before the
+        # run ends says which checkpoint it is.
+        version = f"{self.work.name}@{model.num_timesteps}"
+        export_policy(_set_policy(model), self.candidate, self.encoder, version, picker=self.picker)
         table = self.table(self.candidate)
         scores = score(table, self.baselines)
         return eval_metrics(table, scores), scores.selection_key(self.tolerance)
@@ -197,6 +198,16 @@ def _final_evaluation(
     plot_dir = plots.make_all(scenarios, baselines, policy_dir, seed, run_dir / "plots")
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots")
     return scores.geomean
+
+
+def next_steps(policy_dir: Path, model_version: int | str) -> list[str]:
+    """The exact commands that use the trained policy, to paste after a run."""
+    return [
+        "next steps:",
+        f"  rl-lb evaluate --balancer learned --policy {policy_dir}",
+        f"  rl-lb serve --balancer learned --policy {policy_dir} --backend URL",
+        f"  (or from the registry: --policy models:/rl-lb-policy/{model_version})",
+    ]
 
 
 def run(
@@ -274,4 +285,6 @@ def run(
     console.print(
         f"run {run_id}: registered rl-lb-policy version {model_version}; files in {run_dir}"
     )
+    for line in next_steps(policy_dir, model_version):
+        console.print(line, highlight=False, soft_wrap=True)
     return RunResult(run_id, run_dir, policy_dir, model_version, final_score)

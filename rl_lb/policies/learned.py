@@ -6,6 +6,12 @@ architecture, the activation, a version and the training run). Loading checks ev
 mismatch could silently get wrong (layout, shapes, finite weights) and refuses with one
 `ModelError` line, because a policy fed the wrong columns would still produce plausible weights.
 
+A spec such as `models:/rl-lb-policy/3` names a model in a registry, not a file. The core does
+not talk to registries (that would bring MLflow into the proxy's core): a resolver registered for
+the URI's scheme turns it into a local directory first. Wings declare resolvers in the
+`rl_lb.model_resolvers` entry-point group (`models` → `serving.registry:resolve`), loaded by
+name only when such a spec is given, as `rl_lb.cli` loads the wings' commands.
+
 The network (see `training/policy.py` for why it is shaped so): a shared per-slot MLP `phi`, the
 masked mean and max of its output over present slots, a shared MLP `rho` over
 `[slot, mean, max]`, a bias-free linear score per slot, 0 for absent slots.
@@ -16,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
+import re
 import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +45,15 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "HEADER_FILE",
+    "MODEL_RESOLVER_GROUP",
     "REGISTERED_MODEL",
     "SHIPPED_DIR",
     "WEIGHTS_FILE",
     "LearnedPolicy",
+    "ModelResolver",
     "SetNetwork",
+    "register_model_resolver",
+    "uri_scheme",
 ]
 
 FORMAT = "rl-lb-policy"
@@ -102,6 +113,52 @@ def _fail(where: Path | str, what: str, fix: str = "") -> ModelError:
     return ModelError(str(where), what, fix or "re-export it with `rl-lb train` or pick another")
 
 
+ModelResolver = Callable[[str], Path]
+"""A registry URI → the local directory (or file) of the policy; a `ModelError` when it cannot."""
+
+MODEL_RESOLVER_GROUP = "rl_lb.model_resolvers"
+"""Entry-point group of the resolvers: the name is the URI scheme, the value a `ModelResolver`."""
+
+_URI = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]+):/")
+"""A scheme of two letters or more, so that a Windows drive (`C:/models`) stays a path."""
+
+_resolvers: dict[str, ModelResolver] = {}
+
+
+def uri_scheme(spec: str) -> str | None:
+    """`models` for `models:/rl-lb-policy/3`; None for a file path."""
+    match = _URI.match(spec)
+    return match["scheme"].lower() if match else None
+
+
+def register_model_resolver(scheme: str, resolver: ModelResolver) -> None:
+    """Resolve `SCHEME:/...` specs with `resolver` in this process, before any entry point."""
+    _resolvers[scheme.lower()] = resolver
+
+
+def _resolver(scheme: str, uri: str) -> ModelResolver:
+    """The resolver of `scheme`: registered in-process, else the installed entry point of that
+    name (imported only now: a proxy given file paths never loads a registry client)."""
+    if scheme in _resolvers:
+        return _resolvers[scheme]
+    found = entry_points(group=MODEL_RESOLVER_GROUP, name=scheme)
+    if not found:
+        known = sorted({e.name for e in entry_points(group=MODEL_RESOLVER_GROUP)} | {*_resolvers})
+        schemes = " or a " + ", ".join(f"{k}:/" for k in known) + " URI" if known else ""
+        raise ModelError(
+            uri, f"no resolver for {scheme}:/ URIs is installed", f"give a path{schemes}"
+        )
+    entry = next(iter(found))
+    try:
+        resolver: ModelResolver = entry.load()
+    except ImportError as error:
+        raise ModelError(
+            uri, f"the {scheme}:/ resolver {entry.value} cannot load: {error}", "reinstall rl-lb"
+        ) from None
+    _resolvers[scheme] = resolver
+    return resolver
+
+
 def _resolve(spec: str | Path | None) -> tuple[Path, Path]:
     """The (header, weights) pair a spec names: the shipped pair, a directory, or either file."""
     if spec is None:
@@ -110,8 +167,8 @@ def _resolve(spec: str | Path | None) -> tuple[Path, Path]:
             raise ModelError(
                 str(path), "no shipped policy in this install", "run `make policy` to train it"
             )
-    elif str(spec).startswith("models:/"):
-        path = _download(str(spec))
+    elif (scheme := uri_scheme(str(spec))) is not None:
+        path = _resolver(scheme, str(spec))(str(spec))
     else:
         path = Path(spec).expanduser()
     if path.is_dir():
@@ -123,23 +180,6 @@ def _resolve(spec: str | Path | None) -> tuple[Path, Path]:
     if not path.exists():
         raise _fail(path, "no such model file or directory", "give a policy directory or .npz")
     raise _fail(path, "not a policy file", "give a policy directory, its .npz or its .json")
-
-
-def _download(uri: str) -> Path:
-    """A registry URI → a local directory; mlflow is needed only for this kind of spec."""
-    try:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-    except ImportError:
-        raise ModelError(
-            uri, "models:/ URIs need mlflow", "install rl-lb[train] or give a file path"
-        ) from None
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
-    try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except (MlflowException, OSError) as error:
-        what = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise _fail(uri, f"cannot fetch it from the registry: {what}", "check `rl-lb ui`") from None
 
 
 def _check_file(path: Path, kind: str, sibling: str) -> None:

@@ -22,7 +22,6 @@ from rl_lb.scenarios import (
     Arrivals,
     BackendSpec,
     Event,
-    HealthSpec,
     MetricsSpec,
     Pauses,
     Scenario,
@@ -37,7 +36,6 @@ def scenario(*backends: BackendSpec) -> Scenario:
         control_interval_s=1.0,
         arrivals=Arrivals(process="poisson", rate=10.0),
         metrics=MetricsSpec(),
-        health=HealthSpec(),
         backends=backends,
     )
 

@@ -23,8 +23,8 @@ from lab.bench_report import compare
 from lab.bench_scenario import arrival_schedule
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError
-from rl_lb.scenario_scaling import time_scaled
 from rl_lb.scenarios import load_scenario
+from rl_lb.scenarios.scaling import time_scaled
 from serving.config import KEYS, load_config
 
 TINY = """\
@@ -72,7 +72,8 @@ def test_time_scaling_compresses_the_timeline_and_keeps_the_hardware(tiny: Path)
     scaled = time_scaled(scenario, 0.1, rate_scale=0.5)
     assert scaled.duration_s == pytest.approx(6.0)
     assert scaled.control_interval_s == pytest.approx(0.1)
-    assert scaled.health.interval_s == pytest.approx(scenario.health.interval_s * 0.1)
+    health = scaled.control.health
+    assert health.interval_s == pytest.approx(scenario.control.health.interval_s * 0.1)
     event = scaled.backends[2].events[0]
     assert (event.at_s, event.until_s) == pytest.approx((2.0, 5.0))
     assert scaled.arrivals.rate == pytest.approx(30.0)
@@ -82,23 +83,27 @@ def test_time_scaling_compresses_the_timeline_and_keeps_the_hardware(tiny: Path)
         assert after.service == before.service
         assert after.timeout_s == before.timeout_s
     # The metrics' memory is part of the timeline: a policy must see the same history per interval.
-    assert scaled.metrics.window_s == pytest.approx(scenario.metrics.window_s * 0.1)
-    assert scaled.metrics.ewma_tau_s == pytest.approx(scenario.metrics.ewma_tau_s * 0.1)
+    window, tau = scaled.control.metrics.window_s, scaled.control.metrics.ewma_tau_s
+    assert window == pytest.approx(scenario.control.metrics.window_s * 0.1)
+    assert tau == pytest.approx(scenario.control.metrics.ewma_tau_s * 0.1)
 
 
 def test_the_proxy_is_started_with_the_scenarios_control_settings(tiny: Path) -> None:
-    scenario = time_scaled(load_scenario(tiny).nominal(), 0.25)
+    """Every shared setting reaches the child proxy as the (time-scaled) scenario holds it."""
+    nominal = load_scenario(tiny).nominal()
+    scenario = time_scaled(nominal, 0.25)
+    assert scenario.control.metrics.window_s != nominal.control.metrics.window_s
     flags = proxy_flags(scenario, "least-latency", None)
     given = {flags[i].removeprefix("--"): flags[i + 1] for i in range(0, len(flags) - 1, 2)}
+    assert set(scenario.control.flags()) <= set(given)
     config = load_config(
         None,
         {"backend": ["http://127.0.0.1:1"]}
         | {key: value for key, value in given.items() if key in KEYS},
     )
+    assert config.control == scenario.control
     assert config.control_interval_s == pytest.approx(scenario.control_interval_s)
-    assert config.metrics_window_s == pytest.approx(scenario.metrics.window_s)
-    assert config.ewma_tau_s == pytest.approx(scenario.metrics.ewma_tau_s)
-    assert config.health_interval_s == pytest.approx(scenario.health.interval_s)
+    assert config.metrics_delay_s == pytest.approx(scenario.metrics.delay_s)
     assert config.read_timeout_s == pytest.approx(scenario.timeout_s)
 
 
@@ -124,7 +129,8 @@ def test_bench_scenarios_refuse_what_a_live_run_cannot_start(tmp_path: Path) -> 
 
 
 def test_bench_scenarios_keep_the_proxys_shortest_health_period() -> None:
-    assert bench_scenario("degrading", 0, duration=4).health.interval_s == 0.05  # not 1/30 s
+    scenario = bench_scenario("degrading", 0, duration=4)
+    assert scenario.control.health.interval_s == 0.05  # not 1/30 s
 
 
 def test_comparison_ranks_by_effective_p99_with_ties() -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from rl_lb.control import ControlSpec
 from serving.config import ProxyConfig
 
 BACKEND_SCRIPT = Path(__file__).with_name("rel_backend.py")
 PROXY_ERROR_STATUSES = frozenset({502, 503, 504})
+SLACK_S = 3.0
+"""What a loaded machine (2 cores shared with other test runs) may add to one timed step: a
+process start, the event loop running late, a scheduling stall. Every time bound in these tests
+is the configured intervals that govern the step plus this, never a figure timed on a quiet
+machine; a check that passes returns as soon as it holds, so the slack costs nothing then."""
 
 
 class ProcBackend:
@@ -121,16 +128,19 @@ class CountingBackend:
         return web.json_response(answer, headers={"X-Backend": self.name})
 
 
-def proxy_settings(backends: list[str], **changes: Any) -> ProxyConfig:
-    """Ephemeral ports, a fast control loop and fast health checks, least-latency."""
+def proxy_settings(
+    backends: list[str], *, control: Mapping[str, float] | None = None, **changes: Any
+) -> ProxyConfig:
+    """Ephemeral ports, a fast control loop and fast health checks, least-latency; `control`
+    changes shared settings by key (`{"base-ejection": 2.0}`)."""
+    shared = {"health-interval": 0.2, "health-timeout": 0.3, **(control or {})}
     settings: dict[str, Any] = {
         "backends": tuple(backends),
         "listen": "127.0.0.1:0",
         "admin": "127.0.0.1:0",
         "balancer": "least-latency",
         "control_interval_s": 0.1,
-        "health_interval_s": 0.2,
-        "health_timeout_s": 0.3,
+        "control": ControlSpec.from_flags(shared),
         "connect_timeout_s": 0.5,
         "read_timeout_s": 1.0,
         "shutdown_timeout_s": 2.0,
@@ -139,11 +149,35 @@ def proxy_settings(backends: list[str], **changes: Any) -> ProxyConfig:
     return ProxyConfig(**settings)
 
 
+def leave_rotation_bound_s(config: ProxyConfig) -> float:
+    """Longest a dead or hung backend stays in rotation through the health checks alone: the
+    wait for the next check, then `unhealthy_threshold` failing checks of up to interval +
+    timeout each."""
+    health = config.control.health
+    per_check = health.interval_s + health.timeout_s
+    return health.interval_s + health.unhealthy_threshold * per_check + SLACK_S
+
+
+def rejoin_rotation_bound_s(config: ProxyConfig) -> float:
+    """Longest a recovered backend stays out once it answers again: the wait for the next
+    check, then `healthy_threshold` passing ones."""
+    health = config.control.health
+    per_check = health.interval_s + health.timeout_s
+    return health.interval_s + health.healthy_threshold * per_check + SLACK_S
+
+
+def decisions_bound_s(config: ProxyConfig, decisions: int) -> float:
+    """Longest the controller takes to make `decisions` more decisions."""
+    return decisions * config.control_interval_s + SLACK_S
+
+
 @dataclass(frozen=True)
 class Outcome:
     """One request's answer: an HTTP status (0: none came) with the proxy's reason, if any."""
 
     sent_at: float
+    answered_at: float = 0.0
+    """When the answer (or the failure) came back, by the same clock as `sent_at`."""
     status: int = 0
     reason: str = ""
     """The X-RL-LB-Error header: set only on answers the proxy made itself."""
@@ -182,12 +216,20 @@ class Run:
 
 
 async def open_loop(
-    url: str, rate: float, duration: float, *, timeout: float = 10.0, connections: int = 64
+    url: str,
+    rate: float,
+    duration: float,
+    *,
+    timeout: float = 10.0,
+    connections: int = 64,
+    stop: asyncio.Event | None = None,
 ) -> Run:
     """GET `url` at a constant `rate` for `duration` s whatever the answers, keeping each one.
 
-    `lab.loadgen.run_load` keeps statuses only; these tests also need the proxy's reason
-    header and body, so this is the same open-loop schedule with fuller records.
+    With `stop`, sending ends when it is set (`duration` is then only a cap): a test whose
+    fault and recovery take longer on a loaded machine keeps its load running until it has
+    seen them. `lab.loadgen.run_load` keeps statuses only; these tests also need the proxy's
+    reason header and body, so this is the same open-loop schedule with fuller records.
     """
     run = Run(scheduled=int(rate * duration))
     loop = asyncio.get_running_loop()
@@ -204,16 +246,20 @@ async def open_loop(
                     reason, retry_after = (
                         headers.get(h, "") for h in ("X-RL-LB-Error", "Retry-After")
                     )
-                    return Outcome(sent_at, response.status, reason, body, retry_after)
+                    answered_at = time.monotonic()
+                    return Outcome(sent_at, answered_at, response.status, reason, body, retry_after)
             except (aiohttp.ClientError, TimeoutError) as error:
-                return Outcome(sent_at, failure=type(error).__name__)
+                return Outcome(sent_at, time.monotonic(), failure=type(error).__name__)
 
         start = loop.time()
         tasks = []
         for k in range(run.scheduled):
             due = start + k / rate
             await asyncio.sleep(max(due - loop.time(), 0.0))
+            if stop is not None and stop.is_set():
+                break
             tasks.append(asyncio.create_task(one(time.monotonic())))
+        run.scheduled = len(tasks)
         run.outcomes = list(await asyncio.gather(*tasks))
     return run
 
@@ -230,7 +276,7 @@ class RawAnswer:
 
 
 async def raw_exchange(
-    port: int, payload: bytes, timeout: float = 5.0, close_wait: float = 0.3
+    port: int, payload: bytes, timeout: float = 5.0, close_wait: float = SLACK_S
 ) -> RawAnswer:
     """Send bytes as they are, read one response (Content-Length or close-delimited), then wait
     up to `close_wait` s to see whether the proxy closes the connection; fails the test if no

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
+from rl_lb.control import ControlSpec
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import FORMAT, FORMAT_VERSION, HEADER_FILE, WEIGHTS_FILE
 from serving.app import ProxyServer
@@ -115,16 +116,22 @@ class TestBackend:
         return response
 
 
-def proxy_config(pool: list[TestBackend], **changes: Any) -> ProxyConfig:
-    """Test settings: ephemeral ports, a fast control loop, least-latency unless told."""
+def proxy_config(
+    pool: list[TestBackend], *, control: Mapping[str, float] | None = None, **changes: Any
+) -> ProxyConfig:
+    """Test settings: ephemeral ports, a fast control loop, least-latency unless told.
+
+    `control` changes shared settings by key (`{"health-interval": 0.1}`); `changes` are
+    `ProxyConfig` fields.
+    """
+    shared = {"health-interval": 0.2, "health-timeout": 0.5, **(control or {})}
     settings: dict[str, Any] = {
         "backends": tuple(b.url for b in pool),
         "listen": "127.0.0.1:0",
         "admin": "127.0.0.1:0",
         "balancer": "least-latency",
         "control_interval_s": 0.1,
-        "health_interval_s": 0.2,
-        "health_timeout_s": 0.5,
+        "control": ControlSpec.from_flags(shared),
         "connect_timeout_s": 1.0,
         "read_timeout_s": 5.0,
         "shutdown_timeout_s": 5.0,

@@ -65,6 +65,11 @@ def test_flags_override_the_file_whose_keys_mirror_them(tmp_path: Path) -> None:
         (f'backend = ["{BACKEND}"]\nhealth-path = "health"', "health-path"),
         (f'backend = ["{BACKEND}"]\nworkers = 2\nlisten = "127.0.0.1:0"', "workers"),
         (f'backend = ["{BACKEND}"]\nbalancer = "jsq"\npolicy = "m.npz"', "policy"),
+        (f'backend = ["{BACKEND}"]\nbalancer = ""', "balancer"),
+        (f'backend = ["{BACKEND}"]\nlisten = ""', "listen"),
+        (f'backend = ["{BACKEND}"]\nerror-penalty = 0', "error-penalty"),
+        (f'backend = ["{BACKEND}"]\nunhealthy-threshold = 0', "unhealthy-threshold"),
+        (f'backend = ["{BACKEND}"]\nbase-ejection = 400', "max-ejection"),
         ("backend = [", ""),
     ],
 )

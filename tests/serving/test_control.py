@@ -197,7 +197,7 @@ async def test_a_config_reload_changes_backends_and_balancer(backends, tmp_path:
 
 async def test_the_snapshot_endpoint_shows_what_the_policy_sees(backends, client) -> None:
     pool = await backends(3)
-    config = proxy_config(pool, metrics_window_s=2.5, ewma_tau_s=4.0)
+    config = proxy_config(pool, control={"metrics-window": 2.5, "ewma-tau": 4.0})
     async with ProxyServer(config) as proxy:
         assert proxy.monitor.metrics.ewma_tau_s == 4.0
         for _ in range(6):

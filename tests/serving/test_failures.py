@@ -8,7 +8,6 @@ import aiohttp
 from serving_helpers import admin_json, eventually, proxy_config
 
 from serving.app import ProxyServer
-from serving.proxy import RetryBudget
 
 
 async def _request(client: aiohttp.ClientSession, method: str, url: str) -> tuple[int, str]:
@@ -75,7 +74,7 @@ async def test_all_backends_down_gives_503_with_retry_after(backends, client) ->
 async def test_five_failures_eject_and_a_passing_health_check_returns(backends, client) -> None:
     b0, b1 = await backends(2)
     b0.fail_status = b0.health_status = 500
-    config = proxy_config([b0, b1], balancer="round-robin", health_interval_s=0.1)
+    config = proxy_config([b0, b1], balancer="round-robin", control={"health-interval": 0.1})
     async with ProxyServer(config) as proxy:
         base = f"http://127.0.0.1:{proxy.port}/"
         statuses = [(await _request(client, "GET", base))[0] for _ in range(12)]
@@ -129,18 +128,3 @@ async def test_a_slow_request_head_is_cut_off(backends) -> None:
         assert await asyncio.wait_for(reader.read(), 5) == b""
         writer.close()
     assert pool[0].hits == 0
-
-
-def test_the_retry_budget_allows_a_fifth_of_the_requests() -> None:
-    now = [0.0]
-    budget = RetryBudget(0.2, lambda: now[0], min_per_s=0.0)
-    for _ in range(100):
-        budget.request()
-    assert sum(budget.try_retry() for _ in range(30)) == 20
-    now[0] = 11.0  # the window has moved on: old requests no longer pay for retries
-    assert not budget.try_retry()
-    budget.request()
-    assert not budget.try_retry()
-    for _ in range(4):
-        budget.request()
-    assert budget.try_retry()

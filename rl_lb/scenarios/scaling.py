@@ -10,6 +10,7 @@ scaling changes, it changes for both. The metrics' memory is compressed with the
 a policy trained on a 10 s window and 1 s intervals would otherwise see, in a 6x compressed run,
 each trouble window through a memory as long as half the run, and react 6x too late.
 
+The health-check period is compressed too, but not below the shortest the proxy accepts.
 What is deliberately left alone, because it is a property of the hardware rather than of the
 timeline: service times, timeouts, error latencies and GC pause durations and periods (compressing
 the period would raise the fraction of time paused, i.e. cut capacity).
@@ -20,10 +21,16 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from rl_lb.control import HealthSettings, section_settings
 from rl_lb.errors import ConfigError
-from rl_lb.scenarios import Arrivals, RateStep, Scenario
+from rl_lb.scenarios.schema import Arrivals, RateStep, Scenario
 
 __all__ = ["time_scaled"]
+
+_SHORTEST_HEALTH_INTERVAL_S = next(
+    info.minimum for f, info in section_settings(HealthSettings) if f.name == "interval_s"
+)
+"""The proxy's shortest health-check period: a timeline compressed further keeps this one."""
 
 
 def _arrivals(a: Arrivals, factor: float, rate_scale: float) -> Arrivals:
@@ -58,6 +65,7 @@ def time_scaled(scenario: Scenario, factor: float, rate_scale: float = 1.0) -> S
         )
         for b in scenario.backends
     )
+    control = scenario.control
     return replace(
         scenario,
         duration_s=scenario.duration_s * factor,
@@ -66,10 +74,19 @@ def time_scaled(scenario: Scenario, factor: float, rate_scale: float = 1.0) -> S
         metrics=replace(
             scenario.metrics,
             delay_s=scenario.metrics.delay_s * factor,
-            window_s=scenario.metrics.window_s * factor,
-            ewma_tau_s=scenario.metrics.ewma_tau_s * factor,
             picker_refresh_s=scenario.metrics.picker_refresh_s * factor,
         ),
-        health=replace(scenario.health, interval_s=scenario.health.interval_s * factor),
+        control=replace(
+            control,
+            metrics=replace(
+                control.metrics,
+                window_s=control.metrics.window_s * factor,
+                ewma_tau_s=control.metrics.ewma_tau_s * factor,
+            ),
+            health=replace(
+                control.health,
+                interval_s=max(control.health.interval_s * factor, _SHORTEST_HEALTH_INTERVAL_S),
+            ),
+        ),
         backends=backends,
     )

@@ -11,12 +11,12 @@ import difflib
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
 
-from rl_lb._scenario_template import Num
 from rl_lb.errors import ScenarioError
+from rl_lb.scenarios.fields import Bounds, Key, Num, key_of, numeric_fields
 
-__all__ = ["Bounds", "Context", "Table", "describe", "number"]
+__all__ = ["Context", "Table", "describe", "number"]
 
 _MAGNITUDE = 1e9
 """Larger numbers are typos, and they would overflow the samplers' arithmetic."""
@@ -48,38 +48,8 @@ def describe(value: object) -> str:
     return f"{kind} {text[:40]}…" if len(text) > 40 else f"{kind} {text}"
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """An interval a number must lie in; None means unbounded on that side."""
-
-    gt: float | None = None
-    ge: float | None = None
-    lt: float | None = None
-    le: float | None = None
-
-    def holds(self, x: float) -> bool:
-        return not (
-            (self.gt is not None and x <= self.gt)
-            or (self.ge is not None and x < self.ge)
-            or (self.lt is not None and x >= self.lt)
-            or (self.le is not None and x > self.le)
-        )
-
-    def text(self) -> str:
-        parts = [
-            f"{op} {_fmt(v)}"
-            for op, v in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
-            if v is not None
-        ]
-        return " and ".join(parts)
-
-
 def _fmt(x: float) -> str:
     return f"{x:g}"
-
-
-POSITIVE = Bounds(gt=0)
-NON_NEGATIVE = Bounds(ge=0)
 
 
 def _scalar(ctx: Context, value: object, path: str, integer: bool) -> float:
@@ -166,6 +136,28 @@ class Table:
 
     def optional_num(self, name: str, bounds: Bounds) -> Num | None:
         return self.num(name, bounds) if name in self.data else None
+
+    def declared(self, name: str, info: Key, bounds: Bounds | None = None) -> Num | None:
+        """The key as `info` declares it (`bounds` replaces bounds that depend on the file)."""
+        check = bounds if bounds is not None else info.bounds
+        if info.optional:
+            return self.optional_num(name, check)
+        return self.num(name, check, info.default, info.integer)
+
+    def field(self, cls: type[Any], name: str, bounds: Bounds | None = None) -> Num:
+        """The numeric, non-optional field `name` of `cls`, as its `num(...)` metadata says."""
+        value = self.declared(name, key_of(cls, name), bounds)
+        assert value is not None, f"{cls.__name__}.{name} is optional"
+        return value
+
+    def numbers(
+        self, cls: type[Any], bounds: Mapping[str, Bounds] | None = None
+    ) -> dict[str, Num | None]:
+        """Every numeric key `cls` declares, in declaration order (defaults filled in)."""
+        extra = bounds or {}
+        return {
+            name: self.declared(name, info, extra.get(name)) for name, info in numeric_fields(cls)
+        }
 
     def string(self, name: str, default: str | None = None) -> str:
         if default is not None and name not in self.data:

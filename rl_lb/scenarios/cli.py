@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:  # the parser is imported when a command runs, not when the CLI starts
-    from rl_lb.scenarios import ScenarioFamily
+from rl_lb.scenarios.library import library_scenarios, load_scenario
+from rl_lb.scenarios.sample import ScenarioFamily
 
 __all__ = ["register", "summary"]
 
@@ -34,8 +34,6 @@ def _validate(
     ],
 ) -> None:
     """Parse and validate scenario files; print a one-line summary of each."""
-    from rl_lb.scenarios import load_scenario
-
     for file in files:
         family = load_scenario(file)
         typer.echo(f"{family.source}: ok: {summary(family)}")
@@ -43,8 +41,6 @@ def _validate(
 
 def _list() -> None:
     """List the scenario library with one-line descriptions."""
-    from rl_lb.scenarios import library_scenarios, load_scenario
-
     families = [load_scenario(path) for path in library_scenarios()]
     width = max((len(f.name) for f in families), default=0)
     for family in families:
