@@ -146,7 +146,7 @@ def failure_verdict(result: LoadResult, *, tolerate_errors: bool = False) -> str
             f"{result.error_count} of {result.requests} requests failed "
             "(--tolerate-errors accepts that)"
         )
-    if result.achieved_rate < RATE_SHORTFALL * result.rate:
+    if result.duration_s < RATE_SHORTFALL * result.span_s:  # sending took too long
         return (
             f"sent {result.achieved_rate:.1f}/s, under {RATE_SHORTFALL:.0%} of the target "
             f"{result.rate:g}/s (the generator fell behind: more --connections or a lower rate)"

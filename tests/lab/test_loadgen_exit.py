@@ -58,7 +58,7 @@ def server() -> Iterator[str]:
         loop.close()
 
 
-RUN = ["--rate", "40", "--duration", "0.5"]
+RUN = ["--rate", "40", "--duration", "0.5", "--process", "constant"]
 
 
 def test_success_exits_0(cli: Callable[[list[str]], int], server: str) -> None:
