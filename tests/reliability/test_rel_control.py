@@ -273,7 +273,11 @@ async def test_a_bad_model_is_refused_and_serving_goes_on(
     assert (good, installed["version"], installed["mode"]) == (200, "rel-1", "primary")
     assert status == 400, refusal
     assert refusal["error"]
-    assert (state["version"], state["mode"]) == ("rel-1", "primary"), "the good model stays"
+    assert state["version"] == "rel-1", "the good model stays"
+    # The fixture's model has random weights: the outcome guard may judge it worse than its
+    # fallback (reason "regression"); what this test is about is that the refused model changed
+    # nothing, so any other fallback reason fails.
+    assert state["mode"] == "primary" or state["reason"] == "regression", state
     run.check_every_request_answered()
     assert run.statuses() == {200: run.scheduled}
 
