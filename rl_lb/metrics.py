@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rl_lb.control import MetricsSettings
 from rl_lb.errors import ConfigError
 from rl_lb.types import Clock, FloatArray, IntArray, PoolSnapshot
 
@@ -37,11 +38,11 @@ GROWTH = 2.0 ** (1.0 / 8.0)
 """Ratio of consecutive bucket edges: a bucket's midpoint is within 4.4% of any value in it."""
 BUCKETS = 256
 """LOWEST × GROWTH**256 ≈ 11.9 h: the last bucket catches everything slower."""
-DEFAULT_WINDOW_S = 10.0
+DEFAULT_WINDOW_S = MetricsSettings().window_s
 """Sliding window of the quantiles, error rate and throughput (proxy and scenarios alike)."""
-DEFAULT_EWMA_TAU_S = 10.0
+DEFAULT_EWMA_TAU_S = MetricsSettings().ewma_tau_s
 """Time constant of the peak-EWMA latency."""
-DEFAULT_ERROR_PENALTY_S = 5.0
+DEFAULT_ERROR_PENALTY_S = MetricsSettings().error_penalty_s
 """The latency an error counts as in the peak-EWMA: a fast-failing backend must look slow."""
 
 _LOG_GROWTH = math.log(GROWTH)
