@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck pytest demo policy results bench clean
+.PHONY: setup test lint typecheck pytest demo policy results bench docs clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ policy: setup
 
 results: setup
 	$(BIN)/python -m training.results --seeds 10
+
+# The generated tables of docs/proxy.md and docs/scenarios.md (tests compare them with the code).
+docs: setup
+	$(BIN)/python -m lab.docs_blocks
 
 bench: setup
 	$(BIN)/python benchmarks/pickers.py
