@@ -8,6 +8,7 @@ face the same traffic phases and the same pauses.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -216,4 +217,5 @@ def grow_state(state: State, capacity: int) -> State:
     for name, array in fresh.items():
         old = getattr(state, name)
         array[: len(old)] = old
-    return state._replace(**fresh)  # type: ignore[arg-type]
+    columns: dict[str, Any] = fresh  # each array has its field's dtype by construction
+    return state._replace(**columns)

@@ -62,7 +62,7 @@ class EpisodeResult:
 
     @property
     def failed(self) -> np.ndarray:
-        return self.outcome != kernel.OK  # type: ignore[no-any-return]
+        return np.asarray(self.outcome != kernel.OK)
 
     @property
     def effective_latency_s(self) -> FloatArray:

@@ -16,6 +16,7 @@ from numba import njit
 __all__ = ["jit"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+# numba ships no stubs that list the private `_nrt` option, so its overloads reject the call.
 _compile = njit(cache=True, _nrt=False)  # type: ignore[call-overload]
 
 

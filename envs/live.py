@@ -201,7 +201,8 @@ class LivePoolEnv(gym.Env[np.ndarray, np.ndarray]):
         status, body = self._request(path)
         if status != 200:
             raise ConfigError(self.admin_url + path, f"HTTP {status}: {body[:200]!r}")
-        return json.loads(body)  # type: ignore[no-any-return]
+        reply: dict[str, Any] = json.loads(body)
+        return reply
 
     def _scrape(self) -> Counters:
         status, body = self._request("/metrics")

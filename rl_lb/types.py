@@ -122,7 +122,8 @@ class PoolSnapshot:
         cls, taken_at: float, backends: Sequence[BackendStats], window_s: float = 10.0
     ) -> PoolSnapshot:
         """Build a snapshot from rows (handy in tests and for remote views)."""
-        columns = {
+        # Lists here; __post_init__ turns each into a frozen array of its column's dtype.
+        columns: dict[str, Any] = {
             "in_flight": [b.in_flight for b in backends],
             "ewma_s": [b.ewma_s for b in backends],
             "p50_s": [b.p50_s for b in backends],
@@ -139,7 +140,7 @@ class PoolSnapshot:
             taken_at=taken_at,
             names=tuple(b.name for b in backends),
             window_s=window_s,
-            **columns,  # type: ignore[arg-type]
+            **columns,
         )
 
     def __len__(self) -> int:

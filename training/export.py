@@ -52,7 +52,10 @@ def export_policy(
 
     `picker` is the one the environment used in training; the balancer serves it with that one.
     """
-    n_slots, n_features = policy.observation_space.shape  # type: ignore[misc]
+    shape = policy.observation_space.shape
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"expected an observation of (slots, features), got shape {shape}")
+    n_slots, n_features = shape
     if (n_slots, n_features) != encoder.observation_spec.shape:
         raise ValueError(
             f"policy observes {(n_slots, n_features)}, the encoder produces "

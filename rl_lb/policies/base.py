@@ -26,4 +26,4 @@ def normalise(raw: FloatArray, live: BoolArray) -> FloatArray:
     total = weights.sum()
     if total <= 0 or not np.isfinite(total):
         return uniform_weights(live)
-    return weights / total  # type: ignore[no-any-return]
+    return np.asarray(weights / total, dtype=np.float64)
