@@ -15,10 +15,12 @@ import numpy as np
 from envs import kernel
 from envs.nb_metrics import MetricsState, new_metrics
 from envs.nb_pickers import PICKER_CODES
+from envs.nb_prequal import new_prequal
 from envs.nb_retry_budget import new_budget
 from envs.nb_state import Spec, State
 from rl_lb.errors import ScenarioError
 from rl_lb.scenarios import Arrivals, BackendSpec, Scenario
+from rl_lb.slow_start import NOT_RAMPING
 
 __all__ = [
     "SLOTS",
@@ -148,6 +150,9 @@ def make_spec(scenario: Scenario, rng: np.random.Generator) -> Spec:
         retry_budget=retries.budget,
         budget_window_s=retries.budget_window_s,
         min_retries_per_s=retries.min_retries_per_s,
+        slow_start_window_s=scenario.control.slow_start.window_s,
+        slow_start_aggression=scenario.control.slow_start.aggression,
+        slow_start_min_percent=scenario.control.slow_start.min_weight_percent,
     )
 
 
@@ -166,6 +171,7 @@ def _requests(capacity: int) -> dict[str, np.ndarray]:
         "h_t": np.zeros(capacity),
         "h_r": np.zeros(capacity, dtype=np.int64),
         "h_kind": np.zeros(capacity, dtype=np.int64),
+        "r_rif": np.zeros(capacity, dtype=np.int64),
     }
 
 
@@ -208,6 +214,9 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
         hc_streak=np.zeros(pn, dtype=np.int64),
         budget=new_budget(proxies),
         tried=np.full(spec.max_retries + 1, -1, dtype=np.int64),
+        ramp_since=np.full(pn, NOT_RAMPING),  # the pool at t = 0 does not ramp
+        avail_before=np.ones(pn, dtype=np.bool_),
+        pq=new_prequal(proxies, n, scenario.control.prequal),
     )
 
 

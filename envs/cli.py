@@ -22,6 +22,7 @@ from rl_lb.balancers import BALANCER_NAMES
 from rl_lb.errors import ConfigError
 from rl_lb.policies import POLICY_NAMES
 from rl_lb.scenarios import library_scenarios
+from rl_lb.tracking_store import TrackingUriOption, use_tracking_uri
 
 __all__ = ["DEFAULT_BALANCERS", "check_output_path", "register"]
 
@@ -96,10 +97,12 @@ def _evaluate(
     picker: Annotated[
         str | None, typer.Option("--picker", help="Picker of that POLICY+PICKER balancer.")
     ] = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Run every balancer on every scenario for several seeds and print one table per scenario."""
     from envs.evaluate import evaluate, render
 
+    use_tracking_uri(tracking_uri)  # where learned:models:/… is looked up
     check_output_path(json_out)
     if (weight_policy is None) != (picker is None):
         raise ConfigError(

@@ -14,29 +14,39 @@ from gymnasium import spaces
 from envs import ENV_ID, kernel
 from envs.simulator import ControlLoop, Simulator
 from rl_lb.errors import ScenarioError
-from rl_lb.features import MAX_BACKENDS, ArraySpec, FeatureEncoder
+from rl_lb.features import ArraySpec, FeatureEncoder
 from rl_lb.policies.learned import DEFAULT_PICKER
 from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario, time_scaled
 from rl_lb.types import PoolSnapshot
 
-__all__ = ["ENV_ID", "BackendPoolEnv", "box", "interval_reward", "policy_spaces"]
+__all__ = [
+    "DEFAULT_SLOTS",
+    "ENV_ID",
+    "BackendPoolEnv",
+    "box",
+    "interval_reward",
+    "policy_spaces",
+    "pool_slots",
+]
 
 ERROR_WEIGHT = 10.0
 """Default reward cost of an interval where every request failed, on top of its latency terms."""
+
+DEFAULT_SLOTS = 16
+"""Rows of a policy's spaces built outside an environment (tests, tools): the small library's
+largest pool. An environment pads to the largest pool of its own scenarios instead."""
 
 ScenarioSource = str | Path | Scenario | ScenarioFamily
 
 
 def _family(source: ScenarioSource) -> Scenario | ScenarioFamily:
-    family = source if isinstance(source, Scenario | ScenarioFamily) else load_scenario(source)
-    size = len(family.backends) if isinstance(family, Scenario) else family.max_backends
-    if size > MAX_BACKENDS:
-        raise ScenarioError(
-            family.name,
-            f"{size} backends, the policy sees at most {MAX_BACKENDS}",
-            "use a smaller pool for training",
-        )
-    return family
+    return source if isinstance(source, Scenario | ScenarioFamily) else load_scenario(source)
+
+
+def pool_slots(families: Sequence[Scenario | ScenarioFamily]) -> int:
+    """The largest pool any of `families` can draw: the rows every observation is padded to,
+    so that one run mixes pools of 2 and 64 backends under one fixed SB3 space."""
+    return max(len(f.backends) if isinstance(f, Scenario) else f.max_backends for f in families)
 
 
 def box(spec: ArraySpec) -> spaces.Box:
@@ -44,10 +54,12 @@ def box(spec: ArraySpec) -> spaces.Box:
     return spaces.Box(low=spec.low, high=spec.high, shape=spec.shape, dtype=spec.dtype)
 
 
-def policy_spaces(encoder: FeatureEncoder) -> tuple[spaces.Box, spaces.Box]:
-    """(observation space, action space) of a policy fed by `encoder`: what the environments
-    declare and what an SB3 policy is built with."""
-    return box(encoder.observation_spec), box(encoder.action_spec)
+def policy_spaces(
+    encoder: FeatureEncoder, slots: int = DEFAULT_SLOTS
+) -> tuple[spaces.Box, spaces.Box]:
+    """(observation space, action space) of a policy fed by `encoder` with observations padded
+    to `slots` rows: what the environments declare and what an SB3 policy is built with."""
+    return box(encoder.observation_spec(slots)), box(encoder.action_spec(slots))
 
 
 def interval_reward(
@@ -75,13 +87,17 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
     each keeps its own health view, so an ejected backend is skipped whatever its weight.
 
     ## Action Space
-    `Box(-1, 1, (MAX_BACKENDS,), float32)`: one score per backend slot. `FeatureEncoder.decode`
+    `Box(-1, 1, (slots,), float32)`: one score per backend slot. `FeatureEncoder.decode`
     turns them into weights (a softmax over live backends; absent and dead slots get 0).
+    `slots` is the largest pool the scenarios can draw (`pool_slots`) unless given, so one
+    environment may mix pools of 2 and 200 backends; every environment of a vectorised run
+    gets the same scenarios, hence the same spaces.
 
     ## Observation Space
-    `box(FeatureEncoder(history).observation_spec)`: `Box(-10, 10, (MAX_BACKENDS, n_features))`,
+    `box(FeatureEncoder(history).observation_spec(slots))`: `Box(-10, 10, (slots, n_features))`,
     the encoding of proxy 0's snapshot — taken `metrics.delay_s` before the decision — with the
-    snapshots of the previous steps as history. Column 0 is the present mask.
+    snapshots of the previous steps as history, padded with zero rows past the pool. Column 0 is
+    the present mask.
 
     ## Rewards
     Over the requests resolved during the interval, with failed requests (error, timeout,
@@ -116,6 +132,7 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         history: int = 4,
         load_scale: tuple[float, float] = (1.0, 1.0),
         error_weight: float = ERROR_WEIGHT,
+        slots: int | None = None,
     ) -> None:
         low, high = (float(x) for x in load_scale)
         if not (0 < low <= high and math.isfinite(high)):
@@ -132,9 +149,17 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         if not sources:
             raise ScenarioError("scenario", "no scenario given", "pass a file, a name or a list")
         self.families = [_family(s) for s in sources]
+        largest = pool_slots(self.families)
+        if slots is not None and slots < largest:
+            raise ScenarioError(
+                "slots",
+                f"{slots} slots, but the scenarios draw pools of up to {largest} backends",
+                f"use slots >= {largest} or leave it unset",
+            )
+        self.slots = largest if slots is None else int(slots)
         self.picker = picker
         self.encoder = FeatureEncoder(history)
-        self.observation_space, self.action_space = policy_spaces(self.encoder)
+        self.observation_space, self.action_space = policy_spaces(self.encoder, self.slots)
         self.scenario: Scenario | None = None
         self._sim: Simulator | None = None
         self._loop: ControlLoop | None = None
@@ -144,7 +169,9 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         assert self._loop is not None
         snapshot = self._loop.visible()[0]
         past = self._history[len(self._history) - (self.encoder.history - 1) :]
-        return self.encoder.encode(snapshot, past if self.encoder.history > 1 else [])
+        return self.encoder.encode(
+            snapshot, past if self.encoder.history > 1 else [], slots=self.slots
+        )
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -10,7 +10,9 @@ refreshes (periodic). `Spec` and `State` (envs/nb_state.py) hold the arrays.
 The rules the proxy also runs are not written here but in their numba twins, each following its
 reference in `rl_lb` (tests/test_twins.py lists the pairs): metrics (`envs.nb_metrics`), pickers
 (`envs.nb_pickers`), health checks and ejection (`envs.nb_health`), the retry budget
-(`envs.nb_retry_budget`).
+(`envs.nb_retry_budget`), slow start (`envs.nb_slow_start`, applied in `Simulator.set_decision`),
+Prequal's probe pool and latency estimate (`envs.nb_prequal`: probes are heap events one
+`probe_rtt_s` after the request that sent them; a backend's RIF is its queue plus its service).
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ import numpy as np
 
 from envs.jit import jit
 from envs.nb_health import expire, on_check, on_health_check, on_result, set_avail
-from envs.nb_metrics import cost, record
-from envs.nb_pickers import pick
+from envs.nb_metrics import cost, record, restart_estimate
+from envs.nb_pickers import PREQUAL, pick
+from envs.nb_prequal import add as add_probe_answer
+from envs.nb_prequal import latency_estimate, record_latency, targets
+from envs.nb_prequal import pick as prequal_pick
 from envs.nb_random import exponential, normal, uniform
 from envs.nb_retry_budget import count_request, try_retry
+from envs.nb_slow_start import on_return as ramp_from
 from envs.nb_state import Spec, State
 
 __all__ = [
@@ -48,7 +54,9 @@ __all__ = [
 PENDING, OK, ERROR, TIMEOUT, REJECTED, NO_BACKEND = -1, 0, 1, 2, 3, 4
 OUTCOMES: tuple[str, ...] = ("ok", "error", "timeout", "rejected", "no-backend")
 REACHED, NEED_ROOM = 0, 1
-_SERVICE, _ERROR_ANSWER = 0, 1
+_SERVICE, _ERROR_ANSWER, _PROBE = 0, 1, 2
+_HEAP_ROOM = 18
+"""Heap slots one arrival may fill: its answer and up to 16 (+1) probes (`prequal-probes`)."""
 EXPONENTIAL, LOGNORMAL, PARETO, CONSTANT = 0, 1, 2, 3
 
 
@@ -170,19 +178,24 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     tried = st.tried
     tried[:] = -1
     for attempt in range(sp.max_retries + 1):
-        b = pick(
-            st.picker[p],
-            st.weights[p],
-            st.avail[p],
-            load,
-            st.rr[p],
-            st.m,
-            p,
-            t,
-            st.board_cost[p],
-            sp.refresh_s > 0.0,
-            rng,
-        )
+        if st.picker[p] == PREQUAL:
+            b = prequal_pick(st.pq, p, st.weights[p], st.avail[p], t, rng)
+            if attempt == 0:
+                _send_probes(st, p, t, rng)
+        else:
+            b = pick(
+                st.picker[p],
+                st.weights[p],
+                st.avail[p],
+                load,
+                st.rr[p],
+                st.m,
+                p,
+                t,
+                st.board_cost[p],
+                sp.refresh_s > 0.0,
+                rng,
+            )
         if b < 0:
             _resolve(st, r, NO_BACKEND if attempt == 0 else ERROR, 0.0)
             break
@@ -214,6 +227,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             break
         else:
             st.inflight[p, b] += 1
+            st.r_rif[r] = st.busy[b] + st.q_len[b]
             if st.busy[b] < sp.concurrency[b]:
                 _start_service(sp, st, b, r, t, rng)
             else:
@@ -235,6 +249,28 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     for b in tried:
         if b >= 0:
             set_avail(st, p, b)
+
+
+@jit
+def _send_probes(st: State, p: int, t: float, rng: np.ndarray) -> None:
+    """Prequal's probes for one request of proxy p: answers arrive one round trip later, as
+    `p × backends + b` events (`_probe_answer`), for later requests."""
+    count = targets(st.pq, st.weights[p], st.avail[p], rng)
+    n = st.busy.shape[0]
+    for k in range(count):
+        _push(st, t + st.pq.probe_rtt_s, p * n + st.pq.order[k], _PROBE)
+
+
+@jit
+def _probe_answer(sp: Spec, st: State, key: int, t: float) -> None:
+    """A probe answer reaches its proxy: the backend's true RIF and latency estimate now (none
+    from a down backend)."""
+    n = st.busy.shape[0]
+    p, b = key // n, key % n
+    if _conditions(sp, b, t)[3]:
+        return
+    rif = st.busy[b] + st.q_len[b]
+    add_probe_answer(st.pq, p, b, rif, latency_estimate(st.pq, b, rif), t)
 
 
 @jit
@@ -263,15 +299,26 @@ def _health_checks(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     """Ejections that ran out end, then every proxy checks every backend (`envs.nb_health`).
 
     A check is a request: it fails on a down backend and with the backend's error probability.
+    A backend back in a proxy's rotation (unavailable before the round, available after it)
+    returns as behind the proxy (`serving.monitor`): its latency estimate restarts from its
+    peers' median (`nb_metrics.restart_estimate`) and its weight ramps (`envs.nb_slow_start`).
     """
+    n = st.busy.shape[0]
     for p in range(sp.proxies):
+        for b in range(n):
+            st.avail_before[p, b] = st.avail[p, b]
         expire(st, p, t)
-    for b in range(st.busy.shape[0]):
+    for b in range(n):
         _, err_prob, _, down = _conditions(sp, b, t)
         for p in range(sp.proxies):
             passed = not down and (err_prob <= 0.0 or uniform(rng) >= err_prob)
             on_check(sp, st, p, b, passed)
             on_health_check(st, p, b, passed, t)
+    for p in range(sp.proxies):
+        for b in range(n):
+            if st.avail[p, b] and not st.avail_before[p, b]:
+                restart_estimate(st.m, p, b, st.avail_before[p], t)
+                ramp_from(st.ramp_since, p, b, t, sp.slow_start_window_s)
 
 
 @jit
@@ -308,8 +355,11 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
         st.clock[0] = t
         if t_answer == t:
             r, kind = st.h_r[0], st.h_kind[0]
-            b = st.r_backend[r]
             _pop(st)
+            if kind == _PROBE:
+                _probe_answer(sp, st, r, t)
+                continue
+            b = st.r_backend[r]
             if kind == _ERROR_ANSWER:
                 _answer(sp, st, r, t, True)
                 continue
@@ -319,6 +369,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
                 _push(st, t + extra, r, _SERVICE)
                 continue
             st.busy[b] -= 1
+            record_latency(st.pq, b, st.r_rif[r], t - st.r_arrival[r])
             if st.q_len[b] > 0:
                 nxt = st.q_head[b]
                 st.q_head[b] = st.r_qnext[nxt]
@@ -343,7 +394,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
                     st.board_cost[p, b] = cost(st.m, p, b, t)
             st.clock[3] = t + sp.refresh_s
         else:
-            if st.counts[0] >= room or st.counts[2] >= room:
+            if st.counts[0] >= room or st.counts[2] + _HEAP_ROOM >= room:
                 return NEED_ROOM
             _arrive(sp, st, t, rng)
             st.clock[1] = _next_arrival(sp, st, t, rng)

@@ -215,7 +215,10 @@ class LivePoolEnv(gym.Env[np.ndarray, np.ndarray]):
     def _observe(self) -> np.ndarray:
         self._snapshot = snapshot_from_json(self._get_json("/admin/snapshot"))
         past = self._history[len(self._history) - (self.encoder.history - 1) :]
-        return self.encoder.encode(self._snapshot, past if self.encoder.history > 1 else [])
+        slots = self.action_space.shape[0]
+        return self.encoder.encode(
+            self._snapshot, past if self.encoder.history > 1 else [], slots=slots
+        )
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

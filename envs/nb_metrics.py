@@ -29,6 +29,7 @@ __all__ = [
     "cost",
     "new_metrics",
     "record",
+    "restart_estimate",
     "snapshot_columns",
 ]
 
@@ -128,6 +129,49 @@ def cost(m: MetricsState, p: int, b: int, now: float) -> float:
     if not m.has[p, b]:
         return 0.0
     return float(m.est[p, b] * math.exp(-(now - m.stamp[p, b]) / m.tau))
+
+
+@jit
+def _ranked(m: MetricsState, p: int, b: int, peers: np.ndarray, now: float, rank: int) -> float:
+    """The cost of rank `rank` (0 = lowest) among b's peers with an estimate (no sort: kernels
+    do not allocate; pools are small and returns rare)."""
+    for j in range(m.est.shape[1]):
+        if j == b or not peers[j] or not m.has[p, j]:
+            continue
+        value = m.est[p, j] * math.exp(-(now - m.stamp[p, j]) / m.tau)
+        below = 0
+        level = 0
+        for k in range(m.est.shape[1]):
+            if k == b or not peers[k] or not m.has[p, k]:
+                continue
+            other = m.est[p, k] * math.exp(-(now - m.stamp[p, k]) / m.tau)
+            if other < value:
+                below += 1
+            if other <= value:
+                level += 1
+        if below <= rank < level:
+            return float(value)
+    return np.nan
+
+
+@jit
+def restart_estimate(m: MetricsState, p: int, b: int, peers: np.ndarray, now: float) -> None:
+    """`PoolMetrics.restart_estimate`: b's peak-EWMA restarts at the median of its peers'."""
+    count = 0
+    for j in range(m.est.shape[1]):
+        if j != b and peers[j] and m.has[p, j]:
+            count += 1
+    if count == 0:
+        m.has[p, b] = False
+        return
+    half = count // 2
+    if count % 2:
+        median = _ranked(m, p, b, peers, now, half)
+    else:
+        median = 0.5 * (_ranked(m, p, b, peers, now, half - 1) + _ranked(m, p, b, peers, now, half))
+    m.est[p, b] = median
+    m.stamp[p, b] = now
+    m.has[p, b] = True
 
 
 @jit

@@ -23,6 +23,7 @@ __all__ = [
     "P2C",
     "P2C_LATENCY",
     "PICKER_CODES",
+    "PREQUAL",
     "RANDOM",
     "ROUND_ROBIN",
     "TWIN_OF",
@@ -31,13 +32,15 @@ __all__ = [
 
 TWIN_OF = "rl_lb.pickers"
 
-RANDOM, ROUND_ROBIN, P2C, P2C_LATENCY, JSQ = 0, 1, 2, 3, 4
+RANDOM, ROUND_ROBIN, P2C, P2C_LATENCY, JSQ, PREQUAL = 0, 1, 2, 3, 4, 5
+"""PREQUAL is not picked here: the kernel calls `envs.nb_prequal`, which keeps a probe pool."""
 PICKER_CODES: dict[str, int] = {
     "random": RANDOM,
     "round-robin": ROUND_ROBIN,
     "p2c": P2C,
     "p2c-latency": P2C_LATENCY,
     "jsq": JSQ,
+    "prequal": PREQUAL,
 }
 
 

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from envs.nb_metrics import MetricsState
+from envs.nb_prequal import PrequalState
 from envs.nb_retry_budget import BudgetState
 from rl_lb.types import FloatArray, IntArray
 
@@ -66,6 +67,10 @@ class Spec(NamedTuple):
     """Share of the requests retries may add (`rl_lb.control.RetrySettings`, as the rest)."""
     budget_window_s: float
     min_retries_per_s: float
+    slow_start_window_s: float
+    """`rl_lb.control.SlowStartSettings`, as the rest (`envs.nb_slow_start`)."""
+    slow_start_aggression: float
+    slow_start_min_percent: float
 
 
 class State(NamedTuple):
@@ -114,3 +119,11 @@ class State(NamedTuple):
     """Every proxy's retry budget (`envs.nb_retry_budget`)."""
     tried: IntArray
     """Scratch: backends a request already failed to connect to (excluded from its retries)."""
+    ramp_since: FloatArray
+    """[proxy, backend] time the backend returned to that proxy's rotation (`nb_slow_start`)."""
+    avail_before: np.ndarray
+    """Scratch [proxy, backend]: `avail` before a round of health checks (who returned in it)."""
+    r_rif: IntArray
+    """Requests in flight at its backend when the request arrived there (Prequal's estimate)."""
+    pq: PrequalState
+    """Every proxy's Prequal probe pool, every backend's latency ring (`envs.nb_prequal`)."""

@@ -18,6 +18,7 @@ from envs.build import grow_state, make_spec, new_state
 from envs.nb_metrics import BUCKETS, snapshot_columns
 from envs.nb_pickers import PICKER_CODES
 from envs.nb_random import new_rng
+from envs.nb_slow_start import scale as scale_for_slow_start
 from rl_lb.errors import ConfigError
 from rl_lb.scenarios import Scenario
 from rl_lb.types import FloatArray, IntArray, PoolSnapshot
@@ -83,14 +84,27 @@ class Simulator:
         return int(self.state.counts[1])
 
     def set_decision(self, proxy: int, weights: FloatArray, picker: str) -> None:
-        """Install one proxy's weights and picker for the next requests."""
+        """Install one proxy's weights and picker for the next requests.
+
+        Backends in slow start get their weight scaled down here, at the decision's time, as the
+        proxy's controller does (`envs.nb_slow_start`); the snapshot then shows the scaled weights.
+        """
         array = np.asarray(weights, dtype=np.float64)
         if array.shape != (len(self.names),) or not np.all(np.isfinite(array)) or (array < 0).any():
             raise ValueError(f"weights must be {len(self.names)} finite values >= 0, got {array}")
         if picker not in PICKER_CODES:
             raise ConfigError("picker", f"unknown picker {picker!r}", f"use {list(PICKER_CODES)}")
-        self.state.weights[proxy] = array
-        self.state.picker[proxy] = PICKER_CODES[picker]
+        sp, st = self.spec, self.state
+        st.weights[proxy] = array
+        scale_for_slow_start(
+            st.weights[proxy],
+            st.ramp_since[proxy],
+            self.now,
+            sp.slow_start_window_s,
+            sp.slow_start_aggression,
+            sp.slow_start_min_percent,
+        )
+        st.picker[proxy] = PICKER_CODES[picker]
 
     def run_until(self, t: float) -> None:
         """Process every event before time t."""

@@ -31,7 +31,9 @@ from types import TracebackType
 import numpy as np
 from aiohttp import web
 
+from rl_lb.control import PROBE_PATH
 from rl_lb.errors import ConfigError
+from rl_lb.prequal import LatencyByRif
 from rl_lb.scenarios import BackendSpec, Event, Scenario, ServiceDist
 
 __all__ = [
@@ -157,7 +159,9 @@ class EmulatedBackend:
         self.spec = spec
         self.port = port
         self.in_flight = 0
-        """Requests admitted (queued or in service), for tests and displays."""
+        """Requests admitted (queued or in service): the RIF a Prequal probe is answered with."""
+        self.latency = LatencyByRif()
+        """Latency by the RIF a request found, for Prequal probes (`PROBE_PATH`)."""
         self._rng = rng
         self._pause_rng = pause_rng
         self._origin = clock_origin
@@ -249,6 +253,10 @@ class EmulatedBackend:
             await self._sleep_until(self._pauses.resume_time(time.monotonic()))
         if request.path == "/health":
             return web.Response(text="ok\n")
+        if request.path == PROBE_PATH:
+            rif = self.in_flight
+            answer = {"rif": rif, "latency_ms": self.latency.estimate(rif) * 1000.0}
+            return web.json_response(answer)
         await request.read()
         now = time.monotonic()
         event = self.active_event(now)
@@ -262,11 +270,13 @@ class EmulatedBackend:
         factor = _slowdown(event, self.position(start)) if event is not None else 1.0
         end = self._work_end(start, draw_service_time(self.spec.service, self._rng) * factor)
         self._servers.occupy(end)
+        rif = self.in_flight
         self.in_flight += 1
         try:
             await self._sleep_until(end)
         finally:
             self.in_flight -= 1
+        self.latency.record(rif, time.monotonic() - now)
         return web.Response(text=f"{request.method} {self.name}\n")
 
 
@@ -358,3 +368,19 @@ def describe(pool: EmulatedPool) -> Sequence[str]:
             f"events={len(spec.events)}{' pauses' if spec.pauses else ''}"
         )
     return lines
+
+
+def next_commands(pool: EmulatedPool, time_scale: float = 1.0) -> list[str]:
+    """Ready-to-paste commands for the other terminals: a proxy in front of these backends, and
+    load at the scenario's own arrival rate for as long as its timeline runs."""
+    from serving.config import ProxyConfig
+
+    scenario = pool.scenario
+    backends = " ".join(f"--backend {url}" for url in pool.urls)
+    rate = max(round(scenario.arrivals.rate), 1)
+    duration = max(round(scenario.duration_s * time_scale), 1)
+    return [
+        "next, in other terminals:",
+        f"  rl-lb serve {backends}",
+        f"  rl-lb loadgen http://{ProxyConfig.listen}/ --rate {rate} --duration {duration}",
+    ]

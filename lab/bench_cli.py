@@ -23,6 +23,8 @@ from rich.live import Live
 from rich.padding import Padding
 from rich.progress_bar import ProgressBar
 
+from rl_lb.tracking_store import TrackingUriOption, use_tracking_uri
+
 if TYPE_CHECKING:
     from lab.bench import LiveRun
     from rl_lb.scenarios import Scenario
@@ -151,7 +153,10 @@ def _log_mlflow(
     except ImportError as error:
         console.print(f"[yellow]not logged to MLflow ({error}); install the train extra")
         return
-    console.print(f"logged to MLflow run {run_id} (experiment rl-lb-bench)")
+    from rl_lb.tracking_store import describe_store
+
+    where = f"experiment rl-lb-bench in {describe_store()}; --no-mlflow to skip"
+    console.print(f"logged to MLflow run {run_id} ({where})", highlight=False)
 
 
 @bench_app.command("live")
@@ -165,10 +170,13 @@ def live(
     policy: PolicyOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the records here.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Each balancer in turn: the scenario's emulated backends, the proxy, open-loop load."""
     from envs.evaluate import render
     from lab.runtime import run_async
+
+    use_tracking_uri(tracking_uri)  # the proxies (models:/) and the bench's own MLflow run
 
     balancers = balancer or DEFAULT_BALANCERS
     console = Console()
@@ -221,11 +229,14 @@ def sim2real(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write sim and live records here.")
     ] = None,
+    tracking_uri: TrackingUriOption = None,
 ) -> None:
     """The same scaled scenarios and balancers in the simulator and live: p99s side by side."""
     from lab.bench import bench_scenario, record_of, simulate
     from lab.bench_report import compare, markdown, rich_tables
     from lab.runtime import run_async
+
+    use_tracking_uri(tracking_uri)  # where learned:models:/… is looked up
 
     balancers = balancer or DEFAULT_BALANCERS
     console = Console()

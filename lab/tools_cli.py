@@ -20,13 +20,15 @@ __all__ = ["register"]
 
 
 async def _serve_backends(scenario: Scenario, seed: int, time_scale: float, base_port: int) -> None:
-    from lab.backends import EmulatedPool, describe
+    from lab.backends import EmulatedPool, describe, next_commands
 
     async with EmulatedPool(
         scenario, seed=seed, time_scale=time_scale, base_port=base_port
     ) as pool:
         typer.echo(f"scenario {scenario.name}: {len(pool.backends)} backends (Ctrl-C to stop)")
         for line in describe(pool):
+            typer.echo(line)
+        for line in next_commands(pool, time_scale):
             typer.echo(line)
         await wait_for_stop_signal()
     typer.echo("backends stopped")
@@ -41,7 +43,11 @@ def backends(
         float, typer.Option(help="Real seconds per scenario second for the event timeline.")
     ] = 1.0,
     base_port: Annotated[
-        int, typer.Option(help="First port (one per backend); 0 picks free ports.")
+        int,
+        typer.Option(
+            help="First port (one per backend: 9001, 9002, …); 0 picks free ports.",
+            show_default="0: free ports",
+        ),
     ] = 0,
 ) -> None:
     """Run a scenario's backends as real HTTP servers on 127.0.0.1 until Ctrl-C or SIGTERM."""

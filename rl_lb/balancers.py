@@ -43,6 +43,7 @@ PRESETS: dict[str, tuple[str, str | None]] = {
     "inverse-latency": ("inverse-latency", "random"),
     "capacity": ("capacity", "p2c"),
     "jsq": ("uniform", "jsq"),
+    "prequal": ("uniform", "prequal"),
     "learned": ("learned", None),
 }
 """Preset → (weight policy, picker); None: the picker the learned policy was trained with."""
@@ -110,7 +111,8 @@ class GuardedBalancer(Balancer):
 
     With an `outcome_guard` (make_balancer gives every learned policy one) it also watches what
     the primary's traffic got: a regression holds the fallback for a backoff (reason
-    "regression"), and backends it knows too little of get a probe weight floor.
+    "regression"), its weights are spread so that no two backends are forced much traffic, and
+    backends it knows too little of get a probe weight floor.
     """
 
     def __init__(
@@ -150,7 +152,7 @@ class GuardedBalancer(Balancer):
             if not reason and guard.holding(now):
                 reason = "regression"
             elif not reason and weights is not None and snapshot.live.any():
-                weights = guard.with_probes(weights, snapshot)
+                weights = guard.shape(weights, snapshot)
         if reason:
             decision = self.fallback.decide(snapshot, now)
             decision = decision._replace(mode="fallback", reason=reason)

@@ -25,13 +25,16 @@ from typing import Any
 from rl_lb.errors import ConfigError
 
 __all__ = [
+    "PROBE_PATH",
     "ControlSpec",
     "EjectionSettings",
     "HealthSettings",
     "MetricsSettings",
     "OutcomeGuardSettings",
+    "PrequalSettings",
     "RetrySettings",
     "Setting",
+    "SlowStartSettings",
     "check_value",
     "default_text",
     "markdown_table",
@@ -278,6 +281,46 @@ class RetrySettings(_Section):
 
 
 @dataclass(frozen=True)
+class SlowStartSettings(_Section):
+    """Envoy's slow start: a backend that joins or returns ramps up to its full weight.
+
+    The rule is `rl_lb.slow_start`'s; docs/proxy.md ("Slow start") says why the window is 30 s.
+    """
+
+    window_s: float = setting(
+        30.0,
+        Setting(
+            "slow-start-window",
+            "A backend added or back from ejection or unhealthy ramps to its full weight over "
+            "this time (0: off).",
+            "s",
+            minimum=0.0,
+            scenario="slow_start.window_s",
+        ),
+    )
+    aggression: float = setting(
+        1.0,
+        Setting(
+            "slow-start-aggression",
+            "Shape of the ramp: weight x (time / window)^(1 / aggression); 1 is linear.",
+            minimum=0.0,
+            min_exclusive=True,
+            scenario="slow_start.aggression",
+        ),
+    )
+    min_weight_percent: float = setting(
+        10.0,
+        Setting(
+            "slow-start-min-weight",
+            "Least share of its weight a ramping backend gets.",
+            "%",
+            maximum=100.0,
+            scenario="slow_start.min_weight_percent",
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class OutcomeGuardSettings(_Section):
     """The outcome guard of a learned policy (`rl_lb.outcome_guard`; docs/proxy.md says why).
 
@@ -323,6 +366,14 @@ class OutcomeGuardSettings(_Section):
             maximum=0.5,
         ),
     )
+    pair_share: float = setting(
+        4.0,
+        Setting(
+            "outcome-guard-pair-share",
+            "Most of the requests two-choices draws may force onto any two backends, as a "
+            "multiple of what equal weights force (0: off).",
+        ),
+    )
     backoff_s: float = setting(
         30.0,
         Setting(
@@ -354,6 +405,100 @@ class OutcomeGuardSettings(_Section):
                 f"({self.backoff_s:g} s)",
                 "use outcome-guard-backoff <= outcome-guard-max-backoff",
             )
+        if 0 < self.pair_share < 1:
+            raise ConfigError(
+                "outcome-guard-pair-share",
+                f"{self.pair_share:g} is below what equal weights force (1)",
+                "use 0 (off) or a multiple >= 1",
+            )
+
+
+PROBE_PATH = "/.rl-lb/probe"
+"""Where the proxy's `prequal` probes a backend by default, and where the emulated backends
+answer (GET → JSON `{"rif": int, "latency_ms": float}`; docs/proxy.md)."""
+
+
+@dataclass(frozen=True)
+class PrequalSettings(_Section):
+    """Prequal's probe pool and hot-cold rule (`rl_lb.prequal`; defaults from the paper).
+
+    `q_rif` is the RIF quantile above which a backend is hot: 0.84 is the paper's default; the
+    prequal-rs reimplementation found that 0.6 herds less at high load.
+    """
+
+    probes: float = setting(
+        3.0,
+        Setting(
+            "prequal-probes",
+            "Probes sent per request (to random backends; a fraction is a probability).",
+            minimum=0.0,
+            maximum=16.0,
+            scenario="prequal.probes",
+        ),
+    )
+    pool_size: int = setting(
+        16,
+        Setting(
+            "prequal-pool",
+            "Most probe answers kept (the newest per backend).",
+            minimum=2,
+            maximum=64,
+            integer=True,
+            scenario="prequal.pool_size",
+        ),
+    )
+    max_age_s: float = setting(
+        1.0,
+        Setting(
+            "prequal-max-age",
+            "Probe answers older than this are dropped.",
+            "s",
+            minimum=0.0,
+            min_exclusive=True,
+            scenario="prequal.max_age_s",
+        ),
+    )
+    removals: int = setting(
+        1,
+        Setting(
+            "prequal-removals",
+            "Answers removed per request, alternately the oldest and the worst.",
+            minimum=0,
+            maximum=16,
+            integer=True,
+            scenario="prequal.removals",
+        ),
+    )
+    q_rif: float = setting(
+        0.84,
+        Setting(
+            "prequal-q-rif",
+            "Quantile of recent requests-in-flight above which a backend is hot "
+            "(0.6 herds less at high load).",
+            maximum=1.0,
+            scenario="prequal.q_rif",
+        ),
+    )
+    max_reuse: int = setting(
+        16,
+        Setting(
+            "prequal-max-reuse",
+            "Most requests one probe answer may serve.",
+            minimum=1,
+            integer=True,
+            scenario="prequal.max_reuse",
+        ),
+    )
+    probe_rtt_s: float = setting(
+        0.001,
+        Setting(
+            "prequal-probe-rtt",
+            "Simulator only: round trip of one probe (the proxy's probes take the real one).",
+            "s",
+            minimum=0.0,
+            scenario="prequal.probe_rtt_s",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -364,7 +509,9 @@ class ControlSpec:
     health: HealthSettings = field(default_factory=HealthSettings)
     ejection: EjectionSettings = field(default_factory=EjectionSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
+    slow_start: SlowStartSettings = field(default_factory=SlowStartSettings)
     outcome_guard: OutcomeGuardSettings = field(default_factory=OutcomeGuardSettings)
+    prequal: PrequalSettings = field(default_factory=PrequalSettings)
 
     def flags(self) -> dict[str, float | int]:
         """Every setting as `{key: value}`: the TOML keys (and flags) of a proxy that runs it."""

@@ -2,7 +2,8 @@
 
 Every figure is made relative to the pool (latency over the pool median, in-flight over the pool
 mean, share of throughput…) so that a policy trained on 10 ms backends reads the same numbers on
-200 ms backends. The list `FEATURES` is the one place the layout is written; docs/features.md
+200 ms backends, and nothing is divided by a fixed maximum pool size (the size enters as log N), so
+that one policy reads pools of 2 and of 1,000 backends alike. The list `FEATURES` is the one place the layout is written; docs/features.md
 describes it and a test keeps the two in step.
 """
 
@@ -20,15 +21,14 @@ __all__ = [
     "FEATURE_NAMES",
     "HISTORY_FEATURES",
     "LAYOUT_VERSION",
-    "MAX_BACKENDS",
     "SCORE_SCALE",
     "ArraySpec",
     "Feature",
     "FeatureEncoder",
 ]
 
-MAX_BACKENDS = 16
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+"""2: any pool size (`pool_size` is log N, no slot maximum). 1 (at most 16 slots) is refused."""
 SCORE_SCALE = 4.0
 """Scores in [-1, 1] become weights ∝ exp(SCORE_SCALE × score): a 2981:1 range, enough to starve."""
 CLIP = 10.0
@@ -68,7 +68,7 @@ FEATURES: tuple[Feature, ...] = (
     Feature("weight", "weight applied in the last interval × live backends (1 = uniform)"),
     Feature("staleness", "seconds since the last answer / window length, clipped to 1"),
     Feature("no_data", "1 when the window holds no answer from this backend"),
-    Feature("pool_size", "live backends / MAX_BACKENDS (the same for every slot)"),
+    Feature("pool_size", "log(live backends) (the same for every slot)"),
     Feature("pool_in_flight", "log1p(pool mean in-flight) (the same for every slot: load level)"),
 )
 """Features of the current snapshot, per backend slot."""
@@ -93,6 +93,12 @@ FEATURE_NAMES: tuple[str, ...] = _names(4)
 """The column names of the default encoder (history = 4)."""
 
 
+def _check_slots(slots: int) -> int:
+    if slots < 1:
+        raise ValueError(f"slots must be at least 1, got {slots}")
+    return int(slots)
+
+
 def _median(values: FloatArray, mask: BoolArray) -> float:
     chosen = values[mask & np.isfinite(values) & (values > 0)]
     return float(np.median(chosen)) if chosen.size else float("nan")
@@ -112,9 +118,10 @@ def _log_rel(values: FloatArray, mask: BoolArray) -> FloatArray:
 class FeatureEncoder:
     """Turns a `PoolSnapshot` (plus the previous ones) into the policy's observation.
 
-    The observation is a `(MAX_BACKENDS, len(names))` float32 array, one row per backend slot;
-    rows past the pool size are zero (their `present` column is 0). The action is one score in
-    [-1, 1] per slot; `decode` turns scores into weights.
+    The observation is an `(N, len(names))` float32 array, one row per backend, for a pool of
+    any size N. A consumer that needs a fixed shape (an SB3 policy) asks for `slots` rows: rows
+    past the pool size are zero (their `present` column is the mask). The action is one score in
+    [-1, 1] per row; `decode` turns scores into weights.
     """
 
     def __init__(self, history: int = 4) -> None:
@@ -122,8 +129,7 @@ class FeatureEncoder:
             raise ValueError("history must be at least 1 (the current snapshot)")
         self.history = history
         self.names = _names(history)
-        self.observation_spec = ArraySpec((MAX_BACKENDS, len(self.names)), -CLIP, CLIP)
-        self.action_spec = ArraySpec((MAX_BACKENDS,), -1.0, 1.0)
+        self.n_features = len(self.names)
         self._cache: dict[int, tuple[PoolSnapshot, FloatArray]] = {}
 
     def layout(self) -> dict[str, Any]:
@@ -132,19 +138,39 @@ class FeatureEncoder:
             "version": LAYOUT_VERSION,
             "features": list(self.names),
             "history": self.history,
-            "max_backends": MAX_BACKENDS,
             "score_scale": SCORE_SCALE,
         }
 
-    def encode(self, snapshot: PoolSnapshot, history: Sequence[PoolSnapshot] = ()) -> np.ndarray:
+    def observation_spec(self, slots: int) -> ArraySpec:
+        """The observation padded to `slots` rows (what a fixed-shape consumer declares)."""
+        return ArraySpec((_check_slots(slots), self.n_features), -CLIP, CLIP)
+
+    @staticmethod
+    def action_spec(slots: int) -> ArraySpec:
+        """One score per row of an observation padded to `slots` rows."""
+        return ArraySpec((_check_slots(slots),), -1.0, 1.0)
+
+    def encode(
+        self,
+        snapshot: PoolSnapshot,
+        history: Sequence[PoolSnapshot] = (),
+        slots: int | None = None,
+    ) -> np.ndarray:
         """Observation for `snapshot`; `history` holds earlier snapshots, oldest first.
 
+        One row per backend, or `slots` rows (zero past the pool) when a fixed shape is wanted.
         Earlier snapshots of a different pool size (a backend added or removed) are ignored,
         as are any beyond `history - 1`.
         """
         n = len(snapshot)
-        if not 1 <= n <= MAX_BACKENDS:
-            raise ValueError(f"pools of 1 to {MAX_BACKENDS} backends are supported, got {n}")
+        if n < 1:
+            raise ValueError("an empty pool has no observation: give at least one backend")
+        rows_out = n if slots is None else _check_slots(slots)
+        if n > rows_out:
+            raise ValueError(
+                f"a pool of {n} backends does not fit {rows_out} slots: "
+                "pad to the largest pool (the environment sizes itself from its scenarios)"
+            )
         rows = self._current(snapshot)
         same_pool = [s for s in history if len(s) == n]
         past = same_pool[max(0, len(same_pool) - (self.history - 1)) :] if self.history > 1 else []
@@ -152,7 +178,7 @@ class FeatureEncoder:
         self._cache = {id(s): self._cache[id(s)] for s in past if id(s) in self._cache}
         blank = np.zeros((n, len(HISTORY_FEATURES)))
         lagged += [blank] * (self.history - 1 - len(lagged))
-        spec = self.observation_spec
+        spec = self.observation_spec(rows_out)
         observation = np.zeros(spec.shape, dtype=spec.dtype)
         observation[:n] = np.concatenate([rows, *lagged], axis=1)
         return np.clip(observation, spec.low, spec.high)
@@ -180,7 +206,7 @@ class FeatureEncoder:
             "weight": s.weights * n_live,
             "staleness": np.minimum(s.staleness_s / s.window_s, 1.0),
             "no_data": no_data.astype(np.float64),
-            "pool_size": np.full(len(s), n_live / MAX_BACKENDS),
+            "pool_size": np.full(len(s), np.log(n_live)),
             "pool_in_flight": np.full(len(s), np.log1p(mean_in_flight)),
         }
         return np.stack([columns[f.name] for f in FEATURES], axis=1)

@@ -233,6 +233,29 @@ class PoolMetrics:
             return 0.0
         return self._est[index] * math.exp(-(self._clock() - self._stamp[index]) / self.ewma_tau_s)
 
+    def restart_estimate(self, index: int, now: float, peers: Sequence[bool]) -> None:
+        """Backend `index` is back (or new): its peak-EWMA restarts from a neutral value.
+
+        Kept as it was, the error penalty of its outage would decay for about a minute while a
+        least-latency picker (or a policy's latency features) starved it. The neutral value is
+        the median of the costs at `now` of the `peers` (the backends available before it
+        returned) that have one; without any, it has no history again (cost 0: it gets probed).
+        The window's quantiles and error rate are left alone: they describe what clients got.
+        """
+        costs = sorted(
+            self._est[j] * math.exp(-(now - self._stamp[j]) / self.ewma_tau_s)
+            for j in range(len(self.names))
+            if j != index and peers[j] and self._has[j]
+        )
+        if not costs:
+            self._has[index] = False
+            return
+        half = len(costs) // 2
+        median = costs[half] if len(costs) % 2 else 0.5 * (costs[half - 1] + costs[half])
+        self._est[index] = median
+        self._stamp[index] = now
+        self._has[index] = True
+
     def snapshot(self, weights: FloatArray) -> PoolSnapshot:
         """Every backend's figures now; `weights` is the array applied during the interval."""
         now = self._clock()

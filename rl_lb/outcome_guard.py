@@ -1,9 +1,33 @@
 """The outcome guard: notice that a learned policy does worse than its fallback, and step aside.
 
 `GuardedBalancer` checks what a policy *outputs*; a policy can output perfectly well-formed
-weights and still route traffic into a wall (a pool unlike any it trained on). This guard checks
-what the policy's traffic *got*, once per control interval, from the same `PoolSnapshot` the
-policy reads — so the simulator and the proxy run it alike, with no extra measurement.
+weights and still route traffic into a wall (a pool unlike any it trained on). This guard limits
+how much harm one interval's weights can do, and checks what the policy's traffic *got*, once
+per control interval, from the same `PoolSnapshot` the policy reads — so the simulator and the
+proxy run it alike, with no extra measurement.
+
+Why an envelope first. A check that runs once per control interval cannot act inside one: when
+the backends a policy favours slow down mid-interval, the weights stay until the next decision,
+and even an oracle that falls back at the first decision after the shift ends at 1.16x
+least-latency's effective p99 on the shift world of tests/scenarios/ (5 seeds; a 6x slowdown
+queues ~150 excess requests a second). What makes a slowdown explode within the interval is the
+two-choices picker (p2c, p2c-latency: two distinct candidates drawn by weight, the better scored
+wins): when both candidates are slow backends one of them gets the request whatever the scores
+say. With weights a and b the pair {a, b} is *forced* a share `a b (1/(1 − a) + 1/(1 − b))` of
+all requests (`forced_pair_share`); the rest the scores shed within milliseconds. The shipped
+policy put 0.33 and 0.31 on the fast pair there: 30% of the traffic forced onto two backends
+that, 6x slower, could serve 19% of it. So the guard bounds the forced share of every pair at
+`pair_share` times what equal weights force, `2 / (n (n − 1))` for n live backends
+(`spread_weights`): the heaviest weight is kept (a single backend is never forced; a favourite
+that turns slow is the CUSUM's to catch, below), the others are capped so that no pair with it
+exceeds the bound, the excess going to the lighter ones in proportion. When the others cannot
+sum to the rest under that cap (the favourite holds most of the weight and there are more than
+2 × `pair_share` live backends) they share it equally, the least the favourite's pairs can be
+forced. Weights within the bound are never changed (equal weights are not), nor are pools of
+2 (both are always drawn). At the default 4 on eight backends the bound is 14%; on the shift
+world the envelope alone keeps the shipped policy at 1.01x least-latency (5 seeds), and on the
+scenario library it changed the shipped policy's effective p99 by less than the seed noise
+(benchmarks/outcome_guard_cost.py; docs/proxy.md has the figures).
 
 Why a model, not a canary. Routing a fixed share of requests by the fallback would compare like
 with like, but that share pays the fallback's latency wherever the policy is much better (on
@@ -24,7 +48,7 @@ overloads (the fallback would relieve them) and optimistic about those it leaves
 fallback would load them): the threshold is the margin for the second error. In calibration
 (the shipped policy, 5 seeds of each library scenario) `log(P / B)` never exceeded 0.76 (park at
 91% load, which needs its slow servers; log 2.5 = 0.92); on the shift world of tests/scenarios/
-it passes 1.2 within 1-2 intervals of the shift.
+with the envelope off it passes 1.2 within 1-2 intervals of the shift and reaches 1.7.
 
 The statistical rule is a one-sided CUSUM on `x_t = log(P_t / B_t)`: `S_t = max(0, S_{t-1} + x_t
 − log threshold)`, and the guard trips when `S_t ≥ evidence`. One interval far above the
@@ -54,7 +78,15 @@ from rl_lb.control import OutcomeGuardSettings
 from rl_lb.metrics import DEFAULT_ERROR_PENALTY_S
 from rl_lb.types import BoolArray, FloatArray, PoolSnapshot
 
-__all__ = ["Estimate", "OutcomeGuard", "estimate", "fallback_shares"]
+__all__ = [
+    "Estimate",
+    "OutcomeGuard",
+    "estimate",
+    "fallback_shares",
+    "forced_pair_share",
+    "pair_share_bound",
+    "spread_weights",
+]
 
 
 class Estimate(NamedTuple):
@@ -79,6 +111,78 @@ def fallback_shares(n: int) -> FloatArray:
         return np.ones(n, dtype=np.float64)
     r = np.arange(1, n + 1, dtype=np.float64)
     return 2.0 * (n - r) / (n * (n - 1))
+
+
+def forced_pair_share(a: float, b: float) -> float:
+    """Share of two-choices draws whose two candidates are the backends weighted a and b.
+
+    The first candidate is drawn by weight, the second by weight among the others; one of the
+    pair gets such a request whatever the picker's scores say.
+    """
+    if a >= 1.0 or b >= 1.0:
+        return 1.0  # the other one is the only candidate left: every draw that holds it
+    return a * b * (1.0 / (1.0 - a) + 1.0 / (1.0 - b))
+
+
+def pair_share_bound(live: int, pair_share: float) -> float:
+    """The most any pair may be forced: `pair_share` times what equal weights force it."""
+    return min(1.0, pair_share * 2.0 / (live * (live - 1)))
+
+
+def _partner_cap(top: float, bound: float) -> float:
+    """The weight x at which `forced_pair_share(top, x)` reaches `bound` (top < 1).
+
+    Solves k x² − (k + top + bound) x + bound = 0 with k = top / (1 − top), its smaller root,
+    written so that it stays exact when k is small.
+    """
+    k = top / (1.0 - top)
+    b = k + top + bound
+    return 2.0 * bound / (b + math.sqrt(max(b * b - 4.0 * k * bound, 0.0)))
+
+
+def _fill_under(weights: FloatArray, members: BoolArray, cap: float, total: float) -> FloatArray:
+    """`weights` of `members` rescaled to sum to `total` with none above `cap` (water-filling:
+    the excess of capped ones goes to the others in proportion to their weight)."""
+    out = weights.copy()
+    capped = np.zeros(len(out), dtype=np.bool_)
+    for _ in range(int(members.sum()) + 1):
+        free = members & ~capped
+        if not free.any():
+            break
+        left = total - cap * int(capped.sum())
+        base = float(out[free].sum())
+        out[free] = out[free] * (left / base) if base > 0 else left / int(free.sum())
+        over = free & (out > cap * (1.0 + 1e-9))  # not the rounding of an exact fit
+        if not over.any():
+            break
+        out[over] = cap
+        capped |= over
+    return out
+
+
+def spread_weights(weights: FloatArray, live: BoolArray, pair_share: float) -> FloatArray:
+    """`weights` (normalised over `live`) with no pair forced more than the bound, as far as
+    that can be done without touching the heaviest weight (see above).
+
+    The others are capped at the weight whose pair with the heaviest reaches the bound; when
+    they cannot then sum to the rest (only when the heaviest alone is most of the weight, with
+    more than 2 × `pair_share` live backends), they share the rest equally.
+    """
+    n = int(live.sum())
+    if n < 3 or pair_share <= 0:
+        return weights
+    bound = pair_share_bound(n, pair_share)
+    order = np.argsort(-np.where(live, weights, -1.0), kind="stable")
+    first, second = int(order[0]), int(order[1])
+    top = float(weights[first])
+    if top >= 1.0 or forced_pair_share(top, float(weights[second])) <= bound:
+        return weights
+    others = live.copy()
+    others[first] = False
+    cap = max(_partner_cap(top, bound), (1.0 - top) / (n - 1))
+    spread = _fill_under(np.where(live, weights, 0.0), others, cap, 1.0 - top)
+    spread[first] = top
+    return spread
 
 
 def known_backends(snapshot: PoolSnapshot, min_answers: int) -> BoolArray:
@@ -161,6 +265,12 @@ class OutcomeGuard:
         self.trips += 1
         self.evidence, self.primary_since = 0.0, None
         return True
+
+    def shape(self, weights: FloatArray, snapshot: PoolSnapshot) -> FloatArray:
+        """The policy's `weights` (normalised over live backends) as served: spread so that no
+        pair is forced more than the bound, then with the probe floor on unknown backends."""
+        spread = spread_weights(weights, snapshot.live, self.settings.pair_share)
+        return self.with_probes(spread, snapshot)
 
     def with_probes(self, weights: FloatArray, snapshot: PoolSnapshot) -> FloatArray:
         """`weights` (normalised over live backends) with the probe floor on unknown ones."""

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rl_lb.errors import ConfigError
+from rl_lb.prequal import PrequalPicker
 from rl_lb.types import LoadView, NoBackendAvailable, Picker
 
 __all__ = [
@@ -36,7 +37,7 @@ __all__ = [
     "make_picker",
 ]
 
-PICKER_NAMES = ("random", "round-robin", "p2c", "p2c-latency", "jsq")
+PICKER_NAMES = ("random", "round-robin", "p2c", "p2c-latency", "jsq", "prequal")
 
 
 class _Table(NamedTuple):
@@ -271,7 +272,14 @@ class JoinShortestQueue(_WeightedPicker):
 
 _PICKERS: dict[str, Callable[[random.Random | None], Picker]] = {
     cls.name: cls
-    for cls in (WeightedRandom, RoundRobin, PowerOfTwo, PowerOfTwoLatency, JoinShortestQueue)
+    for cls in (
+        WeightedRandom,
+        RoundRobin,
+        PowerOfTwo,
+        PowerOfTwoLatency,
+        JoinShortestQueue,
+        PrequalPicker,
+    )
 }
 
 

@@ -1,8 +1,11 @@
 """The admin API: state, snapshot, Prometheus metrics, and live changes to the pool and policy.
 
 It listens on its own address (127.0.0.1 by default) so that it is never reachable through the
-proxy port. With a token configured, every call must carry `Authorization: Bearer TOKEN`
-(compared in constant time); `serving.config` refuses a non-loopback address without one.
+proxy port. With a token configured, every `/admin/` call must carry `Authorization: Bearer
+TOKEN` (compared in constant time); `serving.config` refuses a non-loopback address without one.
+`/healthz` and `/readyz` never ask for it (orchestrator probes carry no secret), and `/metrics`
+asks for its own token when one is set (a scraper need not hold the admin token). Every error
+body has the same two fields, `error` and `status`.
 
 The routes see one worker through `AdminTarget`, which `serving.app.ProxyServer` builds: exactly
 what the API reads or changes, so this module never depends on the server that embeds it.
@@ -22,9 +25,10 @@ from aiohttp import web
 
 from rl_lb.balancers import Balancer, GuardedBalancer
 from rl_lb.errors import RlLbError
-from rl_lb.features import MAX_BACKENDS, FeatureEncoder
+from rl_lb.features import FeatureEncoder
 from rl_lb.types import SNAPSHOT_COLUMNS, PoolSnapshot
-from serving.controller import Controller, balancer_spec
+from serving.controller import EXTERNAL_WEIGHTS_LIFETIME, Controller, balancer_spec
+from serving.discovery import Discovery
 from serving.monitor import Monitor
 from serving.prom import CONTENT_TYPE
 
@@ -46,8 +50,22 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, allow_nan=False))
 
 
+def _error(message: str, status: int = 400) -> web.Response:
+    return _json({"error": message, "status": status}, status)
+
+
 def _refused(error: RlLbError, status: int = 400) -> web.Response:
-    return _json({"error": str(error), "status": status}, status)
+    return _error(str(error), status)
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": message, "status": 400}), content_type="application/json"
+    )
+
+
+PROBES = frozenset({"/healthz", "/readyz"})
+"""Paths answered without a token."""
 
 
 def policy_info(balancer: Balancer) -> dict[str, Any]:
@@ -78,10 +96,7 @@ async def _body(request: web.Request) -> Any:
     try:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "the body is not JSON", "status": 400}),
-            content_type="application/json",
-        ) from None
+        raise _bad_request("the body is not JSON") from None
 
 
 def _field(data: Any, *names: str) -> tuple[str, str]:
@@ -89,10 +104,7 @@ def _field(data: Any, *names: str) -> tuple[str, str]:
         for name in names:
             if isinstance(data.get(name), str):
                 return name, data[name]
-    raise web.HTTPBadRequest(
-        text=json.dumps({"error": f"expected a JSON object with {' or '.join(names)}"}),
-        content_type="application/json",
-    )
+    raise _bad_request(f"expected a JSON object with {' or '.join(names)}")
 
 
 @dataclass(frozen=True)
@@ -101,27 +113,51 @@ class AdminTarget:
     whether it is ready."""
 
     token: str | None
-    """The bearer token every call must carry; None: no authentication."""
+    """The bearer token every `/admin/` call must carry; None: no authentication."""
     monitor: Monitor
     controller: Controller
     render_metrics: Callable[[], bytes]
     """The worker's Prometheus exposition (`GET /metrics`)."""
     is_ready: Callable[[], bool]
     worker: int
+    rollout_state: Callable[[], dict[str, Any] | None] = lambda: None
+    """The registry rollout's state (serving/rollout.py); None when no alias is followed."""
+    metrics_token: str | None = None
+    """The bearer token `GET /metrics` must carry; None: open to scrapers."""
+    discovery: Discovery | None = None
+    """The worker's discovery sources (serving/discovery.py); None when there are none."""
+
+
+def _sources(target: AdminTarget, url: str) -> list[str]:
+    """Where a backend comes from: `static` (flag, file, admin API) and/or discovery sources."""
+    found = [] if target.discovery is None else target.discovery.sources_of(url)
+    return found or ["static"]
 
 
 def make_admin_app(target: AdminTarget) -> web.Application:
     """The admin routes of one proxy worker."""
-    token = target.token
-    expected = f"Bearer {token}".encode() if token else None
+    admin_token = _bearer(target.token)
+    metrics_token = _bearer(target.metrics_token)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        expected = None if path in PROBES else metrics_token if path == "/metrics" else admin_token
         if expected is not None:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return _json({"error": "missing or wrong bearer token", "status": 401}, 401)
+                return _error("missing or wrong bearer token", 401)
         return await handler(request)
+
+    @web.middleware
+    async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """aiohttp's own refusals (404, 405, 413) get the JSON body every other error has."""
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            if error.status < 400 or error.content_type == "application/json":
+                raise
+            return _error(f"{error.reason}: {request.method} {request.path}", error.status)
 
     monitor, controller = target.monitor, target.controller
 
@@ -145,6 +181,8 @@ def make_admin_app(target: AdminTarget) -> web.Application:
                     "error_rate": row.error_rate,
                     "throughput_rps": row.throughput_rps,
                     "weight": row.weight,
+                    "failure": b.failure,
+                    "sources": _sources(target, b.url),
                 }
             )
         external = controller.external
@@ -155,6 +193,11 @@ def make_admin_app(target: AdminTarget) -> web.Application:
                 "reason": controller.reason,
                 "fallback_counts": dict(controller.fallback_counts),
                 "mode_changes": controller.switches,
+                "mode_changes_to": dict(controller.switch_counts),
+                "outcome_guard": controller.guard_state(),
+                "prequal": controller.prober.state(),
+                "rollout": target.rollout_state(),
+                "discovery": None if target.discovery is None else target.discovery.state(),
                 "decisions": controller.decisions,
                 **policy_info(controller.balancer),
                 "external_weights": None if external is None else external.fixed.values.tolist(),
@@ -170,8 +213,7 @@ def make_admin_app(target: AdminTarget) -> web.Application:
         current = controller.snapshot or controller.current_snapshot()
         data = snapshot_json(current, monitor.clock())
         encoder = FeatureEncoder()
-        fits = 1 <= len(current) <= MAX_BACKENDS
-        data["observation"] = encoder.encode(current).tolist() if fits else None
+        data["observation"] = encoder.encode(current).tolist() if len(current) else None
         data["feature_names"] = list(encoder.names)
         return _json(data)
 
@@ -188,12 +230,27 @@ def make_admin_app(target: AdminTarget) -> web.Application:
         data = await _body(request)
         weights = data.get("weights") if isinstance(data, dict) else data
         if not isinstance(weights, list):
-            return _json({"error": "expected a JSON list of weights", "status": 400}, 400)
+            return _error("expected a JSON list of weights")
+        count = len(monitor.backends)
+        if len(weights) != count:
+            return _error(
+                f"weights: wrong shape: expected {count} (one per backend, in /admin/state order), "
+                f"got {len(weights)}"
+            )
         try:
             decision = controller.set_external(weights)
         except RlLbError as error:
             return _refused(error)
-        return _json({"mode": decision.mode, "weights": decision.weights.tolist()})
+        lifetime = EXTERNAL_WEIGHTS_LIFETIME * controller.interval
+        return _json(
+            {
+                "mode": decision.mode,
+                "weights": decision.weights.tolist(),
+                "expires_in_s": lifetime,
+                "note": f"these weights expire after {EXTERNAL_WEIGHTS_LIFETIME} control "
+                f"intervals ({lifetime:g} s) unless posted again; then the fallback decides",
+            }
+        )
 
     async def delete_weights(request: web.Request) -> web.Response:
         decision = controller.clear_external()
@@ -225,7 +282,7 @@ def make_admin_app(target: AdminTarget) -> web.Application:
         ready = target.is_ready()
         return _json({"ready": ready}, 200 if ready else 503)
 
-    app = web.Application(middlewares=[authenticate])
+    app = web.Application(middlewares=[json_errors, authenticate])
     app.add_routes(
         [
             web.get("/admin/state", state),
@@ -241,6 +298,11 @@ def make_admin_app(target: AdminTarget) -> web.Application:
         ]
     )
     return app
+
+
+def _bearer(token: str | None) -> bytes | None:
+    """The Authorization header value a token asks for; None: no token, no check."""
+    return f"Bearer {token}".encode() if token else None
 
 
 async def read_state(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:

@@ -2,33 +2,41 @@
 
 Tests, the demo and the live benchmark embed it in-process (`async with ProxyServer(config)`,
 port 0 for an ephemeral port); `rl-lb serve` runs it under `run`, which adds the signals
-(SIGTERM/SIGINT: graceful stop; SIGHUP: reload the config file) and uvloop.
+(SIGTERM/SIGINT: graceful stop; SIGHUP: reload the config file and the TLS certificate) and
+uvloop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import errno
 import gc
 import logging
 import signal
-from collections.abc import Callable, Mapping
+import ssl
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
-from rl_lb.errors import RlLbError
+from rl_lb.errors import ConfigError, RlLbError
 from serving.admin import AdminTarget, make_admin_app
 from serving.config import ProxyConfig, check_admin, load_config, restart_only_changes
 from serving.controller import Controller, balancer_spec, build_balancer
+from serving.discovery import discovery_for, follow
 from serving.http_server import HttpServer
 from serving.monitor import Monitor
 from serving.prom import ProxyMetrics
 from serving.proxy import Forwarder, ProxyStats
+from serving.registry import ModelRef
+from serving.rollout import Rollout, first_version, followed_alias
+from serving.tls import ListenerTls, backend_context
 from serving.upstream import UpstreamPool
 
-__all__ = ["ProxyServer", "run"]
+__all__ = ["ProxyServer", "bind_error", "run"]
 
 log = logging.getLogger("rl_lb.serving")
 
@@ -58,6 +66,10 @@ class ProxyServer:
         self._admin_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self.tls: ListenerTls | None = None
+        self._backend_tls: ssl.SSLContext | None = None
+        """The one client context of the https:// backends when a TLS setting is given (built
+        with the first pool); None: each pool verifies with the system's CAs."""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -65,52 +77,100 @@ class ProxyServer:
         config = self.config
         check_admin(config)
         self.monitor = Monitor(config, self._pool)
+        if config.record:
+            from serving.recorder import Recorder  # pyarrow only when recording
+
+            self.monitor.recorder = Recorder(
+                config.record,
+                worker=self.worker,
+                workers=config.workers,
+                sample=config.record_sample,
+                file_size=config.record_file_size,
+                max_bytes=config.record_max_bytes,
+            )
         for url in config.backends:
             self.monitor.add(url)
+        self._discovered: set[str] = set()
+        self.discovery = discovery_for(config, self._follow_discovery)
+        if self.discovery is not None:
+            await self.discovery.refresh_all()  # the first set before the first decision
+            self._follow_discovery()
         spec = balancer_spec(config.balancer, config.policy)
-        balancer = build_balancer(spec, config.max_staleness_s, strict=False)
+        followed = followed_alias(config)
+        version = await first_version(followed) if followed else None
+        if followed is not None and version is not None:
+            spec = balancer_spec(config.balancer, ModelRef(followed.name, version).uri)
+        balancer = build_balancer(
+            spec,
+            config.max_staleness_s,
+            strict=not config.allow_fallback_start,
+            outcome_guard=config.control.outcome_guard,
+        )
         self.controller = Controller(config, self.monitor, balancer)
-        self.prometheus = ProxyMetrics(self.monitor, self.controller, self.stats)
+        self.rollout = Rollout(config, self.controller, followed, version) if followed else None
+        self.prometheus = ProxyMetrics(self.monitor, self.controller, self.stats, self.rollout)
+        if self.discovery is not None:
+            self.prometheus.add(self.discovery.metrics)
         self.monitor.on_pool_change = self.controller.decide
         self.controller.decide()
 
         self.forwarder = Forwarder(config, self.monitor, self.controller, self.stats)
+        if config.tls_cert and config.tls_key:
+            self.tls = ListenerTls(config.tls_cert, config.tls_key)
         self._http = HttpServer(
             self.forwarder,
             self.stats.errors,
             max_connections=config.max_connections,
             max_header_bytes=config.max_header_bytes,
             header_timeout=config.header_timeout_s,
+            on_answered=self.stats.answered,
         )
         host, port = config.listen_address
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._http, host, port, reuse_port=config.workers > 1 or None, backlog=1024
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-
         admin = config.admin_address
-        if admin is not None and self.worker == 0:
-            self._admin_runner = web.AppRunner(
-                make_admin_app(self._admin_target()), access_log=None
-            )
-            await self._admin_runner.setup()
-            await web.TCPSite(self._admin_runner, *admin).start()
-            self.admin_port = self._admin_runner.addresses[0][1]
+        try:
+            with bind_error("listen", config.listen):
+                self._server = await loop.create_server(
+                    self._http,
+                    host,
+                    port,
+                    reuse_port=config.workers > 1 or None,
+                    backlog=1024,
+                    ssl=self.tls.context if self.tls is not None else None,
+                )
+            self.port = self._server.sockets[0].getsockname()[1]
+            if admin is not None and self.worker == 0:
+                self._admin_runner = web.AppRunner(
+                    make_admin_app(self._admin_target()), access_log=None
+                )
+                await self._admin_runner.setup()
+                with bind_error("admin", str(config.admin)):
+                    await web.TCPSite(self._admin_runner, *admin).start()
+                self.admin_port = self._admin_runner.addresses[0][1]
+        except ConfigError:
+            await self.stop()  # what did bind is released: the caller may try another port
+            raise
 
         self._tasks.append(asyncio.create_task(self.controller.run()))
         self._tasks.append(asyncio.create_task(self._sweep()))
+        if self.rollout is not None:
+            self._tasks.append(asyncio.create_task(self.rollout.run()))
+        if self.discovery is not None:
+            self.discovery.start()
         if config.health_path:
             self._tasks.append(asyncio.create_task(self.monitor.run_health_checks()))
+        count = len(self.monitor.backends)
         log.info(
-            "worker %d: proxy on %s:%d, %d backends, balancer %s (%s%s)",
+            "worker %d: proxy on %s:%d, %d backend%s, balancer %s (%s%s)%s",
             self.worker,
             host,
             self.port,
-            len(self.monitor.backends),
+            count,
+            "" if count == 1 else "s",
             balancer.name,
             self.controller.mode,
             f": {self.controller.reason}" if self.controller.reason else "",
+            f", admin API on {admin[0]}:{self.admin_port}" if admin and self.admin_port else "",
         )
 
     async def stop(self) -> None:
@@ -125,12 +185,18 @@ class ProxyServer:
             while self._http.busy and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             self._http.close_all()
+            self.forwarder.tunnels.close_all()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.discovery is not None:
+            await self.discovery.close()
+        await self.controller.prober.close()
         await self.monitor.close()
+        if self.monitor.recorder is not None:
+            await asyncio.to_thread(self.monitor.recorder.close)
 
     async def _sweep(self) -> None:
         """Close what is past its deadline: slow request heads, stalled backends, idle pools."""
@@ -145,6 +211,7 @@ class ProxyServer:
             now = loop.time()
             assert self._http is not None
             self._http.sweep(now)
+            self.forwarder.tunnels.sweep(now)
             for backend in self.monitor.backends:
                 backend.pool.sweep(now)
 
@@ -174,21 +241,41 @@ class ProxyServer:
         a reload does not change it)."""
         return AdminTarget(
             token=self.config.admin_token,
+            metrics_token=self.config.metrics_token,
             monitor=self.monitor,
             controller=self.controller,
             render_metrics=self.prometheus.render,
             is_ready=lambda: self.ready,
             worker=self.worker,
+            rollout_state=self.rollout.state if self.rollout is not None else lambda: None,
+            discovery=self.discovery,
+        )
+
+    def _follow_discovery(self) -> None:
+        """A discovery source changed: add what is new, drain what is gone (not the static)."""
+        assert self.discovery is not None
+        self._discovered = follow(
+            self.discovery, self.monitor, self.config.backends, self._discovered
         )
 
     def _pool(self, url: str) -> UpstreamPool:
         """The connection pool of one backend."""
         config = self.config
+        if self._backend_tls is None and (
+            config.backend_ca_file or config.backend_sni or config.backend_client_cert
+        ):
+            self._backend_tls = backend_context(
+                config.backend_ca_file,
+                config.backend_sni,
+                config.backend_client_cert,
+                config.backend_client_key,
+            )
         return UpstreamPool(
             url,
             limit=config.max_in_flight + 2,
             connect_timeout=config.connect_timeout_s,
             read_timeout=config.read_timeout_s,
+            tls=self._backend_tls,
         )
 
     # -- reload -----------------------------------------------------------------------------
@@ -199,6 +286,11 @@ class ProxyServer:
         Settings that need new sockets or pools (addresses, timeouts, limits) are reported and
         left as they are until a restart.
         """
+        if self.tls is not None:
+            try:
+                self.tls.reload()
+            except ConfigError as error:
+                log.error("reload: the TLS certificate stays as it was: %s", error)
         path = self.config.config_path
         if path is None:
             log.warning("reload: no config file to re-read (started without --config)")
@@ -222,14 +314,35 @@ class ProxyServer:
         for url in new.backends:
             if self.monitor.find(url) is None:
                 self.monitor.add(url)
+        listed = self.discovery.urls() if self.discovery is not None else set()
         for url in old.backends:
-            if url not in new.backends and self.monitor.find(url) is not None:
+            if url not in new.backends and url not in listed and self.monitor.find(url):
                 self.monitor.drain(url)
         self.config, ignored = restart_only_changes(old, new)
         if ignored:
-            log.warning("reload: %s change only at restart", ", ".join(ignored))
+            log.warning(
+                "reload: %s in %s take%s effect only at restart",
+                ", ".join(ignored),
+                path,
+                "s" if len(ignored) == 1 else "",
+            )
         log.info("reloaded %s", path)
         return True
+
+
+@contextlib.contextmanager
+def bind_error(key: str, address: str) -> Iterator[None]:
+    """A socket that cannot be bound becomes one line naming the setting and the address."""
+    try:
+        yield
+    except OSError as error:
+        taken = error.errno == errno.EADDRINUSE
+        raise ConfigError(
+            f"--{key} {address}",
+            "address already in use" if taken else f"cannot listen there: {error.strerror}",
+            f"stop what uses it or pick another port with --{key} HOST:PORT"
+            + (" ('' for none)" if key == "admin" else ""),
+        ) from None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:

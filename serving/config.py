@@ -18,11 +18,12 @@ This module is imported when `rl-lb` builds its commands: it stays free of heavy
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rl_lb.control import ControlSpec, Setting
+from rl_lb.control import PROBE_PATH, ControlSpec, Setting
 from rl_lb.errors import ConfigError
 from rl_lb.toml_file import read_toml
 from serving.config_values import (
@@ -37,9 +38,11 @@ from serving.config_values import (
     read_text,
     split_address,
 )
+from serving.discovery import read_sources
 from serving.settings import (
     ADMIN,
     BALANCING,
+    DISCOVERY,
     HEALTH,
     LIMITS,
     Declared,
@@ -49,11 +52,19 @@ from serving.settings import (
     proxy_setting,
 )
 from serving.settings import markdown_table as settings_table
+from serving.tls import read_pem_path
+from serving.tunnel import read_upgrades
+
+TLS = "TLS and upgrades"
+"""The `rl-lb serve --help` panel of the TLS and tunnel settings."""
+RECORDING = "Recording"
+"""The `rl-lb serve --help` panel of the recording settings (serving/recorder.py)."""
 
 __all__ = [
     "KEYS",
     "ProxyConfig",
     "check_admin",
+    "did_you_mean",
     "is_loopback",
     "load_config",
     "markdown_table",
@@ -95,9 +106,26 @@ class ProxyConfig:
     policy: str | None = proxy_setting(
         None,
         Setting(
-            "policy", "Model directory, .npz or models:/rl-lb-policy/N for the learned balancer."
+            "policy",
+            "Model directory, .npz, models:/rl-lb-policy/N, or models:/rl-lb-policy@ALIAS "
+            "(followed: see policy-poll-interval) for the learned balancer.",
         ),
         Option(BALANCING, read_text, "a path or URI", "the shipped policy", flag_type=str),
+    )
+    allow_fallback_start: bool = proxy_setting(
+        False,
+        Setting(
+            "allow-fallback-start",
+            "Start on the fallback (least-latency) when the learned model cannot load, "
+            "instead of refusing to start.",
+        ),
+        Option(
+            BALANCING,
+            read_switch,
+            "true or false",
+            flag_type=bool,
+            flags=("--allow-fallback-start",),
+        ),
     )
     control_interval_s: float = proxy_setting(
         1.0,
@@ -125,13 +153,40 @@ class ProxyConfig:
     )
     admin_token: str | None = proxy_setting(
         None,
-        Setting("admin-token", "Bearer token the admin API asks for (needed off loopback)."),
+        Setting("admin-token", "Bearer token the /admin/ routes ask for (needed off loopback)."),
         Option(ADMIN, read_text, "a string", flag_type=str, envvar="RL_LB_ADMIN_TOKEN"),
+    )
+    metrics_token: str | None = proxy_setting(
+        None,
+        Setting(
+            "metrics-token",
+            "Bearer token /metrics asks for; none: open to scrapers (as /healthz, /readyz are).",
+        ),
+        Option(ADMIN, read_text, "a string", flag_type=str, envvar="RL_LB_METRICS_TOKEN"),
     )
     health_path: str | None = proxy_setting(
         "/health",
         Setting("health-path", "Path of the active health check (GET, 2xx passes); '' for none."),
         Option(HEALTH, read_health_path, "/PATH or ''", flag_type=str),
+    )
+    prequal_probe_path: str | None = proxy_setting(
+        PROBE_PATH,
+        Setting(
+            "prequal-probe-path",
+            "Path the prequal balancer probes (GET, JSON rif and latency_ms); '' for none: "
+            "prequal runs on the proxy's own view.",
+        ),
+        Option(BALANCING, read_health_path, "/PATH or ''", flag_type=str),
+    )
+    prequal_probe_rate: float = proxy_setting(
+        100.0,
+        Setting(
+            "prequal-probe-rate",
+            "Most prequal probes per second to one backend (the others are skipped).",
+            "requests/s",
+            minimum=0.0,
+        ),
+        Option(BALANCING),
     )
     workers: int = proxy_setting(
         1,
@@ -226,6 +281,158 @@ class ProxyConfig:
         0.0,
         LIMITS,
     )
+    policy_poll_interval_s: float = duration(
+        30.0,
+        "policy-poll-interval",
+        "With --policy models:/NAME@ALIAS: how often the alias is read; 0: load it once.",
+        0.0,
+        BALANCING,
+    )
+    canary_share: float = proxy_setting(
+        0.1,
+        Setting(
+            "canary-share",
+            "Share of the requests a new registry version serves before it is promoted.",
+            minimum=0.0,
+            maximum=0.5,
+            min_exclusive=True,
+        ),
+        Option(BALANCING),
+    )
+    canary_duration_s: float = duration(
+        30.0,
+        "canary-duration",
+        "How long a new registry version serves its canary share before the verdict.",
+        0.01,
+        BALANCING,
+    )
+    canary_tolerance: float = proxy_setting(
+        1.25,
+        Setting(
+            "canary-tolerance",
+            "A canary whose requests cost more than this many times the current policy's is "
+            "rolled back.",
+            minimum=1.0,
+            min_exclusive=True,
+        ),
+        Option(BALANCING),
+    )
+    discover: tuple[str, ...] = proxy_setting(
+        (),
+        Setting(
+            "discover",
+            "Discovery source dns://NAME:PORT, dns+srv://NAME or file://PATH; repeat for more.",
+        ),
+        Option(
+            DISCOVERY,
+            read_sources,
+            "source URLs",
+            none_means="",
+            flag_type=list[str],
+        ),
+    )
+    dns_resolver: str | None = proxy_setting(
+        None,
+        Setting("dns-resolver", "DNS server of the dns:// sources (HOST:PORT)."),
+        Option(DISCOVERY, read_address, "HOST:PORT", "the system's", flag_type=str),
+    )
+    dns_ttl_min_s: float = duration(
+        1.0, "dns-ttl-min", "A DNS answer is re-asked no sooner than this.", 0.01, DISCOVERY
+    )
+    dns_ttl_max_s: float = duration(
+        300.0, "dns-ttl-max", "A DNS answer is re-asked at the latest after this.", 0.01, DISCOVERY
+    )
+    discovery_file_poll_s: float = duration(
+        1.0, "discovery-file-poll", "How often a file:// source is checked for changes.", 0.01,
+        DISCOVERY,
+    )
+    tls_cert: str | None = proxy_setting(
+        None,
+        Setting("tls-cert", "PEM certificate chain of the listener: clients speak HTTPS."),
+        Option(TLS, read_pem_path, "a PEM file", "cleartext HTTP", flag_type=str),
+    )
+    tls_key: str | None = proxy_setting(
+        None,
+        Setting("tls-key", "PEM private key of --tls-cert (both re-read on SIGHUP)."),
+        Option(TLS, read_pem_path, "a PEM file", flag_type=str),
+    )
+    backend_ca_file: str | None = proxy_setting(
+        None,
+        Setting("backend-ca-file", "PEM CA bundle that https:// backends are verified with."),
+        Option(TLS, read_pem_path, "a PEM file", "the system's CAs", flag_type=str),
+    )
+    backend_sni: str | None = proxy_setting(
+        None,
+        Setting(
+            "backend-sni",
+            "Server name sent to https:// backends and checked in their certificates.",
+        ),
+        Option(TLS, read_text, "a host name", "the backend URL's host", flag_type=str),
+    )
+    backend_client_cert: str | None = proxy_setting(
+        None,
+        Setting("backend-client-cert", "PEM client certificate shown to https:// backends (mTLS)."),
+        Option(TLS, read_pem_path, "a PEM file", flag_type=str),
+    )
+    backend_client_key: str | None = proxy_setting(
+        None,
+        Setting("backend-client-key", "PEM private key of --backend-client-cert."),
+        Option(TLS, read_pem_path, "a PEM file", flag_type=str),
+    )
+    allowed_upgrades: tuple[str, ...] = proxy_setting(
+        ("websocket",),
+        Setting(
+            "allowed-upgrades",
+            "Upgrade protocols tunnelled to the backend after its 101; repeat for more.",
+        ),
+        Option(TLS, read_upgrades, "protocol names", "", flag_type=list[str]),
+    )
+    tunnel_idle_timeout_s: float = duration(
+        300.0,
+        "tunnel-idle-timeout",
+        "An upgraded connection (WebSocket) with no bytes either way this long is closed.",
+        0.01,
+        TLS,
+    )
+    tunnel_max_duration_s: float = duration(
+        0.0,
+        "tunnel-max-duration",
+        "An upgraded connection is closed after this long, 0 for never.",
+        0.0,
+        TLS,
+    )
+    record: str | None = proxy_setting(
+        None,
+        Setting(
+            "record",
+            "Folder to record what the proxy sees in (Parquet; `rl-lb scenario fit` reads it).",
+        ),
+        Option(RECORDING, read_text, "a folder", flag_type=str),
+    )
+    record_sample: int = proxy_setting(
+        1,
+        Setting("record-sample", "Record 1 request in this many.", minimum=1, integer=True),
+        Option(RECORDING),
+    )
+    record_file_size: int = proxy_setting(
+        16 << 20,
+        Setting(
+            "record-file-size", "A recording file is closed at this size.", "bytes",
+            minimum=4096, integer=True,
+        ),
+        Option(RECORDING),
+    )
+    record_max_bytes: int = proxy_setting(
+        1 << 30,
+        Setting(
+            "record-max-bytes",
+            "Bound on the recording's files (all workers); the oldest are deleted.",
+            "bytes",
+            minimum=4096,
+            integer=True,
+        ),
+        Option(RECORDING),
+    )
     control: ControlSpec = field(default_factory=ControlSpec)
     """The settings shared with the simulator (rl_lb/control.py declares them)."""
     config_path: str | None = None
@@ -249,9 +456,17 @@ def _read_file(path: str) -> dict[str, Any]:
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise ConfigError(
-            f"{path}: {unknown[0]}", "unknown key", f"valid keys: {', '.join(sorted(KEYS))}"
+            f"{path}: {unknown[0]}",
+            "unknown key",
+            did_you_mean(unknown[0], KEYS) + f"valid keys: {', '.join(sorted(KEYS))}",
         )
     return data
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`did you mean 'X'? ` for the closest of `choices` to a misspelled `word`, or ''."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
 
 
 def load_config(path: str | None = None, flags: Mapping[str, Any] | None = None) -> ProxyConfig:
@@ -264,7 +479,9 @@ def load_config(path: str | None = None, flags: Mapping[str, Any] | None = None)
         for key, raw in data.items():
             declared = KEYS.get(key)
             if declared is None:
-                raise ConfigError(f"{prefix}{key}", "not a setting of rl-lb serve")
+                raise ConfigError(
+                    f"{prefix}{key}", "not a setting of rl-lb serve", did_you_mean(key, KEYS)
+                )
             value = declared.read(raw, f"{prefix}{key}")
             if declared.section is None:
                 own[declared.field.name] = value
@@ -290,8 +507,14 @@ def _check(config: ProxyConfig, prefix: str) -> None:
     """Rules that tie several settings together."""
     from rl_lb.balancers import make_balancer  # numpy and the policies: not at `rl-lb` start
 
-    if not config.backends:
-        raise ConfigError(f"{prefix}backend", "no backend given", "pass --backend URL (repeatable)")
+    if not config.backends and not config.discover:
+        raise ConfigError(
+            f"{prefix}backend",
+            "no backend given",
+            "pass --backend URL or --discover SOURCE (both repeatable)",
+        )
+    if config.dns_ttl_min_s > config.dns_ttl_max_s:
+        raise ConfigError(f"{prefix}dns-ttl-min", "is above dns-ttl-max", "lower it")
     if config.policy and not config.balancer.startswith("learned"):
         raise ConfigError(
             f"{prefix}policy",
@@ -305,11 +528,47 @@ def _check(config: ProxyConfig, prefix: str) -> None:
         try:
             make_balancer(config.balancer)
         except ConfigError as error:
-            raise ConfigError(f"{prefix}balancer", error.what, error.fix) from None
+            hint = did_you_mean(config.balancer, _balancer_names())
+            raise ConfigError(f"{prefix}balancer", error.what, hint + error.fix) from None
     check_admin(config, prefix)
+    _check_tls(config, prefix)
     admin = config.admin_address
     if admin and admin[1] != 0 and admin == (host, port):
         raise ConfigError(f"{prefix}admin", "the admin API cannot share the proxy's address")
+
+
+def _check_tls(config: ProxyConfig, prefix: str) -> None:
+    """Certificates come with their keys, and every PEM file loads (one line naming it)."""
+    from serving.tls import backend_context, listener_context
+
+    for cert, key, name in (
+        (config.tls_cert, config.tls_key, "tls"),
+        (config.backend_client_cert, config.backend_client_key, "backend-client"),
+    ):
+        if bool(cert) != bool(key):
+            given, missing = ("cert", "key") if cert else ("key", "cert")
+            raise ConfigError(
+                f"{prefix}{name}-{given}", f"needs --{name}-{missing} too", "give both files"
+            )
+    if config.tls_cert and config.tls_key:
+        listener_context(config.tls_cert, config.tls_key)
+    if config.backend_ca_file or config.backend_client_cert:
+        backend_context(
+            config.backend_ca_file,
+            config.backend_sni,
+            config.backend_client_cert,
+            config.backend_client_key,
+        )
+
+
+def _balancer_names() -> list[str]:
+    """The names a misspelled balancer is compared with: presets and POLICY+PICKER pairs."""
+    from rl_lb.balancers import BALANCER_NAMES
+    from rl_lb.pickers import PICKER_NAMES
+    from rl_lb.policies import POLICY_NAMES
+
+    pairs = [f"{p}+{k}" for p in POLICY_NAMES if p != "learned" for k in PICKER_NAMES]
+    return [*BALANCER_NAMES, *pairs]
 
 
 def check_admin(config: ProxyConfig, prefix: str = "--") -> None:

@@ -19,22 +19,27 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from rl_lb.balancers import FALLBACK_PRESET, Balancer, Decision, GuardedBalancer, make_balancer
+from rl_lb.control import OutcomeGuardSettings
 from rl_lb.errors import ConfigError, ModelError
 from rl_lb.pickers import make_picker
 from rl_lb.types import FloatArray, Picker, PoolSnapshot
 from serving.config import ProxyConfig
 from serving.monitor import Monitor
+from serving.prequal_probe import Prober
 
-__all__ = ["Controller", "balancer_spec", "build_balancer"]
+__all__ = ["EXTERNAL_WEIGHTS_LIFETIME", "Controller", "balancer_spec", "build_balancer"]
 
 log = logging.getLogger("rl_lb.serving.controller")
 
 VALIDATION_TIMEOUT_S = 5.0
 """Bound on loading a new policy and running its test forward pass."""
+EXTERNAL_WEIGHTS_LIFETIME = 2
+"""Control intervals after which posted weights are stale (the fallback takes over)."""
 
 
 def balancer_spec(balancer: str, policy: str | None) -> str:
@@ -42,12 +47,20 @@ def balancer_spec(balancer: str, policy: str | None) -> str:
     return f"learned:{policy}" if policy and balancer == "learned" else balancer
 
 
-def build_balancer(spec: str, max_staleness_s: float, *, strict: bool) -> Balancer:
-    """`strict`: a model that cannot load is an error (a swap), else a fallback (start-up)."""
+def build_balancer(
+    spec: str,
+    max_staleness_s: float,
+    *,
+    strict: bool,
+    outcome_guard: OutcomeGuardSettings | None = None,
+) -> Balancer:
+    """`strict`: a model that cannot load is an error (a swap), else a fallback (start-up).
+    `outcome_guard`: the proxy's guard settings (None: the defaults)."""
     return make_balancer(
         spec,
         max_staleness_s=max_staleness_s,
         on_load_error="raise" if strict else "fallback",
+        outcome_guard=outcome_guard or True,
     )
 
 
@@ -88,11 +101,19 @@ class Controller:
         self.interval = config.control_interval_s
         self.delay = config.metrics_delay_s
         self.picker: Picker = balancer.picker
+        self.prober = Prober(config, monitor)
+        """Sends the probes of a `prequal` picker (serving/prequal_probe.py)."""
+        self.prober.attach(balancer)
         self.mode = "fallback"
         self.reason = ""
         self.decisions = 0
         self.switches = 0
         self.fallback_counts: Counter[str] = Counter()
+        self.switch_counts: Counter[str] = Counter()
+        """Mode changes by what they changed to: a fallback reason, or "primary" for a return."""
+        self.canary: Callable[[Decision, PoolSnapshot, float], Decision] | None = None
+        """A rollout's split of the requests between the current policy and a candidate
+        (serving/rollout.py), applied to every decision while set."""
         self.inference_s = math.nan
         """Duration of the last decision (policy forward pass included)."""
         self.on_inference: Callable[[float], None] = lambda seconds: None
@@ -136,31 +157,79 @@ class Controller:
         elapsed = time.perf_counter() - started
         self.inference_s = elapsed
         self.on_inference(elapsed)
+        ramped = self.monitor.slow_start.scale(decision.weights, now)
+        if ramped is not decision.weights:  # some backend is in slow start (rl_lb.slow_start)
+            decision.picker.update(ramped)
+            decision = decision._replace(weights=ramped)
         if decision.mode == "primary" and self.external is not None:
             decision = decision._replace(mode="external")
+        elif self.canary is not None and self.external is None:
+            decision = self.canary(decision, snapshot, now)
         if decision.mode == "fallback":
             self.fallback_counts[decision.reason] += 1
         if (decision.mode, decision.reason) != (self.mode, self.reason) and self.decisions:
             self.switches += 1
+            self.switch_counts[decision.reason or decision.mode] += 1
             log.warning(
-                "balancer mode %s%s (was %s%s)",
+                "balancer mode %s%s (was %s%s)%s",
                 decision.mode,
                 f" ({decision.reason})" if decision.reason else "",
                 self.mode,
                 f" ({self.reason})" if self.reason else "",
+                self._guard_note(now) if "regression" in (decision.reason, self.reason) else "",
             )
         self.mode, self.reason = decision.mode, decision.reason
         self.picker = decision.picker
         self.weights = dict(zip(snapshot.names, decision.weights.tolist(), strict=True))
         self.snapshot = snapshot
         self.decisions += 1
+        recorder = self.monitor.recorder
+        if recorder is not None:  # rl-lb serve --record: this decision, then the interval's rows
+            recorder.decided(
+                snapshot, decision.weights, decision.mode, decision.reason, self.balancer.name
+            )
         return decision
+
+    def guard_state(self) -> dict[str, Any] | None:
+        """The outcome guard of the configured balancer, for operators: its CUSUM statistic
+        against its limit, the last interval's estimates, and when a regression hold ends
+        (None: the balancer has no outcome guard, as the presets)."""
+        guarded = self.balancer
+        guard = guarded.outcome_guard if isinstance(guarded, GuardedBalancer) else None
+        if guard is None:
+            return None
+        now = self.monitor.clock()
+        last = guard.last
+        holding = guard.holding(now)
+        return {
+            "evidence": guard.evidence,
+            "evidence_limit": guard.settings.evidence,
+            "threshold": guard.settings.threshold,
+            "log_ratio": None if last is None else last.log_ratio,
+            "policy_cost_s": None if last is None else last.policy_s,
+            "fallback_cost_s": None if last is None else last.fallback_s,
+            "holding": holding,
+            "returns_in_s": guard.hold_until - now if holding else None,
+            "trips_in_a_row": guard.trips,
+            "next_hold_s": guard.current_hold_s(),
+        }
+
+    def _guard_note(self, now: float) -> str:
+        """What the outcome guard saw, for the log line of a switch into or out of regression."""
+        state = self.guard_state()
+        if state is None:
+            return ""
+        ratio = state["log_ratio"]
+        seen = "no estimate" if ratio is None else f"policy/fallback cost {math.exp(ratio):.2f}x"
+        if state["holding"]:
+            return f": {seen}, back to the policy in {state['returns_in_s']:.3g} s"
+        return f": {seen}, next hold {state['next_hold_s']:.3g} s"
 
     def _source(self, now: float) -> Balancer:
         external = self.external
         if external is None:
             return self.balancer
-        if now - external.set_at > 2 * self.interval:
+        if now - external.set_at > EXTERNAL_WEIGHTS_LIFETIME * self.interval:
             return external.stale
         return external.fresh
 
@@ -213,23 +282,35 @@ class Controller:
         Raises `ModelError` or `ConfigError` with the reason when the new one is refused.
         """
         async with self._lock:
-            snapshot = self.current_snapshot()
-            try:
-                candidate = await asyncio.wait_for(
-                    asyncio.to_thread(self._validated, spec, snapshot), VALIDATION_TIMEOUT_S
-                )
-            except TimeoutError:
-                raise ModelError(
-                    spec, f"validation took over {VALIDATION_TIMEOUT_S:g} s", "use a smaller model"
-                ) from None
-            old, self.balancer = self.balancer, candidate
-            log.warning("balancer %s replaced by %s", old.name, candidate.name)
-            self.decide()
+            candidate = await self.load_validated(spec)
+            self.install(candidate)
             return candidate
+
+    async def load_validated(self, spec: str) -> Balancer:
+        """A new balancer, loaded and validated as a swap does (bounded time), not installed."""
+        snapshot = self.current_snapshot()
+        try:
+            return await asyncio.wait_for(
+                asyncio.to_thread(self._validated, spec, snapshot), VALIDATION_TIMEOUT_S
+            )
+        except TimeoutError:
+            raise ModelError(
+                spec, f"validation took over {VALIDATION_TIMEOUT_S:g} s", "use a smaller model"
+            ) from None
+
+    def install(self, balancer: Balancer) -> None:
+        """Serve a validated balancer from the next decision on (which is taken now)."""
+        old, self.balancer = self.balancer, balancer
+        self.prober.attach(balancer)
+        log.warning("balancer %s replaced by %s", old.name, balancer.name)
+        self.decide()
 
     def _validated(self, spec: str, snapshot: PoolSnapshot) -> Balancer:
         """A new balancer whose test forward pass on the current snapshot is trusted."""
-        candidate = build_balancer(spec, self.config.max_staleness_s, strict=True)
+        config = self.config
+        candidate = build_balancer(
+            spec, config.max_staleness_s, strict=True, outcome_guard=config.control.outcome_guard
+        )
         decision = candidate.decide(snapshot, snapshot.taken_at)
         if decision.mode != "primary":
             raise ModelError(spec, f"its output on the current pool is refused ({decision.reason})")

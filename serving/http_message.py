@@ -73,8 +73,11 @@ class Request:
         "keep_alive",
         "length",
         "method",
+        "received_at",
         "sink",
+        "status",
         "target",
+        "upgrade",
         "version",
     )
 
@@ -94,6 +97,12 @@ class Request:
         self.buffered: list[bytes] = []
         self.sink: Sink | None = None
         self.attached = False
+        self.upgrade: bytes | None = None
+        """The Upgrade header's value when Connection lists upgrade (WebSocket...)."""
+        self.received_at = 0.0
+        """Loop time of the complete head: the client's exchange starts here."""
+        self.status = 0
+        """The status the client gets (0 until a response head leaves; 0 at the end: broken)."""
 
     @property
     def has_body(self) -> bool:
@@ -124,10 +133,16 @@ def error_response(
 
 
 def request_head(
-    request: Request, prefix: bytes, netloc: bytes, peer: str, preserve_host: bool
+    request: Request,
+    prefix: bytes,
+    netloc: bytes,
+    peer: str,
+    preserve_host: bool,
+    proto: bytes = b"http",
 ) -> bytes:
     """The request head for a backend (path `prefix`, Host `netloc`): hop-by-hop headers out,
-    forwarding headers in."""
+    forwarding headers in (`proto`: the client's scheme); the request's Upgrade, when it is
+    set (the forwarder keeps only allowed ones: see `serving.tunnel`), is asked of it too."""
     drop = NOT_FORWARDED | request.connection if request.connection else NOT_FORWARDED
     if not preserve_host:
         drop = drop | {b"host"}
@@ -146,12 +161,15 @@ def request_head(
         out += (b"Host: ", netloc, b"\r\n")
     forwarded_for.append(peer.encode())
     via.append(request.version.encode() + b" rl-lb")
-    out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\nX-Forwarded-Proto: http\r\n")
+    out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\nX-Forwarded-Proto: ")
+    out += (proto, b"\r\n")
     if request.host is not None:
         out += (b"X-Forwarded-Host: ", request.host, b"\r\n")
     out += (b"Via: ", b", ".join(via), b"\r\n")
     if request.chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
+    if request.upgrade is not None:
+        out += (b"Connection: Upgrade\r\nUpgrade: ", request.upgrade, b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 

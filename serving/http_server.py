@@ -49,6 +49,7 @@ class HttpServer:
         max_connections: int,
         max_header_bytes: int,
         header_timeout: float,
+        on_answered: Callable[[int, float], None] | None = None,
     ) -> None:
         self.handler = handler
         self.errors = errors
@@ -56,12 +57,21 @@ class HttpServer:
         self.max_header_bytes = max_header_bytes
         self.max_head_bytes = 8 * max_header_bytes
         self.header_timeout = header_timeout
+        self.on_answered = on_answered
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.stopping = False
+        self.alpn_handoff: dict[str, Callable[[asyncio.Transport], asyncio.Protocol]] = {}
+        """ALPN protocol (`h2`) → the protocol factory a TLS connection that picked it goes to
+        (serving.tls offers `h2` only when it is registered here)."""
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def answered(self, request: Request) -> None:
+        """A client's exchange is over: its status (0: broken off) and time, to `on_answered`."""
+        if self.on_answered is not None:
+            self.on_answered(request.status, self.loop.time() - request.received_at)
 
     @property
     def busy(self) -> bool:
@@ -109,12 +119,25 @@ class ClientConnection(asyncio.Protocol):
         self.lingering = False
         self.no_more = False
         """No further request is read (an Upgrade, a bad pipelined head, the client's EOF)."""
+        self.upgraded = b""
+        """Bytes the client sent after an Upgrade request's head (for the tunnel)."""
+        self.alpn: str | None = None
+        """The ALPN protocol the TLS client picked (None: cleartext, or no ALPN)."""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         server = self.server
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            self.alpn = tls.selected_alpn_protocol()
+            handoff = server.alpn_handoff.get(self.alpn or "")
+            if handoff is not None:
+                protocol = handoff(transport)
+                transport.set_protocol(protocol)
+                protocol.connection_made(transport)
+                return
         if len(server.connections) >= server.max_connections or server.stopping:
             server.errors["max-connections"] += 1
             transport.write(_REFUSED)
@@ -133,8 +156,9 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            self.no_more = True  # CONNECT (answered already) or an Upgrade: not supported
+        except HttpParserUpgrade as upgrade:
+            self.no_more = True  # CONNECT (refused already) or an Upgrade: its bytes wait
+            self.upgraded = data[upgrade.args[0] :]
             self._pause(_PAUSE_PIPELINE, True)
         except HttpParserCallbackError as error:
             if isinstance(error.__context__, _HeadTooLargeError):
@@ -205,6 +229,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(400, "bad-request", f"HTTP/{version} is not served")
             return
         request = Request(parser.get_method(), self.url, version, self.headers)
+        request.received_at = self.server.loop.time()
         request.keep_alive = parser.should_keep_alive()
         connection: set[bytes] = set()
         hosts = 0
@@ -220,10 +245,14 @@ class ClientConnection(asyncio.Protocol):
                 request.expect_continue = value.strip().lower() == b"100-continue"
             elif lower == b"connection":
                 connection.update(t.strip().lower() for t in value.split(b","))
+            elif lower == b"upgrade":
+                request.upgrade = value
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             self._refuse(400, "bad-request", "HTTP/1.1 needs exactly one Host header")
             return
         request.connection = frozenset(connection)
+        if b"upgrade" not in connection:
+            request.upgrade = None
         self.parsing = request
         self.queue.append(request)
         self.deadline = 0.0
@@ -279,6 +308,8 @@ class ClientConnection(asyncio.Protocol):
 
     def respond(self, response: bytes, *, keep_alive: bool = True) -> None:
         """Answer the current request at once (an error made by the proxy)."""
+        if self.queue:
+            self.queue[0].status = int(response[9:12])
         self.write(response)
         self.finish(keep_alive)
 
@@ -288,6 +319,7 @@ class ClientConnection(asyncio.Protocol):
             return
         request = self.queue.popleft()
         request.sink = None
+        self.server.answered(request)
         if not request.complete:
             self._linger()  # its body was not read: this connection cannot carry another
             return
@@ -302,8 +334,22 @@ class ClientConnection(asyncio.Protocol):
             self.parsing = None
             self.deadline = self.server.loop.time() + self.server.header_timeout
 
+    def hand_over(self) -> asyncio.Transport | None:
+        """The connection leaves HTTP (a tunnel takes its transport): forgotten here."""
+        transport, self.transport = self.transport, None
+        if self.queue:
+            self.queue[0].status = 101
+            self.server.answered(self.queue[0])
+        self.queue.clear()
+        self.parsing = None
+        self.server.connections.discard(self)
+        return transport
+
     def abort(self) -> None:
         """Break the connection off (a response that cannot be completed)."""
+        if self.queue:
+            self.queue[0].status = 0
+            self.server.answered(self.queue[0])
         self.queue.clear()
         self.close()
 
@@ -337,6 +383,8 @@ class ClientConnection(asyncio.Protocol):
     def _refuse(self, status: int, reason: str, message: str) -> None:
         """Answer a request that cannot be parsed or handed on, and close."""
         self.server.errors[reason] += 1
+        if self.server.on_answered is not None:
+            self.server.on_answered(status, 0.0)  # a client exchange too, over at once
         self.queue.clear()
         self.parsing = None
         self.write(error_response(status, reason, message, close=True))

@@ -17,15 +17,21 @@ import logging
 import time
 from bisect import bisect_left
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 
 from rl_lb.errors import ConfigError
 from rl_lb.health import HealthChecker, OutlierDetector
 from rl_lb.metrics import PoolMetrics
+from rl_lb.slow_start import SlowStart
 from rl_lb.types import Clock
 from serving.config import ProxyConfig, normalise_backend
+from serving.failure_reasons import describe_failure, describe_status
 from serving.upstream import UpstreamPool
+
+if TYPE_CHECKING:  # pyarrow is imported only when recording is on
+    from serving.recorder import Recorder
 
 __all__ = ["LATENCY_BUCKETS", "STATUS_CLASSES", "Backend", "Monitor", "PoolView"]
 
@@ -45,6 +51,7 @@ class Backend:
     __slots__ = (
         "active",
         "draining",
+        "failure",
         "index",
         "latency_counts",
         "latency_sum",
@@ -61,6 +68,9 @@ class Backend:
         self.active = 0
         """Exchanges open (request sent, response not fully relayed yet)."""
         self.draining = False
+        self.failure: str | None = None
+        """Why the last health check failed (DNS, refused, timeout, TLS, status); None once one
+        passes. `/admin/state` shows it and the log gives it when the backend turns unhealthy."""
         self.outcomes = [0] * len(STATUS_CLASSES)
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
@@ -107,12 +117,19 @@ class Monitor:
         )
         self.detector = OutlierDetector(0, control.ejection)
         self.checker = HealthChecker(0, control.health)
+        self.slow_start = SlowStart(0, control.slow_start)
+        """When each backend returned; the controller scales the weights it decides with it."""
+        self._serving = False
+        """Set by the first `tick` (the first decision): backends added before it are the pool
+        the proxy starts with, which does not ramp."""
         self.backends: list[Backend] = []
         self.view = PoolView(self.metrics)
         self.on_pool_change: Callable[[], object] = lambda: None
         """Called after a backend is added or removed (the controller re-decides at once)."""
         self._closing: set[asyncio.Task[None]] = set()
         self._max_in_flight = config.max_in_flight
+        self.recorder: Recorder | None = None
+        """Set by `rl-lb serve --record DIR` (serving/recorder.py): sees every exchange."""
 
     # -- membership -------------------------------------------------------------------------
 
@@ -130,6 +147,9 @@ class Monitor:
         index = self.metrics.add_backend(url)
         self.detector.add_backend()
         self.checker.add_backend()
+        self.slow_start.add_backend(None)
+        if self._serving:
+            self._returned(index, list(self.metrics.available))
         self.view.available.append(True)
         backend = Backend(url, index, self._new_pool(url))
         self.backends.append(backend)
@@ -156,6 +176,7 @@ class Monitor:
         self.metrics.remove_backend(i)
         self.detector.remove_backend(i)
         self.checker.remove_backend(i)
+        self.slow_start.remove_backend(i)
         del self.view.available[i]
         del self.backends[i]
         for later in self.backends[i:]:
@@ -189,7 +210,10 @@ class Monitor:
         backend.active += 1
         if backend.active >= self._max_in_flight:
             self.view.available[backend.index] = False
-        return self.metrics.start(backend.index)
+        started = self.metrics.start(backend.index)
+        if self.recorder is not None:
+            self.recorder.dispatched(started, backend.active)
+        return started
 
     def answered(
         self, backend: Backend, started: float, status: int, *, judged: bool = True
@@ -201,7 +225,10 @@ class Monitor:
         """
         failed = status == 0 or status >= 500
         latency = self.metrics.finish(backend.index, started, error=failed)
-        backend.observe(latency, min(status // 100, 6) - 1 if status else 5)
+        outcome = min(status // 100, 6) - 1 if status else 5
+        backend.observe(latency, outcome)
+        if self.recorder is not None:
+            self.recorder.answered(started, backend.url, latency, outcome)
         if judged:
             self.judge(backend, failed)
 
@@ -238,10 +265,26 @@ class Monitor:
 
     def tick(self) -> None:
         """End the ejections that have run out (called every control interval)."""
+        self._serving = True
+        peers = list(self.metrics.available)
         for i in self.detector.expire(self.clock()):
             self.metrics.set_ejected(i, False)
             self._refresh(self.backends[i])
             log.info("backend %s back from ejection", self.backends[i].url)
+            if self.metrics.available[i]:
+                self._returned(i, peers)
+
+    def _returned(self, i: int, peers: list[bool]) -> None:
+        """Backend i is back in rotation (or new): no starving, then slow start.
+
+        Its latency estimate restarts from the median of its `peers` (the backends available
+        before it came back) instead of decaying from its outage's error penalty, and its
+        weight ramps up over the slow-start window. The simulator runs the same rules
+        (`envs.kernel._health_checks`).
+        """
+        now = self.clock()
+        self.metrics.restart_estimate(i, now, peers)
+        self.slow_start.on_return(i, now)
 
     async def run_health_checks(self) -> None:
         """Check every backend each health-check interval until cancelled."""
@@ -263,26 +306,40 @@ class Monitor:
             self._health_session = aiohttp.ClientSession(
                 auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
             )
+        failure: str | None = None
         try:
             async with self._health_session.get(
-                backend.url + self.config.health_path, timeout=timeout, allow_redirects=False
+                backend.url + self.config.health_path,
+                timeout=timeout,
+                allow_redirects=False,
+                ssl=backend.pool.ssl or True,  # the CAs the proxy forwards with (SSL_CERT_FILE)
             ) as response:
                 await response.read()
-                passed = 200 <= response.status < 300
-        except (aiohttp.ClientError, TimeoutError, RuntimeError):
-            passed = False  # RuntimeError: the session closed under it (shutting down)
+                if not 200 <= response.status < 300:
+                    failure = describe_status(response.status)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            failure = describe_failure(error, self.config.control.health.timeout_s)
+        except RuntimeError:  # the session closed under it (shutting down)
+            failure = "the proxy is shutting down"
         if backend.index >= 0 and not backend.draining:
-            self._apply_check(backend, passed)
-        return passed
+            backend.failure = failure
+            self._apply_check(backend, failure is None)
+        return failure is None
 
     def _apply_check(self, backend: Backend, passed: bool) -> None:
         i = backend.index
+        peers = list(self.metrics.available)
         if self.checker.on_check(i, passed):
             self.metrics.set_health(i, passed)
-            log.warning("backend %s %s", backend.url, "healthy" if passed else "unhealthy")
+            if passed:
+                log.warning("backend %s healthy", backend.url)
+            else:
+                log.warning("backend %s unhealthy: %s", backend.url, backend.failure)
         if self.detector.on_health_check(i, passed, self.clock()):
             self.metrics.set_ejected(i, False)
             log.info("backend %s un-ejected by a passing health check", backend.url)
+        if self.metrics.available[i] and not peers[i]:
+            self._returned(i, peers)
         self._refresh(backend)
 
     async def close(self) -> None:

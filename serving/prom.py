@@ -7,7 +7,8 @@ costs no prometheus-client lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
@@ -22,6 +23,7 @@ from rl_lb.balancers import FALLBACK_REASONS
 from serving.controller import Controller
 from serving.monitor import LATENCY_BUCKETS, STATUS_CLASSES, Monitor
 from serving.proxy import ProxyStats
+from serving.rollout import Rollout
 
 __all__ = ["CONTENT_TYPE", "MODES", "ProxyMetrics"]
 
@@ -30,10 +32,17 @@ MODES = ("primary", "fallback", "external")
 
 
 class _PoolCollector(Collector):
-    def __init__(self, monitor: Monitor, controller: Controller, stats: ProxyStats) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        controller: Controller,
+        stats: ProxyStats,
+        rollout: Rollout | None = None,
+    ) -> None:
         self.monitor = monitor
         self.controller = controller
         self.stats = stats
+        self.rollout = rollout
 
     def collect(self) -> Iterator[Metric]:
         yield from self._backends()
@@ -55,9 +64,22 @@ class _PoolCollector(Collector):
         yield CounterMetricFamily(
             "rl_lb_mode_changes", "Balancer mode or reason changes", value=controller.switches
         )
+        changes = CounterMetricFamily(
+            "rl_lb_mode_changes_to",
+            "Balancer mode changes by what they changed to: a fallback reason, or primary",
+            labels=["to"],
+        )
+        for to in sorted({*FALLBACK_REASONS, "primary", *controller.switch_counts}):
+            changes.add_metric([to], controller.switch_counts[to])
+        yield changes
+        yield from _guard(controller.guard_state())
+        yield from controller.prober.metrics()
+        if self.rollout is not None:
+            yield from self.rollout.metrics()
         yield CounterMetricFamily(
             "rl_lb_retries", "Requests retried on another backend", value=self.stats.retries
         )
+        yield from _client_side(self.stats)
         errors = CounterMetricFamily(
             "rl_lb_proxy_errors", "Responses produced by the proxy itself", labels=["reason"]
         )
@@ -79,6 +101,7 @@ class _PoolCollector(Collector):
             name: GaugeMetricFamily(f"rl_lb_backend_{name}", text, labels=labels)
             for name, text in (
                 ("in_flight", "Requests sent and not answered yet"),
+                ("tunnels", "Upgraded connections (WebSocket) open, apart from in_flight"),
                 ("weight", "Weight of the current control interval"),
                 ("healthy", "1 when the active health checks pass"),
                 ("ejected", "1 while ejected by the outlier detector"),
@@ -98,6 +121,7 @@ class _PoolCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric([b.url], buckets, b.latency_sum)
             gauges["in_flight"].add_metric([b.url], metrics.in_flight[i])
+            gauges["tunnels"].add_metric([b.url], b.pool.tunnels)
             gauges["weight"].add_metric([b.url], weights.get(b.url, 0.0))
             gauges["healthy"].add_metric([b.url], float(metrics.healthy[i]))
             gauges["ejected"].add_metric([b.url], float(metrics.ejected[i]))
@@ -106,12 +130,56 @@ class _PoolCollector(Collector):
         yield from gauges.values()
 
 
+CLIENT_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "broken")
+
+
+def _client_side(stats: ProxyStats) -> Iterator[Metric]:
+    """What clients got: the series SLOs and burn-rate alerts are written on (deploy/)."""
+    responses = CounterMetricFamily(
+        "rl_lb_requests",
+        "Client exchanges by the status class the client got (broken: cut off mid-response)",
+        labels=["code"],
+    )
+    for code in CLIENT_CLASSES:
+        responses.add_metric([code], stats.responses[code])
+    yield responses
+    duration = HistogramMetricFamily(
+        "rl_lb_request_duration_seconds",
+        "Whole client exchanges: request head received to response complete",
+    )
+    cumulative, buckets = 0, []
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.duration_counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    duration.add_metric([], buckets, stats.duration_sum)
+    yield duration
+
+
+def _guard(state: dict[str, Any] | None) -> Iterator[Metric]:
+    """The outcome guard's statistic and hold (nothing for a balancer without one)."""
+    if state is None:
+        return
+    for name, text, value in (
+        ("evidence", "CUSUM statistic; a regression when it reaches the limit", state["evidence"]),
+        ("evidence_limit", "The CUSUM limit", state["evidence_limit"]),
+        ("holding", "1 while a regression holds the fallback", float(state["holding"])),
+        ("hold_remaining_seconds", "Time until the policy serves again", state["returns_in_s"]),
+    ):
+        yield GaugeMetricFamily(f"rl_lb_outcome_guard_{name}", text, value=value or 0.0)
+
+
 class ProxyMetrics:
     """The registry of one worker; `inference` is fed by the control loop."""
 
-    def __init__(self, monitor: Monitor, controller: Controller, stats: ProxyStats) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        controller: Controller,
+        stats: ProxyStats,
+        rollout: Rollout | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_PoolCollector(monitor, controller, stats))
+        self.registry.register(_PoolCollector(monitor, controller, stats, rollout))
         self.inference = Histogram(
             "rl_lb_policy_inference_seconds",
             "Time of one balancer decision (policy forward pass included)",
@@ -120,5 +188,17 @@ class ProxyMetrics:
         )
         controller.on_inference = self.inference.observe
 
+    def add(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        """Expose more families (a part of the proxy with its own counters, e.g. discovery)."""
+        self.registry.register(_Families(collect))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Families(Collector):
+    def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterator[Metric]:
+        return self._collect()

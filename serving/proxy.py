@@ -10,6 +10,7 @@ timer or header dictionary per request, and no work that the control loop can do
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import random
@@ -27,7 +28,8 @@ from serving.http_message import (
     response_head,
 )
 from serving.http_server import ClientConnection
-from serving.monitor import Backend, Monitor
+from serving.monitor import LATENCY_BUCKETS, Backend, Monitor
+from serving.tunnel import Tunnels, open_tunnel, upgrade_headers
 from serving.upstream import UpstreamConnection
 
 __all__ = ["IDEMPOTENT", "Exchange", "Forwarder", "ProxyStats"]
@@ -48,6 +50,17 @@ class ProxyStats:
         self.retries = 0
         self.errors: Counter[str] = Counter()
         """Responses the proxy produced itself, by reason (the X-RL-LB-Error value)."""
+        self.responses: Counter[str] = Counter()
+        """What clients got, by status class (`2xx`…) or `broken` (cut off mid-response)."""
+        self.duration_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.duration_sum = 0.0
+        """Whole exchanges as the client sees them: head received to response complete."""
+
+    def answered(self, status: int, seconds: float) -> None:
+        """One client exchange ended (`HttpServer.on_answered`)."""
+        self.responses[f"{status // 100}xx" if status else "broken"] += 1
+        self.duration_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
 
 
 class Forwarder:
@@ -66,6 +79,9 @@ class Forwarder:
         self.budget = RetryBudget(config.control.retries, monitor.clock)
         self.retry_after = str(max(1, math.ceil(config.control_interval_s)))
         self.stopping = False
+        self.proto = b"https" if config.tls_cert else b"http"
+        self.upgrades = frozenset(u.encode() for u in config.allowed_upgrades)
+        self.tunnels = Tunnels(config.tunnel_idle_timeout_s, config.tunnel_max_duration_s)
 
     def fail(
         self,
@@ -101,8 +117,13 @@ class Forwarder:
             msg = f"body over {self.max_body} bytes"
             self.fail(conn, 413, "body-too-large", msg, close=True)
             return
+        if request.upgrade is not None and not self._allowed(request.upgrade):
+            request.upgrade = None  # forwarded as a plain request, the Upgrade dropped
         self.budget.request()
         Exchange(self, conn, request).attempt(self.pick(()))
+
+    def _allowed(self, upgrade: bytes) -> bool:
+        return all(p.strip().lower() in self.upgrades for p in upgrade.split(b","))
 
     def pick(self, tried: tuple[Backend, ...] | list[Backend]) -> Backend | None:
         monitor = self.monitor
@@ -194,7 +215,12 @@ class Exchange:
         forwarder = self.forwarder
         pool = backend.pool
         head = request_head(
-            request, pool.prefix, pool.netloc, self.conn.peer, forwarder.preserve_host
+            request,
+            pool.prefix,
+            pool.netloc,
+            self.conn.peer,
+            forwarder.preserve_host,
+            forwarder.proto,
         )
         deadline = self.started + forwarder.total_timeout
         up.start(self, head, request.method == b"HEAD", deadline)
@@ -310,8 +336,12 @@ class Exchange:
         self.forwarder.monitor.answered(backend, self.started, status, judged=False)
         self.headed = True
         self.status = status
+        self.request.status = status
         out, length = response_head(status, reason, headers, version)
         request = self.request
+        if status == 101:  # the head leaves with the tunnel (`on_upgrade`)
+            self.head = b"".join(out) + upgrade_headers(headers)
+            return
         if not length and request.method != b"HEAD" and status not in _NO_BODY:
             if request.version == "1.1":
                 self.chunked_out = True
@@ -324,6 +354,21 @@ class Exchange:
             out.append(b"Connection: keep-alive\r\n")
         out.append(b"\r\n")
         self.head = b"".join(out)
+
+    def on_upgrade(self, rest: bytes) -> bool:
+        """The backend switched protocols: the exchange is over for the balancer (in-flight
+        down, the time to the 101 was its latency sample) and a tunnel carries both
+        connections on (`rest`: the backend's first bytes after the 101)."""
+        up, backend, head = self.up, self.backend, self.head
+        if self.request.upgrade is None or self.done or up is None or backend is None:
+            return False
+        self.done = True
+        self.up = self.head = None
+        monitor = self.forwarder.monitor
+        monitor.judge(backend, False)
+        monitor.end(backend)
+        open_tunnel(self.forwarder.tunnels, self.conn, up, (head or b"") + rest)
+        return True
 
     def on_body(self, data: bytes) -> None:
         if self.chunked_out:

@@ -18,8 +18,9 @@ from typing import Any
 
 import typer
 
+from rl_lb.tracking_store import TRACKING_URI_HELP, use_tracking_uri
 from serving.config import KEYS
-from serving.settings import Declared
+from serving.settings import BALANCING, Declared
 
 __all__ = ["option_help", "register", "serve"]
 
@@ -32,11 +33,56 @@ def serve(**values: Any) -> None:
 
     config: Path | None = values.pop("config")
     log_level: str = values.pop("log_level")
+    use_tracking_uri(values.pop("tracking_uri"))  # for models:/ (the workers inherit it)
     flags = {name.replace("_", "-"): value for name, value in values.items()}
     flags["backend"] = flags["backend"] or None  # an empty list: none given
     proxy_config = load_config(str(config) if config else None, flags)
+    _check_addresses(proxy_config)
+    if not proxy_config.allow_fallback_start:
+        _check_model(proxy_config)
     _configure_logging(log_level)
     _run_workers(proxy_config, flags, log_level)
+
+
+def _check_addresses(config: Any) -> None:
+    """An address in use is refused before anything starts (no worker, no log line); the
+    proxy's own bind gives the same one-line error if the port is taken in between."""
+    import socket
+
+    from serving.app import bind_error
+
+    addresses = [
+        ("listen", config.listen, config.listen_address),
+        ("admin", config.admin, config.admin_address),
+    ]
+    for key, text, address in addresses:
+        if address is None or address[1] == 0:
+            continue
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        with socket.socket(family) as probe, bind_error(key, text):
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+
+
+def _check_model(config: Any) -> None:
+    """Refuse to start on a learned model that cannot load, before any worker or socket: the
+    operator asked for that model, and serving the fallback instead is an opt-in."""
+    from rl_lb.errors import ModelError
+    from serving.controller import balancer_spec, build_balancer
+
+    spec = balancer_spec(config.balancer, config.policy)
+    if not spec.startswith("learned"):
+        return
+    try:
+        build_balancer(spec, config.max_staleness_s, strict=True)
+    except ModelError as error:
+        flag = f"--policy {config.policy}" if config.policy else f"--balancer {spec}"
+        meanwhile = "or add --allow-fallback-start to serve least-latency meanwhile"
+        raise ModelError(
+            flag,
+            f"the model cannot load: {error.where}: {error.what}",
+            f"{error.fix}; {meanwhile}" if error.fix else meanwhile,
+        ) from None
 
 
 def option_help(declared: Declared) -> str:
@@ -75,6 +121,14 @@ def _signature() -> inspect.Signature:
         default=typer.Option(None, "--config", "-c", help="proxy.toml; flags override it."),
         annotation=Path | None,
     )
+    tracking_uri = inspect.Parameter(
+        "tracking_uri",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=typer.Option(
+            None, "--tracking-uri", help=TRACKING_URI_HELP, rich_help_panel=BALANCING
+        ),
+        annotation=str | None,
+    )
     log_level = inspect.Parameter(
         "log_level",
         inspect.Parameter.KEYWORD_ONLY,
@@ -82,7 +136,7 @@ def _signature() -> inspect.Signature:
         annotation=str,
     )
     return inspect.Signature(
-        [backend, config, *settings.values(), log_level], return_annotation=None
+        [backend, config, *settings.values(), tracking_uri, log_level], return_annotation=None
     )
 
 
@@ -112,6 +166,7 @@ def _run_workers(config: Any, flags: dict[str, Any], log_level: str) -> None:
         return
     import multiprocessing
     import os
+    import signal
 
     context = multiprocessing.get_context("spawn")
     children = [
@@ -128,6 +183,9 @@ def _run_workers(config: Any, flags: dict[str, Any], log_level: str) -> None:
 
     try:
         run(config, flags, 0, forward)
+    except BaseException:  # worker 0 could not start (a port in use): the others stop too
+        forward(signal.SIGTERM)
+        raise
     finally:
         for child in children:
             child.join(config.shutdown_timeout_s + 5)

@@ -9,15 +9,14 @@ finds `resolve` through the `rl_lb.model_resolvers` entry point named `models`
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rl_lb.errors import ModelError
-from rl_lb.policies.learned import DEFAULT_TRACKING_URI
+from rl_lb.tracking_store import describe_store, require_store
 
-__all__ = ["ModelRef", "parse_models_uri", "resolve"]
+__all__ = ["ModelRef", "alias_version", "parse_models_uri", "resolve"]
 
 SCHEME = "models:/"
 _REF = re.compile(r"models:/(?P<name>[^/@]+)(?:/(?P<version>[0-9]+)|@(?P<alias>[^/@]+))")
@@ -47,22 +46,51 @@ def parse_models_uri(uri: str) -> ModelRef:
     return ModelRef(match["name"], int(version) if version else None, match["alias"])
 
 
-def resolve(uri: str) -> Path:
-    """Download the registered model `uri` names (from `MLFLOW_TRACKING_URI`, else the store
-    `rl-lb train` writes to) and return its local directory."""
-    ref = parse_models_uri(uri)
+def _mlflow(uri: str) -> Any:
+    """mlflow, pointed at the tracking store every command shares (rl_lb/tracking_store.py),
+    which must exist: a lookup never creates one."""
     try:
         import mlflow
-        from mlflow.exceptions import MlflowException
     except ImportError:
         raise ModelError(
             uri, "models:/ URIs need mlflow", "install rl-lb[train] or give a file path"
         ) from None
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    mlflow.set_tracking_uri(require_store(uri))
+    return mlflow
+
+
+def _registry_error(uri: str, error: Exception) -> ModelError:
+    what = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return ModelError(
+        uri,
+        f"cannot fetch it from the registry of {describe_store()}: {what}",
+        "list the versions with `rl-lb ui`, or pass --tracking-uri for another store",
+    )
+
+
+def resolve(uri: str) -> Path:
+    """Download the registered model `uri` names and return its local directory."""
+    ref = parse_models_uri(uri)
+    mlflow = _mlflow(uri)
+    from mlflow.exceptions import MlflowException
+
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri))
     except (MlflowException, OSError) as error:
-        what = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelError(
-            uri, f"cannot fetch it from the registry: {what}", "check `rl-lb ui`"
-        ) from None
+        raise _registry_error(uri, error) from None
+
+
+def alias_version(uri: str) -> int:
+    """The version a `models:/NAME@ALIAS` URI points to now (a read: proxies never write the
+    registry; `rl-lb promote` moves aliases)."""
+    ref = parse_models_uri(uri)
+    if ref.alias is None:
+        raise ModelError(uri, "names a version, not an alias", "use models:/NAME@ALIAS")
+    mlflow = _mlflow(uri)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = mlflow.MlflowClient().get_model_version_by_alias(ref.name, ref.alias)
+    except (MlflowException, OSError) as error:
+        raise _registry_error(uri, error) from None
+    return int(found.version)

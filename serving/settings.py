@@ -24,6 +24,7 @@ from rl_lb.control import Setting, check_value, default_text, spec_settings
 __all__ = [
     "ADMIN",
     "BALANCING",
+    "DISCOVERY",
     "HEALTH",
     "LIMITS",
     "SECTION_PANELS",
@@ -39,12 +40,15 @@ BALANCING = "Balancing"
 ADMIN = "Admin API"
 HEALTH = "Health"
 LIMITS = "Limits and timeouts"
+DISCOVERY = "Discovery"
 SECTION_PANELS = {
     "metrics": BALANCING,
     "health": HEALTH,
     "ejection": HEALTH,
     "retries": LIMITS,
+    "slow_start": BALANCING,
     "outcome_guard": BALANCING,
+    "prequal": BALANCING,
 }
 """The `rl-lb serve --help` panel of each `ControlSpec` section."""
 

@@ -45,6 +45,9 @@ class Listener(Protocol):
     def on_upstream_error(self, reason: str, message: str) -> None: ...
     def on_upstream_paused(self, paused: bool) -> None: ...
     def flush(self) -> None: ...
+    def on_upgrade(self, rest: bytes) -> bool:
+        """After a 101: take the connection over as a tunnel (False: refuse it)."""
+        ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -70,6 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.total_deadline = 0.0
         self.idle_since = 0.0
         self.paused = False
+        self.switching = False
+        """The response is a 101: the bytes after its head belong to the upgraded protocol."""
 
     # -- the exchange's side ----------------------------------------------------------------
 
@@ -125,8 +130,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.touch()
         try:
             self.parser.feed_data(data)
-        except HttpParserUpgrade:
-            self.abort("upstream-error", "the backend switched protocols")
+        except HttpParserUpgrade as upgrade:
+            if not (self.switching and listener.on_upgrade(data[upgrade.args[0] :])):
+                self.abort("upstream-error", "the backend switched protocols")
             return
         except HttpParserCallbackError:
             log.exception("relaying a response failed")  # a bug of ours: never hang on it
@@ -187,6 +193,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             return  # interim (103 Early Hints...): not relayed, the final answer follows
         self.headed = True
+        self.switching = status == 101
         self.keep_alive = self.parser.should_keep_alive()
         if not (self.head_only or status in (204, 304)):
             self.eof_body = _eof_delimited(headers)
@@ -204,7 +211,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.listener.on_body(data)
 
     def on_message_complete(self) -> None:
-        if self.headed and not self.done:
+        if self.headed and not self.done and not self.switching:
             self._finish()
 
     def _finish(self) -> None:
@@ -236,7 +243,10 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         loop: asyncio.AbstractEventLoop | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: the context of an https:// backend (`serving.tls.backend_context`); the
+        system's CAs when None."""
         parts = urlsplit(url)
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -244,7 +254,8 @@ class UpstreamPool:
         """The backend's own Host value."""
         self.prefix = parts.path.encode("latin-1")
         """A path prefix of the backend URL, put before every request target."""
-        self.ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        https = parts.scheme == "https"
+        self.ssl = (tls or ssl.create_default_context()) if https else None
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
@@ -256,6 +267,8 @@ class UpstreamPool:
         self.closed = False
         self.connects = 0
         """Connections opened so far (the tests read it to see reuse)."""
+        self.tunnels = 0
+        """Connections handed over to tunnels (`serving.tunnel`), still open."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -302,6 +315,22 @@ class UpstreamPool:
             return
         if self.waiters and self.open < self.limit:
             self._open(self.waiters.popleft())
+
+    def hand_over(self, conn: UpstreamConnection) -> asyncio.Transport | None:
+        """The connection leaves the pool for a tunnel (counted in `tunnels` until
+        `tunnel_closed`); a waiting exchange may open another one."""
+        self.busy.discard(conn)
+        conn.listener = None
+        conn.deadline = 0.0
+        transport, conn.transport = conn.transport, None
+        if transport is not None:
+            self.tunnels += 1
+        if self.waiters and self.open < self.limit and not self.closed:
+            self._open(self.waiters.popleft())
+        return transport
+
+    def tunnel_closed(self) -> None:
+        self.tunnels -= 1
 
     def discard(self, conn: UpstreamConnection) -> None:
         """A connection closed (by either side): forget it."""

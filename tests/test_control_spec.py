@@ -30,7 +30,7 @@ from serving.upstream import UpstreamPool
 DOC = Path(__file__).parents[1] / "docs" / "proxy.md"
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 BACKEND = "http://127.0.0.1:8001"
-CLI_ONLY = {"config", "log_level"}
+CLI_ONLY = {"config", "log_level", "tracking_uri"}
 """`serve` parameters that are not settings: the file to read, and the log level."""
 
 
@@ -42,8 +42,15 @@ def serve_app() -> typer.Typer:
 
 
 def changed_spec() -> ControlSpec:
-    """A spec with every shared setting off its default (each one doubled), within bounds."""
-    return ControlSpec.from_flags({key: 2 * value for key, value in ControlSpec().flags().items()})
+    """A spec with every shared setting off its default (each one doubled, or halved where its
+    double is out of range, as a quantile's), within bounds."""
+    bounds = {info.key: info.maximum for _, _, info in spec_settings()}
+    return ControlSpec.from_flags(
+        {
+            key: 2 * value if 2 * value <= bounds[key] else value / 2
+            for key, value in ControlSpec().flags().items()
+        }
+    )
 
 
 def test_the_docs_settings_tables_are_the_generated_ones() -> None:

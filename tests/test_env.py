@@ -13,10 +13,9 @@ from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import envs
-from envs.env import BackendPoolEnv, interval_reward
+from envs.env import BackendPoolEnv, interval_reward, pool_slots
 from envs.factory import pool_scenario
 from rl_lb.errors import ScenarioError
-from rl_lb.features import MAX_BACKENDS
 from rl_lb.scenarios import Event, Scenario, ServiceDist, library_scenarios, load_scenario
 
 LIBRARY = {p.stem: p for p in library_scenarios()}
@@ -96,7 +95,7 @@ def test_reward_prefers_keeping_traffic_off_the_slow_backend() -> None:
         rewards = [env.step(scores)[1] for _ in range(8)]
         return float(np.sum(rewards))
 
-    avoid, feed = np.zeros(MAX_BACKENDS, np.float32), np.zeros(MAX_BACKENDS, np.float32)
+    avoid, feed = np.zeros(4, np.float32), np.zeros(4, np.float32)
     avoid[1], feed[1] = -1.0, 1.0
     assert total(avoid) > total(feed) + 5.0
 
@@ -104,7 +103,7 @@ def test_reward_prefers_keeping_traffic_off_the_slow_backend() -> None:
 def test_weights_are_masked_to_the_pool_and_applied_to_every_proxy() -> None:
     env = BackendPoolEnv(LIBRARY["many-proxies"])
     env.reset(seed=0)
-    _, _, _, _, info = env.step(np.ones(MAX_BACKENDS, np.float32))
+    _, _, _, _, info = env.step(np.ones(env.slots, np.float32))
     assert env._sim is not None
     n = len(env._sim.names)
     assert info["weights"].shape == (n,)
@@ -153,8 +152,41 @@ def test_load_scale_draws_a_lighter_pool_per_episode() -> None:
             small_env(load_scale=bad)
 
 
-def test_too_many_backends_is_a_scenario_error(tmp_path: Path) -> None:
-    big = pool_scenario(MAX_BACKENDS + 1, load=0.5, duration_s=5.0)
-    with pytest.raises(ScenarioError):
-        BackendPoolEnv(big)
-    assert load_scenario(LIBRARY["steady"]).max_backends <= MAX_BACKENDS
+def test_one_run_mixes_pool_sizes_padded_to_the_largest() -> None:
+    """Pools of 3 and 40 backends in one environment: one fixed space of 40 slots (SB3 needs
+    it), the mask marks each episode's own backends, the weights cover exactly those."""
+    small = pool_scenario(3, load=0.5, duration_s=3.0)
+    large = pool_scenario(40, load=0.5, duration_s=3.0)
+    env = BackendPoolEnv([small, large])
+    assert env.slots == pool_slots([small, large]) == 40
+    assert env.observation_space.shape == (40, env.encoder.n_features)
+    assert env.action_space.shape == (40,)
+    seen = set()
+    for seed in range(8):
+        obs, _ = env.reset(seed=seed)
+        assert env.observation_space.contains(obs)
+        n = len(env.scenario.backends)  # type: ignore[union-attr]
+        seen.add(n)
+        assert obs[:, 0].tolist() == [1.0] * n + [0.0] * (40 - n)
+        obs, _, _, _, info = env.step(env.action_space.sample())
+        assert info["weights"].shape == (n,)
+        assert not obs[n:].any()
+    assert seen == {3, 40}
+
+
+def test_slots_below_the_largest_pool_are_a_scenario_error() -> None:
+    big = pool_scenario(20, load=0.5, duration_s=5.0)
+    with pytest.raises(ScenarioError, match="20 backends"):
+        BackendPoolEnv(big, slots=16)
+    assert BackendPoolEnv(big, slots=32).observation_space.shape[0] == 32
+
+
+def test_a_large_library_scenario_runs_padded_to_its_largest_draw() -> None:
+    family = load_scenario(LIBRARY["large-heterogeneous"])
+    env = BackendPoolEnv(family)
+    assert env.slots == family.max_backends > 100
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (family.max_backends, env.encoder.n_features)
+    _, reward, _, _, info = env.step(np.zeros(env.slots, np.float32))
+    assert info["requests"] > 1000
+    assert reward <= 0

@@ -11,7 +11,7 @@ from rl_lb.features import (
     FEATURE_NAMES,
     FEATURES,
     HISTORY_FEATURES,
-    MAX_BACKENDS,
+    LAYOUT_VERSION,
     FeatureEncoder,
 )
 
@@ -24,14 +24,41 @@ def column(encoder: FeatureEncoder, name: str) -> int:
 
 def test_shape_dtype_and_bounds_follow_the_spec() -> None:
     encoder = FeatureEncoder()
-    spec = encoder.observation_spec
-    obs = encoder.encode(make_snapshot([0.01, 0.02, 0.05]))
-    assert obs.shape == spec.shape == (MAX_BACKENDS, len(FEATURE_NAMES))
+    spec = encoder.observation_spec(16)
+    obs = encoder.encode(make_snapshot([0.01, 0.02, 0.05]), slots=16)
+    assert obs.shape == spec.shape == (16, len(FEATURE_NAMES))
     assert obs.dtype == spec.dtype == np.float32
     assert spec.low <= obs.min()
     assert obs.max() <= spec.high
-    assert encoder.action_spec.shape == (MAX_BACKENDS,)
+    assert encoder.action_spec(16).shape == (16,)
     assert encoder.names == FEATURE_NAMES
+    assert encoder.n_features == len(FEATURE_NAMES)
+
+
+@pytest.mark.parametrize("n", [1, 17, 100, 1000])
+def test_one_row_per_backend_for_any_pool_size(n: int) -> None:
+    encoder = FeatureEncoder()
+    latencies = np.random.default_rng(n).uniform(0.005, 0.2, n).tolist()
+    obs = encoder.encode(make_snapshot(latencies))
+    assert obs.shape == (n, len(FEATURE_NAMES))
+    assert (obs[:, column(encoder, "present")] == 1.0).all()
+    assert obs[0, column(encoder, "pool_size")] == pytest.approx(np.log(n))
+    assert np.isfinite(obs).all()
+    weights = encoder.decode(np.zeros(n, dtype=np.float32), make_snapshot(latencies))
+    assert weights == pytest.approx(np.full(n, 1.0 / n))
+
+
+def test_pool_relative_features_do_not_depend_on_the_pool_size() -> None:
+    """No feature divides by a fixed maximum: 10 copies of a pool read like the pool itself
+    (apart from log N), so what is learned on 10 backends means the same on 100."""
+    encoder = FeatureEncoder()
+    latencies = [0.01, 0.02, 0.05, 0.2, 0.015]
+    small = encoder.encode(make_snapshot(latencies, error_rate=[0, 0, 0.1, 0.3, 0]))
+    large = encoder.encode(make_snapshot(latencies * 10, error_rate=[0, 0, 0.1, 0.3, 0] * 10))
+    size = column(encoder, "pool_size")
+    others = [i for i in range(encoder.n_features) if i != size]
+    np.testing.assert_allclose(large[:5, others], small[:, others], atol=1e-6)
+    assert large[0, size] - small[0, size] == pytest.approx(np.log(10))
 
 
 def test_the_gymnasium_spaces_built_in_envs_are_the_specs() -> None:
@@ -39,31 +66,37 @@ def test_the_gymnasium_spaces_built_in_envs_are_the_specs() -> None:
     from envs.env import policy_spaces
 
     encoder = FeatureEncoder(history=2)
-    observation_space, action_space = policy_spaces(encoder)
+    observation_space, action_space = policy_spaces(encoder, 40)
     for space, spec in (
-        (observation_space, encoder.observation_spec),
-        (action_space, encoder.action_spec),
+        (observation_space, encoder.observation_spec(40)),
+        (action_space, encoder.action_spec(40)),
     ):
         assert space.shape == spec.shape
         assert space.dtype == spec.dtype
         assert (space.low == spec.low).all()
         assert (space.high == spec.high).all()
-    assert observation_space.contains(encoder.encode(make_snapshot([0.01, 0.5, 0.002])))
-    assert action_space.contains(np.ones(MAX_BACKENDS, dtype=np.float32))
+    observation = encoder.encode(make_snapshot([0.01, 0.5, 0.002]), slots=40)
+    assert observation_space.contains(observation)
+    assert action_space.contains(np.ones(40, dtype=np.float32))
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 16])
+@pytest.mark.parametrize("n", [1, 2, 7, 64])
 def test_mask_marks_present_slots_and_padding_is_zero(n: int) -> None:
     encoder = FeatureEncoder()
-    obs = encoder.encode(make_snapshot([0.01 * (i + 1) for i in range(n)]))
+    snapshot = make_snapshot([0.01 * (i + 1) for i in range(n)])
+    obs = encoder.encode(snapshot, slots=64)
     present = obs[:, column(encoder, "present")]
+    assert obs.shape[0] == 64
     assert present[:n].tolist() == [1.0] * n
     assert not obs[n:].any()
+    np.testing.assert_array_equal(obs[:n], encoder.encode(snapshot))
 
 
-def test_more_than_max_backends_is_refused() -> None:
-    with pytest.raises(ValueError, match="1 to 16"):
-        FeatureEncoder().encode(make_snapshot([0.01] * 17))
+def test_a_pool_larger_than_the_padding_is_refused() -> None:
+    with pytest.raises(ValueError, match="17 backends does not fit 16 slots"):
+        FeatureEncoder().encode(make_snapshot([0.01] * 17), slots=16)
+    with pytest.raises(ValueError, match="slots must be at least 1"):
+        FeatureEncoder().observation_spec(0)
 
 
 def test_same_snapshot_same_vector() -> None:
@@ -130,7 +163,7 @@ def test_dead_backend_is_not_live_and_excluded_from_reference() -> None:
 def test_decode_is_a_masked_softmax() -> None:
     encoder = FeatureEncoder()
     snap = make_snapshot([0.01] * 4, ejected=[False, True, False, False])
-    action = np.zeros(MAX_BACKENDS, dtype=np.float32)
+    action = np.zeros(16, dtype=np.float32)
     action[0], action[2], action[3] = 1.0, -1.0, 0.0
     weights = encoder.decode(action, snap)
     assert weights.shape == (4,)
@@ -141,14 +174,15 @@ def test_decode_is_a_masked_softmax() -> None:
 
 
 def test_decode_reports_non_finite_scores_as_nan() -> None:
-    action = np.full(MAX_BACKENDS, np.nan, dtype=np.float32)
+    action = np.full(16, np.nan, dtype=np.float32)
     assert np.isnan(FeatureEncoder().decode(action, make_snapshot([0.01, 0.02]))).all()
 
 
 def test_layout_names_every_column() -> None:
     layout = FeatureEncoder(history=2).layout()
     assert layout["features"] == [f.name for f in FEATURES] + [f"{h}@-1" for h in HISTORY_FEATURES]
-    assert layout["max_backends"] == MAX_BACKENDS
+    assert layout["version"] == LAYOUT_VERSION == 2
+    assert "max_backends" not in layout  # any pool size: nothing in the layout bounds it
 
 
 def test_docs_list_every_feature() -> None:

@@ -20,7 +20,7 @@ from training.export import export_policy
 
 
 def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:
-    n_slots, n_features = ENCODER.observation_spec.shape
+    n_slots, n_features = ENCODER.observation_spec(16).shape
     obs = np.zeros((batch, n_slots, n_features), dtype=np.float32)
     for row in obs:
         n = int(rng.integers(1, n_slots + 1))
@@ -31,7 +31,9 @@ def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_policy(make_policy(seed=5), tmp_path_factory.mktemp("model"), ENCODER, "t-1")
+    # Seed 1 gives scores spread across [-1, 1] on these pools (some seeds saturate every
+    # slot at the clip, which would make every weight uniform and the tests below vacuous).
+    return export_policy(make_policy(seed=1), tmp_path_factory.mktemp("model"), ENCODER, "t-1")
 
 
 def snapshot(n: int, rng: np.random.Generator, taken_at: float = 0.0) -> PoolSnapshot:
@@ -65,7 +67,7 @@ def test_it_is_a_weight_policy_with_a_version(model_dir: Path) -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 16))
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 80))
 def test_weights_follow_the_backends_in_any_order(model_dir: Path, seed: int, n: int) -> None:
     rng = np.random.default_rng(seed)
     history = [snapshot(n, rng, float(t)) for t in range(4)]
@@ -89,6 +91,26 @@ def test_numpy_forward_pass_is_equivariant_on_batches(model_dir: Path) -> None:
     np.testing.assert_allclose(
         network.scores(obs[:, order]), network.scores(obs)[:, order], atol=1e-5
     )
+
+
+@pytest.mark.parametrize("n", [17, 100, 1000])
+def test_any_pool_size_gets_one_weight_per_backend(model_dir: Path, n: int) -> None:
+    """No maximum: the network's pooled context is a mean over present backends, so the
+    scores of a pool do not depend on how many zero rows pad it."""
+    rng = np.random.default_rng(n)
+    policy = LearnedPolicy.load(model_dir)
+    for t in range(3):
+        weights = policy.weights(snapshot(n, rng, float(t)))
+    assert weights.shape == (n,)
+    assert weights.sum() == pytest.approx(1.0)
+    assert np.isfinite(weights).all()
+    pool = snapshot(n, rng)
+    observation = policy.encoder.encode(pool)
+    padded = policy.encoder.encode(pool, slots=n + 37)
+    np.testing.assert_allclose(
+        policy.network.scores(padded)[:n], policy.network.scores(observation), atol=1e-5
+    )
+    assert not policy.network.scores(padded)[n:].any()
 
 
 def test_reset_forgets_the_history(model_dir: Path) -> None:
@@ -176,6 +198,8 @@ def _missing_key(arrays: dict[str, np.ndarray]) -> None:
 
 
 OTHER_LAYOUT = {**ENCODER.layout(), "version": ENCODER.layout()["version"] + 1}
+SIXTEEN_SLOTS_LAYOUT = {**ENCODER.layout(), "version": 1, "max_backends": 16}
+"""What model files said before any pool size was served."""
 CORRUPTIONS = {
     "truncated npz": (_truncate, "checksum"),
     "truncated npz, no checksum": (_truncate_unchecked, "corrupt model weights"),
@@ -183,7 +207,22 @@ CORRUPTIONS = {
     "not our format": (lambda out: _edit_header(out, format="onnx"), "not an rl-lb-policy header"),
     "other layout version": (
         lambda out: _edit_header(out, layout=OTHER_LAYOUT),
-        "feature layout mismatch (version differ",
+        f"feature layout version {OTHER_LAYOUT['version']}",
+    ),
+    "a 16-backend model of layout 1": (
+        lambda out: _edit_header(out, layout=SIXTEEN_SLOTS_LAYOUT),
+        "feature layout version 1 (this rl-lb reads 2: pools of any size, no 16-backend "
+        "maximum) (retrain the policy",
+    ),
+    "max pooling": (
+        lambda out: _edit_header(
+            out,
+            architecture={
+                **json.loads((out / "policy.json").read_text())["architecture"],
+                "pool": ["mean", "max"],
+            },
+        ),
+        "pooled with ['mean', 'max']",
     ),
     "history of another shape": (
         lambda out: _edit_header(out, layout=FeatureEncoder(history=2).layout()),

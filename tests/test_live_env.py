@@ -303,7 +303,7 @@ def test_install_is_the_inverse_of_the_export(tmp_path: Any) -> None:
     export_policy(trained.policy, tmp_path, FeatureEncoder(), "test")  # type: ignore[arg-type]
     with np.load(tmp_path / "policy.npz") as arrays:
         _install(fresh.policy, dict(arrays))
-    shape = (2, *FeatureEncoder().observation_spec.shape)
+    shape = (2, *trained.observation_space.shape)
     observation = th.as_tensor(np.random.default_rng(0).uniform(-1, 1, shape), dtype=th.float32)
     observation[:, 5:, :] = 0.0
     observation[:, :5, 0] = 1.0

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from random_policy import ENCODER, make_policy
 from stable_baselines3 import A2C, PPO
 
-from envs.env import policy_spaces
+from envs.env import DEFAULT_SLOTS, policy_spaces
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import LearnedPolicy
 from training.export import MAX_ARTIFACT_BYTES, export_policy
 from training.policy import SetActorCriticPolicy
 
-N_SLOTS, N_FEATURES = ENCODER.observation_spec.shape
+N_SLOTS, N_FEATURES = ENCODER.observation_spec(DEFAULT_SLOTS).shape
 
 
 def random_obs(rng: np.random.Generator, batch: int) -> np.ndarray:
@@ -138,5 +138,5 @@ def test_sb3_algorithms_learn_per_slot_scores(algo: type[PPO] | type[A2C]) -> No
         return float((np.sign(scores(model.policy, obs)) == target)[present].mean())
 
     before = agreement()
-    model.learn(1536)
+    model.learn(2560)
     assert agreement() > max(before, 0.9)

@@ -26,6 +26,8 @@ TWINS = {
     "envs.nb_pickers": ("rl_lb.pickers", "tests/test_sim_pickers.py"),
     "envs.nb_health": ("rl_lb.health", "tests/test_sim_health.py"),
     "envs.nb_retry_budget": ("rl_lb.retry_budget", "tests/test_sim_retry_budget.py"),
+    "envs.nb_prequal": ("rl_lb.prequal", "tests/test_prequal.py"),
+    "envs.nb_slow_start": ("rl_lb.slow_start", "tests/test_slow_start.py"),
 }
 
 

@@ -20,6 +20,7 @@ from rl_lb.toml_file import read_toml
 
 __all__ = [
     "ALGOS",
+    "VEC_ENVS",
     "AlgoConfig",
     "EvalConfig",
     "PolicyConfig",
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 ALGOS = ("ppo", "a2c")
+VEC_ENVS = ("batched", "subproc")
+"""How the environments run: `batched` in this process, their simulators advanced together
+(envs/batched_vec_env.py); `subproc` one process each (SB3's SubprocVecEnv)."""
 
 
 @dataclass
@@ -81,6 +85,8 @@ class TrainConfig:
     algo: str = "ppo"
     timesteps: int = 200_000
     n_envs: int = 2
+    vec: str = "batched"
+    """One of VEC_ENVS."""
     seed: int = 0
     reward_scale: float = 1.0
     """Multiplies the environment's reward, to bring the critic's targets to a friendlier scale."""
@@ -165,6 +171,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if config.algo not in ALGOS:
         raise ConfigError(
             "algo", f"unknown algorithm {config.algo!r}", f"choose {', '.join(ALGOS)}"
+        )
+    if config.vec not in VEC_ENVS:
+        raise ConfigError(
+            "vec", f"unknown vectorisation {config.vec!r}", f"use {' or '.join(VEC_ENVS)}"
         )
     if config.n_envs < 1 or config.timesteps < 1:
         raise ConfigError("config", "n_envs and timesteps must be at least 1")

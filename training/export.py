@@ -22,6 +22,7 @@ from rl_lb.policies.learned import (
     FORMAT,
     FORMAT_VERSION,
     HEADER_FILE,
+    POOLING,
     WEIGHTS_FILE,
 )
 from training.policy import SetActorCriticPolicy, SetExtractor, SlotScoreHead
@@ -55,11 +56,11 @@ def export_policy(
     shape = policy.observation_space.shape
     if shape is None or len(shape) != 2:
         raise ValueError(f"expected an observation of (slots, features), got shape {shape}")
-    n_slots, n_features = shape
-    if (n_slots, n_features) != encoder.observation_spec.shape:
+    n_features = shape[1]
+    if n_features != encoder.n_features:
         raise ValueError(
-            f"policy observes {(n_slots, n_features)}, the encoder produces "
-            f"{encoder.observation_spec.shape}: it was trained on another feature layout"
+            f"policy observes {n_features} features per backend, the encoder produces "
+            f"{encoder.n_features}: it was trained on another feature layout"
         )
     extractor, head = policy.mlp_extractor, policy.action_net
     if not isinstance(extractor, SetExtractor) or not isinstance(head, SlotScoreHead):
@@ -83,7 +84,7 @@ def export_policy(
             "kind": "deepsets",
             "slot_net": policy.slot_net,
             "head_net": policy.head_net,
-            "pool": ["mean", "max"],
+            "pool": list(POOLING),
         },
         "activation": policy.activation,
         "picker": picker,

@@ -32,7 +32,7 @@ def latency_cdf(scenario: str, latencies_ms: Mapping[str, np.ndarray], out: Path
     ax.set(xscale="log", yscale="log", ylim=(1e-4, 1), xlabel="latency (ms)")
     ax.set(ylabel="fraction of requests slower", title=f"{scenario}: latency tail")
     ax.axhline(0.01, color="grey", lw=0.6, ls=":")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     ax.grid(True, which="both", alpha=0.3)
     path = out / f"latency_cdf_{scenario}.png"
     fig.tight_layout()

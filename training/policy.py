@@ -1,9 +1,12 @@
 """The set policy: one network scores every backend, so one model serves any pool size and order.
 
 Each backend slot goes through the same per-slot MLP (phi); the pool is summarised by the masked
-mean and max of those embeddings over present slots (DeepSets); a second shared MLP (rho) reads
+mean of those embeddings over present slots (DeepSets); a second shared MLP (rho) reads
 each slot's embedding next to the pool summary and a bias-free linear head turns it into the
 slot's score. Permuting the backends therefore permutes the scores, and absent slots score 0.
+The pool summary is a mean only: a max over 1,000 slots is not the max over 16, while a mean
+of embeddings reads alike at any pool size, so a policy trained on pools padded to 64 slots
+serves 1,000 backends (`rl_lb.policies.learned.POOLING`).
 
 The critic has its own phi and reads only the pooled summary, so the value is permutation
 invariant. The Gaussian exploration noise has one log-std shared by every slot (a per-slot std
@@ -27,7 +30,7 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "SetActorCriticPolicy", "SetExtractor", "SlotScoreHead"]
+__all__ = ["ACTIVATIONS", "SetActorCriticPolicy", "SetExtractor", "SlotScoreHead", "present_mean"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 PRESENT_COLUMN = 0
@@ -40,14 +43,12 @@ def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def masked_pool(h: th.Tensor, mask: th.Tensor) -> th.Tensor:
-    """[mean, max] of slot embeddings `h` (B, S, H) over present slots; zeros for an empty pool."""
-    weights = mask.unsqueeze(-1).to(h.dtype)
-    count = weights.sum(dim=1).clamp(min=1.0)
-    mean = (h * weights).sum(dim=1) / count
-    highest = h.masked_fill(~mask.unsqueeze(-1), -th.inf).amax(dim=1)
-    highest = th.where(th.isfinite(highest), highest, th.zeros_like(highest))
-    return th.cat([mean, highest], dim=-1)
+def present_mean(rows: th.Tensor, batch: th.Tensor, n_batch: int) -> th.Tensor:
+    """Per-observation mean of the present slots' embeddings `rows` (P, H), where `batch` (P,)
+    says which observation each row belongs to; zeros for an observation with no slot."""
+    sums = rows.new_zeros(n_batch, rows.shape[-1]).index_add(0, batch, rows)
+    count = th.bincount(batch, minlength=n_batch).clamp(min=1).to(rows.dtype)
+    return sums / count.unsqueeze(-1)
 
 
 class SetExtractor(nn.Module):
@@ -71,29 +72,38 @@ class SetExtractor(nn.Module):
         self.n_slots, self.n_features, self.activation = n_slots, n_features, activation
         self.slot_net, self.head_net = list(slot_net), list(head_net)
         self.phi = _mlp([n_features, *slot_net], act)
-        self.rho = _mlp([3 * slot_net[-1], *head_net], act)
+        self.rho = _mlp([2 * slot_net[-1], *head_net], act)
         self.critic_phi = _mlp([n_features, *slot_net], act)
-        self.critic_rho = _mlp([2 * slot_net[-1], *critic_net], act)
+        self.critic_rho = _mlp([slot_net[-1], *critic_net], act)
         self.latent_dim_pi = n_slots * (head_net[-1] + 1)
         self.latent_dim_vf = critic_net[-1]
 
-    def _slots(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
+    def _slots(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """(present rows (P, F), their observation index (P,), the mask (B, S)).
+
+        Only present slots go through the networks: observations are padded to the run's
+        largest pool, and a batch of mostly 5-backend pools padded to 64 slots would otherwise
+        spend most of its time on padding. The result is the same as computing every slot."""
         x = features.reshape(-1, self.n_slots, self.n_features)
-        return x, x[..., PRESENT_COLUMN] > 0.5
+        mask = x[..., PRESENT_COLUMN] > 0.5
+        return x[mask], mask.nonzero()[:, 0], mask
 
     def forward(self, features: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         return self.forward_actor(features), self.forward_critic(features)
 
     def forward_actor(self, features: th.Tensor) -> th.Tensor:
-        x, mask = self._slots(features)
-        h = self.phi(x)
-        pooled = masked_pool(h, mask).unsqueeze(1).expand(-1, self.n_slots, -1)
-        z = self.rho(th.cat([h, pooled], dim=-1))
+        rows, batch, mask = self._slots(features)
+        h = self.phi(rows)
+        pooled = present_mean(h, batch, mask.shape[0])
+        z_rows = self.rho(th.cat([h, pooled[batch]], dim=-1))
+        z = z_rows.new_zeros((*mask.shape, z_rows.shape[-1]))
+        z = z.index_put((*mask.nonzero().unbind(-1),), z_rows)
         return th.cat([z, mask.unsqueeze(-1).to(z.dtype)], dim=-1).flatten(1)
 
     def forward_critic(self, features: th.Tensor) -> th.Tensor:
-        x, mask = self._slots(features)
-        return self.critic_rho(masked_pool(self.critic_phi(x), mask))  # type: ignore[no-any-return]
+        rows, batch, mask = self._slots(features)
+        pooled = present_mean(self.critic_phi(rows), batch, mask.shape[0])
+        return self.critic_rho(pooled)  # type: ignore[no-any-return]
 
 
 class SlotScoreHead(nn.Module):

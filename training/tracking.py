@@ -7,7 +7,6 @@ registered as `rl-lb-policy`: `models:/rl-lb-policy/N` must load in the proxy wi
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from rl_lb.policies.learned import DEFAULT_TRACKING_URI, REGISTERED_MODEL
+from rl_lb.policies.learned import REGISTERED_MODEL
+from rl_lb.tracking_store import tracking_uri as shared_tracking_uri
 
 __all__ = [
     "EXPERIMENT_KIND_TAG",
@@ -45,7 +45,8 @@ _UI_VIEW = "workflowType=machine_learning"
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    """The store every command shares (`--tracking-uri`, `MLFLOW_TRACKING_URI`, or the default)."""
+    return shared_tracking_uri()
 
 
 def artifact_root(uri: str) -> str | None:

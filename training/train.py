@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import operator
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 import gymnasium as gym
 import mlflow
 import torch as th
+from rich import box
 from rich.console import Console
 from rich.table import Table as RichTable
 from stable_baselines3 import A2C, PPO
@@ -34,8 +36,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
-from rl_lb.policies.learned import DEFAULT_PICKER
+from rl_lb.policies.learned import DEFAULT_PICKER, RUN_POLICY_FOLDERS
 from rl_lb.scenarios import load_scenario
+from rl_lb.tracking_store import describe_store
 from training import plots
 from training.callbacks import (
     CheckpointCallback,
@@ -83,12 +86,25 @@ def _make_env(
 
 
 def _vec_env(config: TrainConfig, scenarios: list[str]) -> VecEnv:
+    """`n_envs` environments, batched in this process or one process each (`config.vec`)."""
+    from envs.batched_vec_env import BatchedVecEnv
+
+    if config.vec == "batched":
+        vec_env_cls: type[VecEnv] = BatchedVecEnv
+    else:
+        vec_env_cls = SubprocVecEnv if config.n_envs > 1 else DummyVecEnv
     return make_vec_env(
         partial(_make_env, scenarios, dict(config.env), config.reward_scale),
         n_envs=config.n_envs,
         seed=config.seed,
-        vec_env_cls=SubprocVecEnv if config.n_envs > 1 else DummyVecEnv,
+        vec_env_cls=vec_env_cls,
     )
+
+
+def torch_threads(vec: str) -> int:
+    """Threads torch may use: every core this process may run on when the environments step
+    in it (they are idle while the policy learns), one when they own the other processes."""
+    return len(os.sched_getaffinity(0)) if vec == "batched" else 1
 
 
 def _build_model(config: TrainConfig, venv: VecEnv, resume: Path | None) -> BaseAlgorithm:
@@ -165,16 +181,59 @@ class Evaluator:
         return eval_metrics(table, scores), scores.selection_key(self.tolerance)
 
 
+SHORT_NAMES = {
+    "least-latency": "LL",
+    "least-request": "LR",
+    "round-robin": "RR",
+    "inverse-latency": "inv-lat",
+    "capacity": "cap",
+    "prequal": "prequal",
+    "jsq": "jsq",
+    "random": "random",
+}
+"""Column headers for the balancers of the final table; others become `#k` (legend below)."""
+
+
 def _print_table(console: Console, table: Table, baselines: list[str]) -> None:
+    """Scenarios by balancers with short headers and a legend; a terminal too narrow for every
+    baseline gets the compact form (the best heuristic per scenario), never cut cells. The full
+    table is in the run's evaluation files either way."""
     scores = score(table, baselines)
-    shown = RichTable(title="effective p99 (ms), mean over final seeds")
-    for column in ["scenario", *baselines, LEARNED, "vs least-latency", "vs best heuristic"]:
-        shown.add_column(column, justify="left" if column == "scenario" else "right")
+    compact = console.width < 22 + 9 * (len(baselines) + 3)
+    shown = RichTable(
+        title="effective p99 (ms), mean over final seeds",
+        title_justify="left",
+        caption="eff p99: the 99th percentile with every failed request counted as the "
+        "scenario's timeout; vs LL / vs best: learned's ratio to least-latency / to the best "
+        "heuristic (< 1 is better)",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    legend: list[str] = []
+    shown.add_column("scenario", overflow="fold")
+    columns = ["best heuristic", "its p99", LEARNED] if compact else [*baselines, LEARNED]
+    for name in columns:
+        header = SHORT_NAMES.get(name, name if len(name) <= 8 or compact else "")
+        if not header:
+            header = f"#{len(legend) + 1}"
+        if header != name:
+            legend.append(f"{header} = {name}")
+        shown.add_column(header, justify="right", no_wrap=True)
+    shown.add_column("vs LL", justify="right", no_wrap=True)
+    shown.add_column("vs best", justify="right", no_wrap=True)
     for scenario in scores.scenarios:
-        cells = [f"{table[(scenario, b)]['effective_p99_ms']:.1f}" for b in [*baselines, LEARNED]]
+        p99 = {b: table[(scenario, b)]["effective_p99_ms"] for b in [*baselines, LEARNED]}
+        if compact:
+            best = min(baselines, key=lambda b: p99[b])
+            cells = [best, f"{p99[best]:.1f}", f"{p99[LEARNED]:.1f}"]
+        else:
+            cells = [f"{p99[b]:.1f}" for b in columns]
         ratios = [f"{scores.vs_reference[scenario]:.3f}", f"{scores.vs_best[scenario]:.3f}"]
         shown.add_row(scenario, *cells, *ratios)
     console.print(shown)
+    if legend:
+        console.print("  " + "; ".join(legend), highlight=False)
     console.print(
         f"geometric mean vs least-latency: [bold]{scores.geomean:.3f}[/bold]; "
         f"worst vs best heuristic: [bold]{scores.worst_vs_best:.3f}[/bold]"
@@ -215,13 +274,14 @@ def run(
 ) -> RunResult:
     """Train, evaluate and record one policy as `config` says."""
     console = console or Console(stderr=True)
-    th.set_num_threads(1)  # the environments own the other cores
+    th.set_num_threads(torch_threads(config.vec))
     scenario_paths = config.scenario_paths()
     for path in scenario_paths:
         load_scenario(path)  # a bad file fails here, in one line, before any process starts
     scenarios = [str(p) for p in scenario_paths]
     eval_scenarios = config.eval.scenarios or scenarios
 
+    console.print(f"opening the tracking store {describe_store()}…", highlight=False)
     experiment_id = setup_experiment(config.experiment)
     run_name = f"{config.algo}-{datetime.now(UTC):%Y%m%d-%H%M%S}-s{config.seed}"
     run_dir = Path(config.out) / run_name
@@ -235,6 +295,12 @@ def run(
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
         mlflow.log_artifact(str(run_dir / "config.json"))
 
+        console.print(
+            f"starting {config.n_envs} simulator environment{'s' if config.n_envs > 1 else ''} "
+            f"on {len(scenarios)} scenario{'s' if len(scenarios) > 1 else ''} "
+            "(the first compiles the simulator)…",
+            highlight=False,
+        )
         venv = _vec_env(config, scenarios)
         model = _build_model(config, venv, resume)
         model.set_logger(Logger(folder=None, output_formats=[MlflowWriter()]))
@@ -247,7 +313,7 @@ def run(
             config.eval.tolerance,
             picker=config.picker,
         )
-        best_zip, best_policy = run_dir / "best.zip", run_dir / "best_policy"
+        best_zip, best_policy = run_dir / "best.zip", run_dir / RUN_POLICY_FOLDERS[1]
 
         def keep(candidate: BaseAlgorithm) -> None:
             candidate.save(best_zip)

@@ -13,8 +13,9 @@ the URI's scheme turns it into a local directory first. Wings declare resolvers 
 name only when such a spec is given, as `rl_lb.cli` loads the wings' commands.
 
 The network (see `training/policy.py` for why it is shaped so): a shared per-slot MLP `phi`, the
-masked mean and max of its output over present slots, a shared MLP `rho` over
-`[slot, mean, max]`, a bias-free linear score per slot, 0 for absent slots.
+masked mean of its output over present slots, a shared MLP `rho` over `[slot, mean]`, a
+bias-free linear score per slot, 0 for absent slots. Nothing in it depends on the number of
+slots, so one model file serves a pool of any size.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy.typing as npt
 from rl_lb.errors import ModelError
 from rl_lb.features import FeatureEncoder
 from rl_lb.pickers import PICKER_NAMES
+from rl_lb.tracking_store import DEFAULT_TRACKING_URI
 from rl_lb.types import FloatArray, PoolSnapshot
 
 __all__ = [
@@ -46,7 +48,9 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_FILE",
     "MODEL_RESOLVER_GROUP",
+    "POOLING",
     "REGISTERED_MODEL",
+    "RUN_POLICY_FOLDERS",
     "SHIPPED_DIR",
     "WEIGHTS_FILE",
     "LearnedPolicy",
@@ -62,8 +66,6 @@ HEADER_FILE = "policy.json"
 WEIGHTS_FILE = "policy.npz"
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 REGISTERED_MODEL = "rl-lb-policy"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns.db"
-"""The embedded MLflow store `rl-lb train` writes to when `MLFLOW_TRACKING_URI` is unset."""
 DEFAULT_PICKER = "p2c"
 """The picker of a policy whose header names none (the simulator environment's default)."""
 
@@ -95,15 +97,15 @@ class SetNetwork:
             h = act(h @ weight + bias)
         present = mask[..., None]
         count = np.maximum(present.sum(axis=-2), 1).astype(np.float32)
-        mean = np.where(present, h, np.float32(0.0)).sum(axis=-2) / count
-        highest = np.where(present, h, -np.inf).max(axis=-2)
-        highest = np.where(np.isfinite(highest), highest, np.float32(0.0)).astype(np.float32)
-        pooled = np.concatenate([mean, highest], axis=-1)[..., None, :]
+        pooled = (np.where(present, h, np.float32(0.0)).sum(axis=-2) / count)[..., None, :]
         z = np.concatenate([h, np.broadcast_to(pooled, (*h.shape[:-1], pooled.shape[-1]))], -1)
         for weight, bias in self.rho:
             z = act(z @ weight + bias)
         return (z @ self.head) * mask
 
+
+POOLING = ("mean",)
+"""How the slots' embeddings are summarised: a mean does not grow with the pool as a max does."""
 
 MAX_FILE_BYTES = 16 * 2**20
 """Far above any exported policy (the shipped one is under 100 KB)."""
@@ -172,7 +174,7 @@ def _resolve(spec: str | Path | None) -> tuple[Path, Path]:
     else:
         path = Path(spec).expanduser()
     if path.is_dir():
-        return path / HEADER_FILE, path / WEIGHTS_FILE
+        return _policy_folder(path) / HEADER_FILE, _policy_folder(path) / WEIGHTS_FILE
     if path.suffix == ".npz":
         return path.with_suffix(".json"), path
     if path.suffix == ".json":
@@ -180,6 +182,21 @@ def _resolve(spec: str | Path | None) -> tuple[Path, Path]:
     if not path.exists():
         raise _fail(path, "no such model file or directory", "give a policy directory or .npz")
     raise _fail(path, "not a policy file", "give a policy directory, its .npz or its .json")
+
+
+RUN_POLICY_FOLDERS = ("policy", "best_policy")
+"""Where a `rl-lb train` run folder (runs/ppo-…) keeps its best policy: the final export, or,
+while the run is going, the best checkpoint so far."""
+
+
+def _policy_folder(path: Path) -> Path:
+    """`path`, or the best policy inside it when it is a training run folder."""
+    if (path / HEADER_FILE).exists():
+        return path
+    for name in RUN_POLICY_FOLDERS:
+        if (path / name / HEADER_FILE).exists():
+            return path / name
+    return path
 
 
 def _check_file(path: Path, kind: str, sibling: str) -> None:
@@ -242,6 +259,13 @@ def _check_layout(header: dict[str, Any], where: Path) -> FeatureEncoder:
     except ValueError as error:
         raise _fail(where, f"bad feature layout: {error}") from None
     expected = encoder.layout()
+    if layout.get("version") != expected["version"]:
+        raise _fail(
+            where,
+            f"feature layout version {layout.get('version')!r} (this rl-lb reads "
+            f"{expected['version']}: pools of any size, no 16-backend maximum)",
+            "retrain the policy with this rl-lb (`make policy`, or `rl-lb train`)",
+        )
     if layout != expected:
         differing = sorted(
             k for k in expected.keys() | layout.keys() if layout.get(k) != expected.get(k)
@@ -258,14 +282,21 @@ def _build_network(
     header: dict[str, Any], weights: dict[str, Float32Array], n_features: int, where: Path
 ) -> SetNetwork:
     arch = header.get("architecture")
+    arch = arch if isinstance(arch, dict) else {}
     activation = header.get("activation")
     try:
-        slot_net = [int(n) for n in arch["slot_net"]]  # type: ignore[index]
-        head_net = [int(n) for n in arch["head_net"]]  # type: ignore[index]
+        slot_net = [int(n) for n in arch["slot_net"]]
+        head_net = [int(n) for n in arch["head_net"]]
     except (KeyError, TypeError, ValueError):
         slot_net = head_net = []
     if not slot_net or not head_net or activation not in _ACTIVATIONS:
         raise _fail(where, "the header's architecture or activation is missing or unknown")
+    if arch.get("pool") != list(POOLING):
+        raise _fail(
+            where,
+            f"pooled with {arch.get('pool')!r}, this rl-lb pools with {list(POOLING)}",
+            "retrain the policy with this rl-lb",
+        )
 
     def layers(prefix: str, sizes: list[int]) -> tuple[Layer, ...]:
         out = []
@@ -287,7 +318,7 @@ def _build_network(
 
     return SetNetwork(
         phi=layers("phi", [n_features, *slot_net]),
-        rho=layers("rho", [3 * slot_net[-1], *head_net]),
+        rho=layers("rho", [2 * slot_net[-1], *head_net]),
         head=take("head.weight", (head_net[-1],)),
         activation=str(activation),
     )

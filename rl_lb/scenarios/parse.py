@@ -9,13 +9,14 @@ construction.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import cast
+from typing import TypeVar, cast
 
 from rl_lb.control import ControlSpec
-from rl_lb.features import MAX_BACKENDS  # the feature encoder's maximum pool size
 from rl_lb.scenarios.arrivals import ARRIVAL_KEYS, ArrivalsTemplate, parse_arrivals
 from rl_lb.scenarios.fields import Bounds, Key, Num, Template, file_keys
 from rl_lb.scenarios.read import Context, Table
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 DISTRIBUTIONS: tuple[Distribution, ...] = ("exponential", "lognormal", "pareto", "constant")
+MAX_BACKENDS = 1000
+"""Backends in a scenario, all groups together. The policy reads a pool of any size; this bounds
+what a simulated episode costs (memory and time grow with N) to what has been benchmarked."""
 
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
     section: (*(file_keys(MetricsSpec) if section == "metrics" else ()), *shared_keys(section))
@@ -65,6 +69,10 @@ _COUNT = Key(Bounds(ge=1, le=MAX_BACKENDS), integer=True, default=1)
 _ONLY_FOR: dict[str, Distribution] = {"cv": "lognormal", "shape": "pareto"}
 """Service keys that apply to one distribution only."""
 _DEFAULT_NAME = re.compile(r"b\d+")
+T = TypeVar("T")
+_UNKNOWN_DURATION = Num(math.inf, math.inf)
+"""Stands for a `duration_s` that failed to read: checks against it pass, so the parts that
+depend on it (arrival steps, events) are still read and their own errors reported."""
 
 
 @dataclass(frozen=True)
@@ -91,56 +99,105 @@ class FamilyTemplate:
 
 
 def parse_family(raw: object, file: str, base_dir: Path) -> FamilyTemplate:
-    """Validate a whole scenario document; trace paths are relative to `base_dir`."""
+    """Validate a whole scenario document; trace paths are relative to `base_dir`.
+
+    Independent parts (each top-level key, section, backend group, event) are read even after
+    another failed, so the error raised lists every mistake of the file
+    (`CollectedScenarioError`); a part checked against a value that failed to read (events
+    against the duration) is still read, without that check.
+    """
     ctx = Context(file)
     top = Table(ctx, raw, "", TOP_KEYS)
-    name = top.name("name")
-    description = top.string("description", "")
-    duration = top.field(Scenario, "duration_s")
-    control = top.field(Scenario, "control_interval_s")
+    name = ctx.attempt(lambda: top.name("name"))
+    description = ctx.attempt(lambda: top.string("description", ""))
+    duration = ctx.attempt(lambda: top.field(Scenario, "duration_s"))
+    control = ctx.attempt(lambda: top.field(Scenario, "control_interval_s"))
+    if duration is not None and control is not None:
+        ctx.attempt(lambda: _check_interval(ctx, control, duration))
+    shuffle = ctx.attempt(lambda: top.boolean("shuffle_backends", False))
+    span = duration if duration is not None else _UNKNOWN_DURATION
+    arrivals = ctx.attempt(
+        lambda: parse_arrivals(
+            Table(ctx, top.raw("arrivals"), "arrivals", ARRIVAL_KEYS), span, base_dir
+        )
+    )
+    sections = {
+        section: ctx.attempt(partial(Table, ctx, top.data.get(section, {}), section, keys))
+        for section, keys in SECTION_KEYS.items()
+    }
+    metrics_table = sections["metrics"]
+    metrics = None
+    if metrics_table is not None:
+        metrics = ctx.attempt(lambda: Template(MetricsSpec, metrics_table.numbers(MetricsSpec)))
+    shared = None
+    if all(table is not None for table in sections.values()):
+        tables = {section: table for section, table in sections.items() if table is not None}
+        shared = ctx.attempt(lambda: parse_shared(ctx, tables))
+    groups = _groups(top, span)
+    ctx.finish()
+    return FamilyTemplate(
+        name=_read(name),
+        description=_read(description),
+        duration_s=_read(duration),
+        control_interval_s=_read(control),
+        shuffle_backends=_read(shuffle),
+        arrivals=_read(arrivals),
+        metrics=_read(metrics),
+        control=_read(shared),
+        groups=_read(groups),
+        ranges=ctx.ranges,
+    )
+
+
+def _read(part: T | None) -> T:
+    """A part read without error: `Context.finish` raised already if one failed."""
+    if part is None:
+        raise AssertionError("a part of the scenario failed without an error")
+    return part
+
+
+def _check_interval(ctx: Context, control: Num, duration: Num) -> None:
     if control.high > duration.low:
         raise ctx.error(
             "control_interval_s",
             f"{control.high:g} s is longer than the episode ({duration.low:g} s)",
             "use a control interval <= duration_s",
         )
-    shuffle = top.boolean("shuffle_backends", False)
-    arrivals_table = Table(ctx, top.raw("arrivals"), "arrivals", ARRIVAL_KEYS)
-    arrivals = parse_arrivals(arrivals_table, duration, base_dir)
-    sections = {
-        section: Table(ctx, top.data.get(section, {}), section, keys)
-        for section, keys in SECTION_KEYS.items()
-    }
-    metrics = Template(MetricsSpec, sections["metrics"].numbers(MetricsSpec))
-    shared = parse_shared(ctx, sections)
-    groups = _groups(top, duration)
-    return FamilyTemplate(
-        name=name,
-        description=description,
-        duration_s=duration,
-        control_interval_s=control,
-        shuffle_backends=shuffle,
-        arrivals=arrivals,
-        metrics=metrics,
-        control=shared,
-        groups=groups,
-        ranges=ctx.ranges,
-    )
 
 
-def _groups(top: Table, duration: Num) -> tuple[GroupTemplate, ...]:
-    groups = tuple(_group(t, duration) for t in top.tables("backends", BACKEND_KEYS))
+def _groups(top: Table, duration: Num) -> tuple[GroupTemplate, ...] | None:
+    """Every `[[backends]]` group, each read on its own; None when one of them failed."""
+    ctx = top.ctx
+    items = ctx.attempt(lambda: top.array("backends"))
+    if items is None:
+        return None
+    mark = len(ctx.errors)
+    found = [
+        ctx.attempt(partial(_group_at, ctx, item, f"{top.key('backends')}[{i}]", duration))
+        for i, item in enumerate(items)
+    ]
+    if len(ctx.errors) > mark:
+        return None
+    groups = tuple(g for g in found if g is not None)
     if not groups:
-        raise top.ctx.error("backends", "no backends", "add at least one [[backends]] table")
+        ctx.record(ctx.error("backends", "no backends", "add at least one [[backends]] table"))
+        return None
     total = sum(round(g.count.high) for g in groups)
     if total > MAX_BACKENDS:
-        raise top.ctx.error(
-            "backends",
-            f"up to {total} backends in total, more than the maximum {MAX_BACKENDS}",
-            "lower the counts (the upper end of a count range counts)",
+        ctx.record(
+            ctx.error(
+                "backends",
+                f"up to {total} backends in total, more than the maximum {MAX_BACKENDS}",
+                "lower the counts (the upper end of a count range counts)",
+            )
         )
-    _check_names(top, groups)
+        return None
+    ctx.attempt(lambda: _check_names(top, groups))
     return groups
+
+
+def _group_at(ctx: Context, item: object, path: str, duration: Num) -> GroupTemplate:
+    return _group(Table(ctx, item, path, BACKEND_KEYS), duration)
 
 
 def _check_names(top: Table, groups: tuple[GroupTemplate, ...]) -> None:
@@ -166,32 +223,56 @@ def _check_names(top: Table, groups: tuple[GroupTemplate, ...]) -> None:
 
 
 def _group(table: Table, duration: Num) -> GroupTemplate:
-    count = table.declared("count", _COUNT)
-    assert count is not None  # it has a default
-    numbers = table.numbers(BackendSpec)
-    service = _service(Table(table.ctx, table.raw("service"), table.key("service"), SERVICE_KEYS))
+    """A `[[backends]]` group: its count, numbers, service, events and pauses each read on their
+    own, so that every error in it is reported."""
+    ctx = table.ctx
+    mark = len(ctx.errors)
+    count = ctx.attempt(lambda: table.declared("count", _COUNT))
+    numbers = ctx.attempt(lambda: table.numbers(BackendSpec))
+    service = ctx.attempt(
+        lambda: _service(Table(ctx, table.raw("service"), table.key("service"), SERVICE_KEYS))
+    )
     events: list[Template[Event]] = []
-    if table.has("events"):
-        for event_table in table.tables("events", EVENT_KEYS):
-            event = _event(event_table, duration)
-            clash = next((e for e in events if _overlap(e, event)), None)
-            if clash is not None:
-                raise table.ctx.error(
-                    event_table.path,
+    items = ctx.attempt(lambda: table.array("events")) if table.has("events") else []
+    for i, item in enumerate(items or []):
+        path = f"{table.key('events')}[{i}]"
+        event = ctx.attempt(partial(_event_at, ctx, item, path, duration))
+        if event is None:
+            continue
+        clash = next((e for e in events if _overlap(e, event)), None)
+        if clash is not None:
+            ctx.record(
+                ctx.error(
+                    path,
                     f"overlaps an earlier event ({_num(clash, 'at_s').low:g}-"
                     f"{_num(clash, 'until_s').high:g} s)",
                     "make the events of one group disjoint; put several effects in one event",
                 )
-            events.append(event)
+            )
+            continue
+        events.append(event)
     pauses = None
     if table.has("pauses"):
-        pauses = _pauses(Table(table.ctx, table.raw("pauses"), table.key("pauses"), PAUSES_KEYS))
+        pauses = ctx.attempt(
+            lambda: _pauses(Table(ctx, table.raw("pauses"), table.key("pauses"), PAUSES_KEYS))
+        )
+    name = ctx.attempt(lambda: table.name("name")) if table.has("name") else None
+    ctx.settle(mark)
     backend = Template(
         BackendSpec,
-        {"name": "", **numbers, "service": service, "events": tuple(events), "pauses": pauses},
+        {
+            "name": "",
+            **_read(numbers),
+            "service": _read(service),
+            "events": tuple(events),
+            "pauses": pauses,
+        },
     )
-    name = table.name("name") if table.has("name") else None
-    return GroupTemplate(name=name, count=count, backend=backend)
+    return GroupTemplate(name=name, count=_read(count), backend=backend)
+
+
+def _event_at(ctx: Context, item: object, path: str, duration: Num) -> Template[Event]:
+    return _event(Table(ctx, item, path, EVENT_KEYS), duration)
 
 
 def _num(template: Template[Event], name: str) -> Num:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 from rl_lb.errors import ScenarioError
 from rl_lb.scenarios.fields import Bounds, Key, Num, key_of, numeric_fields
 
-__all__ = ["Context", "Table", "describe", "number"]
+__all__ = ["MAX_ERRORS", "CollectedScenarioError", "Context", "Table", "describe", "number"]
+
+MAX_ERRORS = 20
+"""Errors reported for one file; past this many, the rest are likely one mistake's echoes."""
 
 _MAGNITUDE = 1e9
 """Larger numbers are typos, and they would overflow the samplers' arithmetic."""
@@ -24,17 +28,70 @@ _TINY = 1e-9
 """Smaller non-zero numbers are typos too, and products of two of them underflow to 0."""
 _INT_MAX = 2**31 - 1
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+T = TypeVar("T")
+
+
+class CollectedScenarioError(ScenarioError):
+    """Several errors of one file. Its own message is the first error's line with a count of the
+    others; `errors` holds every one (each a one-line `ScenarioError`)."""
+
+    def __init__(self, errors: Sequence[ScenarioError], capped: bool = False) -> None:
+        self.errors = list(errors)
+        self.capped = capped
+        first, more = self.errors[0], len(self.errors) - 1
+        note = f"{more}{'+' if capped else ''} more error{'s' if more > 1 else ''} in this file"
+        super().__init__(first.where, first.what, "; ".join(filter(None, [first.fix, note])))
+
+
+class _AbandonedPartError(Exception):
+    """A part of the file whose errors are recorded already: it yields no value."""
 
 
 class Context:
-    """Where errors point: the file, plus a running count of `[low, high]` ranges."""
+    """Where errors point (the file), the errors found so far, and a running count of
+    `[low, high]` ranges.
+
+    Parsing goes on after an error wherever the parts are independent (`attempt`), so that one
+    run reports every mistake of a file, up to `MAX_ERRORS`; `finish` raises them.
+    """
 
     def __init__(self, file: str) -> None:
         self.file = file
         self.ranges = 0
+        self.errors: list[ScenarioError] = []
 
     def error(self, path: str, what: str, fix: str = "") -> ScenarioError:
         return ScenarioError(f"{self.file}: {path}" if path else self.file, what, fix)
+
+    def record(self, error: ScenarioError) -> None:
+        """Note an error and go on; at `MAX_ERRORS` stop parsing the file."""
+        self.errors.append(error)
+        if len(self.errors) >= MAX_ERRORS:
+            raise CollectedScenarioError(self.errors, capped=True)
+
+    def attempt(self, check: Callable[[], T]) -> T | None:
+        """`check()`, or None with its error recorded: the caller goes on with the next part."""
+        try:
+            return check()
+        except CollectedScenarioError:
+            raise
+        except ScenarioError as error:
+            self.record(error)
+        except _AbandonedPartError:
+            pass
+        return None
+
+    def settle(self, mark: int) -> None:
+        """Abandon the current part if errors were recorded since `len(self.errors) == mark`."""
+        if len(self.errors) > mark:
+            raise _AbandonedPartError
+
+    def finish(self) -> None:
+        """Raise what was found: the error itself when there is one, else all of them."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise CollectedScenarioError(self.errors)
 
 
 def describe(value: object) -> str:
@@ -103,12 +160,14 @@ class Table:
             header = f"[{path}]" if path else "a table"
             raise ctx.error(path, f"expected a table, got {describe(data)}", f"write {header}")
         self.ctx, self.path, self.data = ctx, path, data
-        for key in data:
+        for key in data:  # each unknown key is reported; the known ones are still read
             if key not in keys:
                 close = difflib.get_close_matches(str(key), keys, n=1, cutoff=0.5)
                 hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ctx.error(
-                    self.key(str(key)), "unknown key", f"{hint}valid keys: {', '.join(keys)}"
+                ctx.record(
+                    ctx.error(
+                        self.key(str(key)), "unknown key", f"{hint}valid keys: {', '.join(keys)}"
+                    )
                 )
 
     def key(self, name: str) -> str:
@@ -155,9 +214,12 @@ class Table:
     ) -> dict[str, Num | None]:
         """Every numeric key `cls` declares, in declaration order (defaults filled in)."""
         extra = bounds or {}
-        return {
-            name: self.declared(name, info, extra.get(name)) for name, info in numeric_fields(cls)
-        }
+        mark = len(self.ctx.errors)
+        values: dict[str, Num | None] = {}
+        for name, info in numeric_fields(cls):
+            values[name] = self.ctx.attempt(partial(self.declared, name, info, extra.get(name)))
+        self.ctx.settle(mark)  # a key that failed must not pass for an absent optional one
+        return values
 
     def string(self, name: str, default: str | None = None) -> str:
         if default is not None and name not in self.data:

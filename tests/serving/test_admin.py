@@ -28,13 +28,13 @@ async def test_with_a_token_every_admin_call_must_carry_it(backends, client) -> 
     async with ProxyServer(proxy_config(pool, admin_token="s3cret")) as proxy:
         calls = {
             (path, token): (await admin_json(client, proxy, "GET", path, token=token))[0]
-            for path in ("/admin/state", "/metrics", "/readyz")
+            for path in ("/admin/state", "/admin/snapshot")
             for token in (None, "wrong", "s3cret")
         }
         weights, _ = await admin_json(client, proxy, "POST", "/admin/weights", [1.0])
     for (_, token), status in calls.items():
         assert status == (200 if token == "s3cret" else 401)
-    assert weights == 401
+    assert weights == 401  # probes and /metrics: tests/serving/test_admin_api_details.py
 
 
 def test_flags_override_the_file_whose_keys_mirror_them(tmp_path: Path) -> None:

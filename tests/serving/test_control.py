@@ -69,8 +69,10 @@ async def test_each_policy_failure_falls_back_with_its_reason(backends, client, 
 
 
 async def test_a_model_that_cannot_load_starts_in_fallback(backends, client, tmp_path) -> None:
+    """Only when the operator opts in; by default start-up refuses (test_admin_api_details)."""
     pool = await backends(1)
-    config = proxy_config(pool, balancer="learned", policy=str(tmp_path / "missing"))
+    missing = str(tmp_path / "missing")
+    config = proxy_config(pool, balancer="learned", policy=missing, allow_fallback_start=True)
     async with ProxyServer(config) as proxy:
         _, state = await admin_json(client, proxy, "GET", "/admin/state")
         _, metrics = await admin_json(client, proxy, "GET", "/metrics")

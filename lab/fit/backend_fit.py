@@ -1,0 +1,230 @@
+"""One backend's world from its recorded requests: concurrency, service time, errors, changes.
+
+The model is the simulator's (envs/): `concurrency` servers and a FIFO queue. A request
+dispatched while n exchanges are open at the backend (itself counted) starts at once when
+n <= c; otherwise it waits for n - c of the requests ahead to finish, each finishing at rate
+c / mean, so its expected latency is mean × (1 + (n - c) / c). `fit_concurrency` fits that
+broken line to the mean latency per in-flight count and keeps the c of least weighted squared
+error; the low-load latencies (n <= c) are then service times, whose distribution is chosen
+by likelihood among the simulator's (`fit_service`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rl_lb.types import FloatArray, IntArray
+
+__all__ = [
+    "MIN_BIN",
+    "BackendFit",
+    "ChangeWindow",
+    "ServiceFit",
+    "change_points",
+    "fit_backend",
+    "fit_concurrency",
+    "fit_service",
+]
+
+MIN_BIN = 20
+"""Requests at one in-flight count below which that count says nothing about the queue."""
+MIN_SERVICE = 30
+"""Low-load requests below which the service time is reported as too thin to fit."""
+CHANGE_WINDOW_S = 5.0
+"""Width of the windows of mean low-load latency that change points are looked for in."""
+CHANGE_RATIO = 1.3
+"""A segment whose mean latency differs from the backend's usual by more than this is a change."""
+
+
+@dataclass(frozen=True)
+class ServiceFit:
+    dist: str
+    mean_s: float
+    mean_range: tuple[float, float]
+    cv: float
+    cv_range: tuple[float, float]
+    shape: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class ChangeWindow:
+    at_s: float
+    until_s: float
+    slowdown: float
+
+
+@dataclass(frozen=True)
+class BackendFit:
+    name: str
+    requests: int
+    concurrency: int | None
+    """None: the in-flight count never passed the concurrency long enough to tell it."""
+    concurrency_seen: int
+    """The largest in-flight count seen with at least `MIN_BIN` requests."""
+    service: ServiceFit
+    error_rate: float
+    error_latency_s: float
+    changes: tuple[ChangeWindow, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def _bins(in_flight: IntArray, latency: FloatArray) -> tuple[IntArray, FloatArray, IntArray]:
+    """In-flight counts with at least MIN_BIN requests, their mean latency and request count."""
+    counts = np.bincount(in_flight)
+    sums = np.bincount(in_flight, weights=latency)
+    levels = np.flatnonzero(counts >= MIN_BIN)
+    levels = levels[levels >= 1]
+    return levels, sums[levels] / counts[levels], counts[levels]
+
+
+def fit_concurrency(in_flight: IntArray, latency: FloatArray) -> tuple[int | None, int]:
+    """(c, largest well-populated in-flight count); c None when no count beyond c is seen.
+
+    Each candidate c gets its best mean (weighted least squares of the broken line); the c of
+    least error wins. A c at the largest populated count has no queued side to check, so
+    that answer is "cannot tell".
+    """
+    levels, means, counts = _bins(in_flight, latency)
+    if len(levels) == 0:
+        return None, 0
+    top = int(levels[-1])
+    best_c, best_error = top, math.inf
+    weight = counts / means**2  # relative errors: the long queues must not drown the knee
+    for c in range(1, top + 1):
+        shape = 1.0 + np.maximum(levels - c, 0) / c
+        scale = float(np.sum(weight * means * shape) / np.sum(weight * shape * shape))
+        error = float(np.sum(weight * (means - scale * shape) ** 2))
+        if error < best_error * (1 - 1e-9):
+            best_c, best_error = c, error
+    below, above = levels <= best_c, levels > best_c
+    if best_c >= top or not below.any():
+        return None, top
+    if means[above].mean() < 1.1 * means[below].mean():  # no climb past it: noise
+        return None, top
+    return best_c, top
+
+
+def _lognormal_loglik(x: FloatArray) -> tuple[float, float, float]:
+    logs = np.log(x)
+    mu, sigma = float(logs.mean()), float(logs.std())
+    sigma = max(sigma, 1e-9)
+    loglik = float(np.sum(-logs - math.log(sigma * math.sqrt(2 * math.pi)) - (logs - mu) ** 2 / (2 * sigma**2)))
+    return loglik, mu, sigma
+
+
+def fit_service(latency: FloatArray) -> ServiceFit:
+    """The service-time distribution of low-load latencies, by AIC among the simulator's."""
+    x = np.maximum(np.asarray(latency, dtype=np.float64), 1e-6)
+    n = len(x)
+    mean = float(x.mean())
+    sd = float(x.std(ddof=1)) if n > 1 else 0.0
+    cv = sd / mean if mean > 0 else 0.0
+    half = 2 * sd / math.sqrt(max(n, 1))
+    mean_range = (max(mean - half, 1e-6), mean + half)
+    candidates: dict[str, float] = {}
+    candidates["exponential"] = 2 * 1 - 2 * float(np.sum(-np.log(mean) - x / mean))
+    loglik, _, sigma = _lognormal_loglik(x)
+    candidates["lognormal"] = 2 * 2 - 2 * loglik
+    low = float(x.min())
+    alpha = n / float(np.sum(np.log(x / low))) if np.any(x > low) else math.inf
+    if 1 < alpha < math.inf:
+        pareto = n * math.log(alpha) + n * alpha * math.log(low) - (alpha + 1) * np.sum(np.log(x))
+        candidates["pareto"] = 2 * 2 - 2 * float(pareto)
+    dist = min(candidates, key=lambda k: candidates[k])
+    if cv < 0.05:
+        dist = "constant"  # a (near) fixed time: no density to compare, the simulator's constant
+    fitted_cv = {"exponential": 1.0, "constant": 0.0}.get(dist, cv)
+    if dist == "lognormal":
+        fitted_cv = math.sqrt(math.exp(sigma**2) - 1)
+    cv_half = fitted_cv * 2 / math.sqrt(2 * max(n - 1, 1))  # normal-theory spread of an sd
+    cv_range = (max(fitted_cv - cv_half, 0.0), fitted_cv + cv_half)
+    shape = alpha if dist == "pareto" else 1.5
+    return ServiceFit(dist, mean, mean_range, fitted_cv, cv_range, shape, n)
+
+
+def change_points(
+    times: FloatArray, latency: FloatArray, duration_s: float, max_changes: int = 4
+) -> tuple[ChangeWindow, ...]:
+    """Windows whose low-load latency differs from the usual: binary segmentation of the mean
+    latency per `CHANGE_WINDOW_S` window, a split kept when it cuts the squared error by more
+    than a BIC penalty; segments beyond `CHANGE_RATIO` of the median segment are changes."""
+    edges = np.arange(0.0, duration_s + CHANGE_WINDOW_S, CHANGE_WINDOW_S)
+    which = np.digitize(times, edges) - 1
+    counts = np.bincount(which, minlength=len(edges))[: len(edges) - 1]
+    sums = np.bincount(which, weights=latency, minlength=len(edges))[: len(edges) - 1]
+    keep = counts >= 5
+    if keep.sum() < 4:
+        return ()
+    starts = edges[:-1][keep]
+    means = sums[keep] / counts[keep]
+    penalty = 2 * math.log(len(means)) * float(np.var(np.diff(means))) / 2 + 1e-30
+    cuts = [0, len(means)]
+    for _ in range(max_changes):
+        best: tuple[float, int] | None = None
+        for a, b in zip(cuts, cuts[1:], strict=False):
+            segment = means[a:b]
+            total = float(np.sum((segment - segment.mean()) ** 2))
+            for k in range(a + 1, b):
+                left, right = means[a:k], means[k:b]
+                split = float(np.sum((left - left.mean()) ** 2) + np.sum((right - right.mean()) ** 2))
+                gain = total - split
+                if gain > penalty and (best is None or gain > best[0]):
+                    best = (gain, k)
+        if best is None:
+            break
+        cuts = sorted([*cuts, best[1]])
+    segments = [(a, b, float(means[a:b].mean())) for a, b in zip(cuts, cuts[1:], strict=False)]
+    usual = float(np.median([m for _, _, m in segments]))
+    windows = []
+    for a, b, mean in segments:
+        ratio = mean / usual
+        if ratio > CHANGE_RATIO or ratio < 1 / CHANGE_RATIO:
+            until = float(starts[b]) if b < len(starts) else duration_s
+            windows.append(ChangeWindow(float(starts[a]), until, ratio))
+    return tuple(windows)
+
+
+def fit_backend(
+    name: str,
+    arrival_s: FloatArray,
+    latency_s: FloatArray,
+    failed: np.ndarray,
+    in_flight: IntArray,
+    duration_s: float,
+) -> BackendFit:
+    """Everything the scenario says of one backend, with notes where the data are too thin."""
+    notes: list[str] = []
+    ok = ~failed
+    concurrency, seen = fit_concurrency(in_flight[ok], latency_s[ok])
+    if concurrency is None:
+        notes.append(
+            f"cannot tell the concurrency: latency never climbed with in-flight up to {seen}; "
+            "step the load up until it does"
+        )
+    limit = concurrency if concurrency is not None else max(seen, 1)
+    low = ok & (in_flight <= limit)
+    if low.sum() < MIN_SERVICE:
+        notes.append(f"service time from {int(low.sum())} low-load requests only")
+        low = ok
+    if not low.any():
+        low = np.ones_like(ok)
+    service = fit_service(latency_s[low])
+    errors = int(failed.sum())
+    error_rate = errors / len(failed) if len(failed) else 0.0
+    error_latency = float(np.median(latency_s[failed])) if errors else 0.001
+    changes = change_points(arrival_s[low], latency_s[low], duration_s)
+    return BackendFit(
+        name=name,
+        requests=len(latency_s),
+        concurrency=concurrency,
+        concurrency_seen=seen,
+        service=service,
+        error_rate=error_rate,
+        error_latency_s=error_latency,
+        changes=changes,
+        notes=tuple(notes),
+    )

@@ -1,0 +1,294 @@
+"""Prequal (Wydrowski et al., NSDI 2024): pick among recently probed backends, avoiding hot ones.
+
+Balancing on load alone sends requests to a backend that is idle because it is slow; balancing
+on latency alone herds onto the one that was fast a moment ago. Prequal asks the backends
+themselves (probes) for their requests-in-flight (RIF) and a latency estimate, keeps the answers
+in a small pool, and chooses hot-cold lexicographically: among the "cold" answers (RIF at most
+the `q_rif` quantile of recently seen RIFs) the lowest latency, else the lowest RIF.
+
+Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequal`):
+
+- `LatencyByRif`, the backend side: the median latency of its recent requests that arrived at
+  about its current RIF (the `LATENCY_NEIGHBOURS` of its last `LATENCY_RING` requests nearest in
+  RIF, the newer first on ties), each scaled to the current RIF by (RIF + 1) / (its RIF + 1).
+  The scaling is ours: without it, a backend whose recent requests all came in a busy spell kept
+  that spell's latency once idle, so it was never chosen and never corrected (in the simulator
+  with four proxies, half-slow.toml's p99 went from ~900 ms to ~115 ms with it).
+- `ProbePool`, the balancer side: at most `pool_size` answers, the newest per backend, dropped
+  after `max_age_s` or once used `reuse_budget` times; after each choice `removals` answers go,
+  alternately the oldest and the worst (the hot one with the highest RIF, else the highest
+  latency). θ is the nearest-rank `q_rif` quantile of the last `RIF_HISTORY` RIFs answered.
+- `PrequalPicker`, the `Picker`: chooses from the pool (at random with fewer than 2 usable
+  answers), then asks its prober to probe `probes` random backends, whose answers serve later
+  requests, never the current one. Without a prober it answers its own probes from what the
+  proxy sees (`LoadView`: in-flight and peak-EWMA latency) — the proxy's fallback for backends
+  that do not answer probes.
+
+Ties are broken by slot order and the random draws are consumed in a fixed order (one for a
+random pick, one for a fractional probe count, one per probe target) so the twin makes the very
+same choices from the same draws (tests/test_prequal.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from bisect import bisect_left, insort
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from rl_lb.control import PrequalSettings
+from rl_lb.types import Clock, LoadView, NoBackendAvailable
+
+__all__ = [
+    "LATENCY_NEIGHBOURS",
+    "LATENCY_RING",
+    "REUSE_DELTA",
+    "RIF_HISTORY",
+    "LatencyByRif",
+    "PrequalPicker",
+    "ProbePool",
+    "Prober",
+    "reuse_budget",
+    "rif_threshold",
+]
+
+RIF_HISTORY = 128
+"""RIF values (from probe answers, over all backends) behind the hot threshold θ."""
+LATENCY_RING = 32
+"""Recent (RIF at arrival, latency) pairs a backend keeps for its latency estimate."""
+LATENCY_NEIGHBOURS = 7
+"""How many of them, the nearest in RIF to the current one, the median is taken over."""
+REUSE_DELTA = 1.0
+"""δ of the reuse budget (prequal-rs's default)."""
+
+Prober = Callable[[Sequence[int]], None]
+"""Sends probes to the given backends; their answers go to `ProbePool.add` later."""
+
+
+def reuse_budget(settings: PrequalSettings, backends: int) -> int:
+    """Requests one answer may serve: ⌈max(1, 1 + δ / ((1 − m/n) · r_probe − r_remove))⌉.
+
+    m is the pool size as far as n backends can fill it (one answer per backend); a denominator
+    ≤ 0 (a pool that covers the backends, or more removals than fresh answers) gives `max_reuse`.
+    """
+    n = max(backends, 1)
+    m = min(settings.pool_size, n)
+    denominator = (1.0 - m / n) * settings.probes - settings.removals
+    if denominator <= 0.0:
+        return settings.max_reuse
+    budget = max(1.0, 1.0 + REUSE_DELTA / denominator)
+    return min(settings.max_reuse, math.ceil(budget))
+
+
+def rif_threshold(history: Sequence[int], q_rif: float) -> float:
+    """θ: the nearest-rank `q_rif` quantile of `history` (the ⌈q·k⌉-th smallest); inf if empty."""
+    if not history:
+        return math.inf
+    rank = max(math.ceil(q_rif * len(history)) - 1, 0)
+    return float(sorted(history)[rank])
+
+
+class LatencyByRif:
+    """A backend's latency estimate: the median latency of its recent requests that arrived at
+    about its current RIF. 0 before its first answer, so a new backend looks attractive."""
+
+    def __init__(self) -> None:
+        self._rif: list[int] = []
+        self._latency: list[float] = []
+        self._next = 0
+
+    def record(self, rif_at_arrival: int, latency_s: float) -> None:
+        """One answered request: the RIF it found on arrival (itself not counted), its latency."""
+        if len(self._rif) < LATENCY_RING:
+            self._rif.append(rif_at_arrival)
+            self._latency.append(latency_s)
+        else:
+            self._rif[self._next] = rif_at_arrival
+            self._latency[self._next] = latency_s
+        self._next = (self._next + 1) % LATENCY_RING
+
+    def estimate(self, rif: int) -> float:
+        """The median of the nearest in RIF, each scaled to `rif` (a queue's latency grows with
+        the requests ahead of it)."""
+        count = len(self._rif)
+        if count == 0:
+            return 0.0
+        newest_first = [(self._next - 1 - k) % LATENCY_RING for k in range(count)]
+        nearest = sorted(newest_first, key=lambda i: abs(self._rif[i] - rif))
+        chosen = sorted(
+            self._latency[i] * (rif + 1.0) / (self._rif[i] + 1.0)
+            for i in nearest[:LATENCY_NEIGHBOURS]
+        )
+        middle = len(chosen) // 2
+        if len(chosen) % 2:
+            return chosen[middle]
+        return (chosen[middle - 1] + chosen[middle]) / 2.0
+
+
+class ProbePool:
+    """The balancer's probe answers, in `pool_size` slots (slot order breaks every tie)."""
+
+    def __init__(self, settings: PrequalSettings | None = None) -> None:
+        self.settings = settings or PrequalSettings()
+        size = self.settings.pool_size
+        self.backend = [-1] * size
+        """Backend of each slot; -1 for a free slot."""
+        self.rif = [0] * size
+        self.latency_s = [0.0] * size
+        self.received_at = [0.0] * size
+        self.uses = [0] * size
+        self.history: list[int] = []
+        self._history_next = 0
+        self._sorted: list[int] = []
+        """`history` in order, kept by insertion: θ is then one index, not a sort per request."""
+        self._remove_worst_next = False
+        """The removals alternate: the oldest first, then the worst."""
+
+    def add(self, backend: int, rif: int, latency_s: float, now: float) -> None:
+        """A probe answer: replaces the backend's entry, else fills a free slot, else the oldest."""
+        if len(self.history) < RIF_HISTORY:
+            self.history.append(rif)
+        else:
+            del self._sorted[bisect_left(self._sorted, self.history[self._history_next])]
+            self.history[self._history_next] = rif
+        insort(self._sorted, rif)
+        self._history_next = (self._history_next + 1) % RIF_HISTORY
+        slot = self.backend.index(backend) if backend in self.backend else -1
+        if slot < 0:
+            slot = self.backend.index(-1) if -1 in self.backend else self._oldest()
+        self.backend[slot] = backend
+        self.rif[slot] = rif
+        self.latency_s[slot] = latency_s
+        self.received_at[slot] = now
+        self.uses[slot] = 0
+
+    def threshold(self) -> float:
+        """`rif_threshold` of the history."""
+        count = len(self._sorted)
+        if count == 0:
+            return math.inf
+        return float(self._sorted[max(math.ceil(self.settings.q_rif * count) - 1, 0)])
+
+    def entries(self) -> int:
+        return sum(b >= 0 for b in self.backend)
+
+    def choose(self, candidate: Sequence[bool], now: float) -> int:
+        """The hot-cold choice among usable answers, its +1 and removals; -1 when fewer than 2
+        answers are usable (fresh, of a `candidate` backend)."""
+        settings = self.settings
+        for slot, b in enumerate(self.backend):
+            if b >= 0 and now - self.received_at[slot] > settings.max_age_s:
+                self.backend[slot] = -1
+        usable = [s for s, b in enumerate(self.backend) if b >= 0 and candidate[b]]
+        if len(usable) < 2:
+            return -1
+        theta = self.threshold()
+        cold = [s for s in usable if self.rif[s] <= theta]
+        if cold:
+            best = min(cold, key=lambda s: self.latency_s[s])
+        else:
+            best = min(usable, key=lambda s: self.rif[s])
+        chosen = self.backend[best]
+        self.rif[best] += 1
+        self.uses[best] += 1
+        if self.uses[best] >= reuse_budget(settings, len(candidate)):
+            self.backend[best] = -1
+        for _ in range(settings.removals):
+            occupied = [s for s, b in enumerate(self.backend) if b >= 0]
+            if not occupied:
+                break
+            slot = self._worst(occupied, theta) if self._remove_worst_next else self._oldest()
+            self.backend[slot] = -1
+            self._remove_worst_next = not self._remove_worst_next
+        return chosen
+
+    def _oldest(self) -> int:
+        occupied = [s for s, b in enumerate(self.backend) if b >= 0]
+        return min(occupied, key=lambda s: self.received_at[s])
+
+    def _worst(self, occupied: list[int], theta: float) -> int:
+        hot = [s for s in occupied if self.rif[s] > theta]
+        if hot:
+            return max(hot, key=lambda s: (self.rif[s], -s))
+        return max(occupied, key=lambda s: (self.latency_s[s], -s))
+
+
+def probe_count(probes: float, candidates: int, draw: Callable[[], float]) -> int:
+    """⌊probes⌋ plus one with probability of the fraction (a draw only if there is one)."""
+    count = int(probes)
+    fraction = probes - count
+    if fraction > 0.0 and draw() < fraction:
+        count += 1
+    return min(count, candidates)
+
+
+class PrequalPicker:
+    """The `prequal` picker. Weights only exclude backends (weight 0, unless all are 0)."""
+
+    name = "prequal"
+
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        settings: PrequalSettings | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._rng = rng if rng is not None else random.Random()
+        self.pool = ProbePool(settings)
+        self.clock = clock
+        self.prober: Prober | None = None
+        """Who sends the probes; None: answered at once from the proxy's own view."""
+        self._weights: list[float] = []
+        self._backends = -1
+
+    def update(self, weights: npt.ArrayLike) -> None:
+        array = np.asarray(weights, dtype=np.float64)
+        if array.ndim != 1 or not np.all(np.isfinite(array)) or np.any(array < 0):
+            raise ValueError(f"weights must be a 1-D array of finite values >= 0, got {array!r}")
+        self._weights = array.tolist()
+
+    def candidates(self, available: Sequence[bool]) -> list[bool]:
+        """Available backends, without those of weight 0 unless every available one has 0."""
+        weights = self._weights
+        if len(weights) != len(available):
+            return list(available)
+        positive = [a and w > 0 for a, w in zip(available, weights, strict=True)]
+        return positive if any(positive) else list(available)
+
+    def pick(self, view: LoadView) -> int:
+        if len(view.available) != self._backends:  # answers of another pool mean nothing here
+            if self._backends >= 0:
+                self.pool = ProbePool(self.pool.settings)
+            self._backends = len(view.available)
+        candidate = self.candidates(view.available)
+        backends = [b for b, ok in enumerate(candidate) if ok]
+        if not backends:
+            raise NoBackendAvailable("no backend is available (all unhealthy or ejected)")
+        now = self.clock()
+        chosen = self.pool.choose(candidate, now)
+        if chosen < 0:
+            chosen = backends[int(self._rng.random() * len(backends))]
+        targets = self.targets(backends)
+        if self.prober is not None:
+            self.prober(targets)
+        else:
+            for b in targets:
+                self.pool.add(b, view.in_flight[b], view.cost(b), now)
+        return chosen
+
+    def targets(self, backends: list[int]) -> list[int]:
+        """Backends to probe for one request: drawn without replacement (partial shuffle)."""
+        rng = self._rng
+        count = probe_count(self.pool.settings.probes, len(backends), rng.random)
+        order = list(backends)
+        for k in range(count):
+            j = k + int(rng.random() * (len(order) - k))
+            order[k], order[j] = order[j], order[k]
+        return order[:count]
+
+    def reset(self) -> None:
+        self.pool = ProbePool(self.pool.settings)

@@ -1,0 +1,146 @@
+"""training/heldout.py: per-world best-heuristic selection, paired ratios, the summary, the CSV
+and the held-out section of docs/results.md."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+from random_policy import ENCODER, make_policy
+
+from envs.worlds import World, generate_world, generate_worlds
+from rl_lb.errors import ConfigError
+from training.export import export_policy
+from training.heldout import (
+    BEGIN,
+    CSV_COLUMNS,
+    END,
+    HEURISTICS,
+    WorldResult,
+    log_to_mlflow,
+    main,
+    render_summary,
+    run_heldout,
+    summarise,
+    update_results_page,
+    write_csv,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[WorldResult], Path]:
+    model = export_policy(make_policy(seed=5), tmp_path_factory.mktemp("model"), ENCODER, "t-1")
+    worlds = [w for w in generate_worlds(seed=1_000_003, count=40) if w.size <= 6][:3]
+    assert len(worlds) == 3
+    out = tmp_path_factory.mktemp("heldout")
+    lines: list[str] = []
+    results = run_heldout(
+        worlds,
+        out,
+        policy=str(model),
+        selection_seeds=(1,),
+        evaluation_seeds=(2, 3),
+        workers=1,
+        log=lines.append,
+    )
+    assert any(line.startswith("selection: ") for line in lines)
+    assert lines[-1].startswith("evaluation, ")
+    assert lines[-1].endswith("episodes")
+    return results, out
+
+
+def test_three_tiny_worlds_give_a_summary(tiny_run: tuple[list[WorldResult], Path]) -> None:
+    results, out = tiny_run
+    assert len(results) == 3
+    for r in results:
+        assert r.best_heuristic in HEURISTICS
+        assert Path(r.file).is_file()
+        assert Path(r.file).parent == out / "worlds"
+        assert set(r.effective_p99_ms) == {"learned", "unguarded", "best", "least-latency"}
+        assert all(v > 0 for v in r.effective_p99_ms.values())
+        assert 0.0 <= r.fallback_share <= 1.0
+    summary = summarise(results)
+    assert summary["worlds"] == 3
+    assert 0.0 <= summary["share_within"] <= 1.0
+    assert summary["max_vs_best"] == max(r.vs_best["learned"] for r in results)
+    text = render_summary(results, "cmd", "test policy")
+    assert "guard on" in text
+    assert "guard off" in text
+    for r in results:
+        assert f"`{r.world.file_name}`" in text
+    with write_csv(results, out / "heldout.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["world"] for row in rows] == [r.world.name for r in results]
+    assert tuple(rows[0]) == CSV_COLUMNS
+
+
+def _result(world: World, learned: float, unguarded: float, vs_reference: float) -> WorldResult:
+    return WorldResult(
+        world=world,
+        file=world.file_name,
+        best_heuristic="jsq",
+        timeout_ms=1000.0,
+        effective_p99_ms={"learned": 100.0, "unguarded": 100.0, "best": 100.0, "least-latency": 1},
+        vs_best={"learned": learned, "unguarded": unguarded},
+        vs_reference={"learned": vs_reference, "unguarded": vs_reference},
+        fallback_share=0.0,
+    )
+
+
+def test_summary_figures_guard_on_and_off() -> None:
+    worlds = [generate_world(1_000_000, i) for i in range(3)]
+    results = [
+        _result(worlds[0], 1.0, 1.0, 0.5),
+        _result(worlds[1], 1.2, 2.0, 0.8),
+        _result(worlds[2], 0.9, 1.05, 1.0),
+    ]
+    on, off = summarise(results, "learned"), summarise(results, "unguarded")
+    assert on["share_within"] == pytest.approx(2 / 3)
+    assert off["share_within"] == pytest.approx(2 / 3)
+    assert on["max_vs_best"] == 1.2
+    assert on["max_world"] == worlds[1].name
+    assert off["max_vs_best"] == 2.0
+    assert on["geomean_vs_best"] == pytest.approx((1.0 * 1.2 * 0.9) ** (1 / 3))
+    assert on["geomean_vs_reference"] == pytest.approx(0.4 ** (1 / 3))
+    text = render_summary(results, "cmd", "p")
+    assert "| worst ratio to the best heuristic | 1.200" in text
+    assert text.index(worlds[1].file_name) < text.index(worlds[0].file_name), "worst first"
+    assert not math.isnan(on["geomean_vs_best"])
+
+
+def test_the_results_page_section_is_replaced_between_markers(tmp_path: Path) -> None:
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nbody\n")
+    update_results_page(page, "first\n")
+    update_results_page(page, "second\n")
+    text = page.read_text()
+    assert text.startswith("# Results\n\nbody\n")
+    assert text.count(BEGIN) == 1
+    assert text.count(END) == 1
+    assert "second" in text
+    assert "first" not in text
+
+
+def test_bad_arguments_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--worlds"):
+        main(["--worlds", "0", "--out", str(tmp_path)])
+    with pytest.raises(ConfigError, match="training seed"):
+        main(["--worlds", "1", "--seed", "7", "--out", str(tmp_path)])
+
+
+def test_the_csv_is_logged_to_mlflow_as_an_artifact(
+    tiny_run: tuple[list[WorldResult], Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+    results, out = tiny_run
+    csv_path = write_csv(results, out / "heldout.csv")
+    run_id = log_to_mlflow("heldout-test", [csv_path], summarise(results))
+    client = MlflowClient()
+    assert [a.path for a in client.list_artifacts(run_id, "heldout")] == ["heldout/heldout.csv"]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["heldout/worlds"] == 3
+    assert metrics["heldout/share_within"] == summarise(results)["share_within"]

@@ -1,0 +1,340 @@
+"""Prequal (`rl_lb.prequal`): the rule on hand-computed cases, its numba twin (`envs.nb_prequal`)
+draw for draw, and the simulator on the paper's set-up in small (half the backends 2× slower).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs import nb_prequal, nb_random
+from envs.evaluate import evaluate
+from rl_lb.balancers import make_balancer
+from rl_lb.control import PrequalSettings
+from rl_lb.prequal import (
+    LATENCY_RING,
+    LatencyByRif,
+    PrequalPicker,
+    ProbePool,
+    reuse_budget,
+    rif_threshold,
+)
+from rl_lb.types import NoBackendAvailable
+
+HALF_SLOW = Path(__file__).parent / "scenarios" / "half-slow.toml"
+
+
+def _pool(**settings: float) -> ProbePool:
+    return ProbePool(PrequalSettings(**settings))  # type: ignore[arg-type]
+
+
+ALL4 = [True] * 4
+
+
+# --- the rule, by hand ---------------------------------------------------------------------------
+
+
+def test_theta_is_the_nearest_rank_quantile_of_the_rif_sample() -> None:
+    assert rif_threshold(list(range(10)), 0.84) == 8  # ⌈8.4⌉ = 9th smallest
+    assert rif_threshold([5, 1, 3], 0.5) == 3  # ⌈1.5⌉ = 2nd smallest
+    assert rif_threshold([5, 1, 3], 0.0) == 1
+    assert rif_threshold([5, 1, 3], 1.0) == 5
+    assert rif_threshold([], 0.84) == math.inf
+
+
+def test_theta_comes_from_every_answer_not_only_the_pool() -> None:
+    pool = _pool(q_rif=0.5)
+    for rif in (7, 1, 1, 9):  # backend 0 answers four times: one entry, four RIFs seen
+        pool.add(0, rif, 0.01, 0.0)
+    assert pool.entries() == 1
+    assert pool.threshold() == 1  # ⌈2⌉ = 2nd smallest of [1, 1, 7, 9]
+
+
+def test_cold_beats_hot_whatever_the_latency_and_the_lowest_latency_among_cold() -> None:
+    pool = _pool(q_rif=0.5, removals=0)
+    pool.add(0, 10, 0.001, 0.0)  # hot, fastest
+    pool.add(1, 1, 1.0, 0.0)
+    pool.add(2, 2, 2.0, 0.0)  # θ = 2nd smallest of [10, 1, 2] = 2: 1 and 2 cold
+    assert pool.choose(ALL4, 0.1) == 1
+
+
+def test_all_hot_gives_the_lowest_rif() -> None:
+    pool = _pool(q_rif=0.5, removals=0)
+    for _ in range(3):
+        pool.add(3, 0, 0.001, 0.0)
+    pool.add(0, 7, 0.5, 0.0)
+    pool.add(1, 5, 0.9, 0.0)  # history [0, 0, 0, 7, 5]: θ = 0, so both candidates are hot
+    assert pool.choose([True, True, False, False], 0.1) == 1
+
+
+def test_stale_entries_are_dropped_and_fewer_than_two_usable_is_no_choice() -> None:
+    pool = _pool(max_age_s=1.0, removals=0)
+    pool.add(0, 1, 0.01, 0.0)
+    pool.add(1, 1, 0.02, 0.6)
+    pool.add(2, 1, 0.03, 0.7)
+    assert pool.choose(ALL4, 1.05) == 1  # the answer of backend 0 is 1.05 s old: dropped
+    assert pool.backend.count(0) == 0
+    assert pool.choose(ALL4, 1.65) == -1  # only backend 2's answer is younger than 1 s
+    assert pool.entries() == 1
+
+
+def test_the_reuse_budget_formula() -> None:
+    default = PrequalSettings()
+    assert reuse_budget(default, 8) == 16  # pool covers the backends: denominator < 0, max_reuse
+    assert reuse_budget(default, 100) == 2  # ⌈1 + 1/((1 - 0.16)·3 - 1)⌉ = ⌈1.66⌉
+    assert reuse_budget(default, 32) == 3  # ⌈1 + 1/((1 - 0.5)·3 - 1)⌉ = 3
+    assert reuse_budget(PrequalSettings(max_reuse=4), 8) == 4
+
+
+def test_an_answer_serves_at_most_its_reuse_budget() -> None:
+    pool = _pool(q_rif=1.0, removals=0)
+    pool.add(3, 10, 0.0, 0.0)  # not a candidate below; θ = 10 keeps the others cold
+    pool.add(0, 0, 0.1, 0.0)
+    pool.add(1, 0, 0.2, 0.0)
+    pool.add(2, 0, 0.3, 0.0)
+    hundred = [b != 3 for b in range(100)]  # budget 2 (above)
+    assert [pool.choose(hundred, 0.1) for _ in range(4)] == [0, 0, 1, 1]
+    assert sorted(b for b in pool.backend if b >= 0) == [2, 3]
+
+
+def test_removals_alternate_the_oldest_and_the_worst() -> None:
+    pool = _pool(q_rif=1.0, removals=1)  # θ = the highest RIF: nothing hot, worst = slowest
+    for b, (at, latency) in enumerate([(0.0, 0.3), (0.1, 0.1), (0.2, 0.2), (0.3, 0.4)]):
+        pool.add(b, 0, latency, at)
+    pool.add(4, 10, 0.0, 0.4)  # not a candidate; θ = 10
+    first4 = [True, True, True, True, False]
+    assert pool.choose(first4, 0.5) == 1
+    assert sorted(b for b in pool.backend if b >= 0) == [1, 2, 3, 4]  # the oldest (0) went
+    assert pool.choose(first4, 0.5) == 1
+    assert sorted(b for b in pool.backend if b >= 0) == [1, 2, 4]  # the worst (3, slowest) went
+    assert pool.choose(first4, 0.5) == 1
+    assert sorted(b for b in pool.backend if b >= 0) == [2, 4]  # the oldest again (1)
+    assert pool.choose(first4, 0.5) == -1
+
+
+def test_the_worst_is_the_hot_entry_with_the_highest_rif_before_any_latency() -> None:
+    pool = _pool(q_rif=0.5, removals=2)
+    pool.add(0, 1, 0.9, 0.0)  # the oldest, removed first
+    pool.add(1, 1, 0.8, 0.1)  # slowest after 0, but cold
+    pool.add(2, 4, 0.01, 0.2)  # hot: the worst
+    pool.add(3, 1, 0.05, 0.3)  # θ = 2nd smallest of [1, 1, 4, 1] = 1
+    assert pool.choose(ALL4, 0.5) == 3
+    assert sorted(b for b in pool.backend if b >= 0) == [1, 3]
+
+
+def test_the_chosen_entry_counts_one_more_request_locally() -> None:
+    pool = _pool(q_rif=0.0, removals=0)
+    pool.add(0, 1, 0.1, 0.0)
+    pool.add(1, 1, 0.2, 0.0)  # θ = 1: both cold
+    assert pool.choose(ALL4, 0.1) == 0
+    assert pool.rif[pool.backend.index(0)] == 2  # now hot: the next request goes to 1
+    assert pool.choose(ALL4, 0.1) == 1
+    assert pool.rif[pool.backend.index(1)] == 2
+
+
+def test_an_answer_replaces_the_backends_entry_else_the_oldest_when_full() -> None:
+    pool = _pool(pool_size=2)
+    pool.add(0, 3, 0.1, 0.0)
+    pool.add(1, 3, 0.1, 0.1)
+    pool.add(0, 5, 0.2, 0.2)  # replaces backend 0's entry, uses reset
+    assert pool.backend == [0, 1]
+    assert pool.rif == [5, 3]
+    pool.add(2, 1, 0.3, 0.3)  # full: the oldest (backend 1's, at 0.1) goes
+    assert pool.backend == [0, 2]
+
+
+def test_latency_estimate_is_the_median_near_the_current_rif() -> None:
+    estimate = LatencyByRif()
+    assert estimate.estimate(3) == 0.0  # no answer yet: looks fast, so it gets tried
+    for latency in (0.030, 0.090, 0.060):
+        estimate.record(2, latency)
+    assert estimate.estimate(2) == pytest.approx(0.060)
+    assert estimate.estimate(5) == pytest.approx(0.120)  # scaled by (5 + 1) / (2 + 1)
+    for _ in range(10):
+        estimate.record(0, 1.0)
+    for _ in range(7):
+        estimate.record(9, 0.5)
+    assert estimate.estimate(9) == pytest.approx(0.5)  # the 7 nearest in RIF are at 9
+
+
+def test_the_latency_ring_forgets_the_oldest() -> None:
+    estimate = LatencyByRif()
+    for _ in range(LATENCY_RING):
+        estimate.record(1, 9.0)
+    for _ in range(LATENCY_RING):
+        estimate.record(1, 0.1)
+    assert estimate.estimate(1) == pytest.approx(0.1)
+
+
+# --- the picker ----------------------------------------------------------------------------------
+
+
+@dataclass
+class View:
+    in_flight: list[int]
+    available: list[bool]
+    costs: list[float]
+
+    def cost(self, index: int) -> float:
+        return self.costs[index]
+
+
+def test_probes_serve_later_requests_never_the_current_one() -> None:
+    sent: list[list[int]] = []
+    picker = PrequalPicker(random.Random(1), clock=lambda: 0.0)
+    picker.prober = lambda targets: sent.append(list(targets))
+    view = View([0, 0, 0, 0, 0], [True, True, False, True, True], [0.01] * 5)
+    picker.pick(view)
+    assert len(sent) == 1
+    assert len(set(sent[0])) == 3
+    assert 2 not in sent[0]
+    assert picker.pool.entries() == 0  # nothing answered yet
+
+
+def test_without_a_prober_it_answers_from_its_own_view() -> None:
+    clock = [0.0]
+    settings = PrequalSettings(probes=4, q_rif=0.25)
+    picker = PrequalPicker(random.Random(2), settings, clock=lambda: clock[0])
+    view = View([9, 0, 9, 9], [True] * 4, [0.2, 0.05, 0.01, 0.3])
+    picker.pick(view)  # empty pool: a random choice, then all four probed from the view
+    assert picker.pool.entries() == 4
+    clock[0] = 0.01
+    assert picker.pick(view) == 1  # θ = 0 (1st of [0, 9, 9, 9]): 1 is the only cold one
+
+
+def test_weight_zero_excludes_a_backend_unless_all_are_zero() -> None:
+    picker = PrequalPicker(random.Random(3))
+    view = View([0, 0, 0], [True, True, True], [0.01, 0.05, 0.01])
+    picker.update(np.array([0.0, 1.0, 0.0]))
+    assert {picker.pick(view) for _ in range(50)} == {1}
+    picker.update(np.zeros(3))
+    assert {picker.pick(view) for _ in range(50)} - {1}  # 0 and 2 are candidates again
+    with pytest.raises(NoBackendAvailable):
+        picker.pick(View([0, 0, 0], [False] * 3, [0.0] * 3))
+
+
+def test_a_fractional_probe_count_is_a_probability() -> None:
+    sent: list[int] = []
+    picker = PrequalPicker(random.Random(4), PrequalSettings(probes=0.5))
+    picker.prober = lambda targets: sent.append(len(targets))
+    view = View([0] * 8, [True] * 8, [0.01] * 8)
+    for _ in range(2000):
+        picker.pick(view)
+    assert set(sent) == {0, 1}
+    assert 0.45 < sum(sent) / len(sent) < 0.55
+
+
+def test_the_prequal_preset() -> None:
+    balancer = make_balancer("prequal")
+    assert isinstance(balancer.picker, PrequalPicker)
+    assert balancer.policy.name == "uniform"
+
+
+# --- the numba twin ------------------------------------------------------------------------------
+
+
+class Replay(random.Random):
+    """A `random.Random` whose `random()` returns the given draws, in order."""
+
+    def __init__(self, draws: list[float]) -> None:
+        super().__init__(0)
+        self._draws: Iterator[float] = iter(draws)
+        self.used = 0
+
+    def random(self) -> float:
+        self.used += 1
+        return next(self._draws)
+
+
+SETTINGS = {
+    "defaults": PrequalSettings(),
+    "small-pool": PrequalSettings(pool_size=3, removals=2, q_rif=0.6, max_reuse=2, probes=1.5),
+    "no-removal": PrequalSettings(pool_size=5, removals=0, q_rif=0.3, max_age_s=0.05),
+}
+
+
+@pytest.mark.parametrize("name", SETTINGS)
+def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
+    settings, backends = SETTINGS[name], 7
+    events = np.random.default_rng(sum(map(ord, name)))
+    rng = nb_random.new_rng(np.random.SeedSequence(5))
+    copy = rng.copy()
+    draws = [nb_random.uniform(copy) for _ in range(20000)]
+    replay = Replay(draws)
+    now = [0.0]
+    sent: list[int] = []
+    picker = PrequalPicker(replay, settings, clock=lambda: now[0])
+    picker.prober = sent.extend
+    twin = nb_prequal.new_prequal(1, backends, settings)
+    for _ in range(1500):
+        now[0] += float(events.exponential(0.004))
+        if events.random() < 0.5:  # probe answers
+            for _ in range(int(events.integers(1, 4))):
+                b, rif = int(events.integers(backends)), int(events.integers(0, 6))
+                latency = float(events.choice([0.01, 0.02, 0.015, 0.03]))
+                picker.pool.add(b, rif, latency, now[0])
+                nb_prequal.add(twin, 0, b, rif, latency, now[0])
+            continue
+        weights = events.choice([0.0, 0.2, 1.0], backends) if events.random() < 0.3 else None
+        w = np.ones(backends) if weights is None else weights
+        available = events.random(backends) < 0.85
+        picker.update(w)
+        sent.clear()
+        try:
+            theirs = picker.pick(View([0] * backends, available.tolist(), [0.0] * backends))
+        except NoBackendAvailable:
+            theirs = -1
+        ours = nb_prequal.pick(twin, 0, w, available, now[0], rng)
+        count = nb_prequal.targets(twin, w, available, rng) if ours >= 0 else 0
+        assert ours == theirs
+        assert twin.order[:count].tolist() == sent
+        assert twin.slot_backend[0].tolist() == picker.pool.backend
+        assert twin.slot_rif[0].tolist() == picker.pool.rif
+        assert twin.slot_uses[0].tolist() == picker.pool.uses
+    assert nb_random.uniform(rng) == draws[replay.used]  # both used the same number of draws
+
+
+def test_the_twin_estimates_latency_as_the_reference() -> None:
+    events = np.random.default_rng(9)
+    reference = LatencyByRif()
+    twin = nb_prequal.new_prequal(1, 2, PrequalSettings())
+    for _ in range(400):
+        rif, latency = int(events.integers(0, 12)), float(events.exponential(0.02))
+        reference.record(rif, latency)
+        nb_prequal.record_latency(twin, 1, rif, latency)
+        now = int(events.integers(0, 14))
+        assert nb_prequal.latency_estimate(twin, 1, now) == reference.estimate(now)
+    assert nb_prequal.latency_estimate(twin, 0, 3) == LatencyByRif().estimate(3) == 0.0
+
+
+def test_the_twin_threshold_is_the_references() -> None:
+    events = np.random.default_rng(10)
+    pool = ProbePool(PrequalSettings(q_rif=0.84))
+    twin = nb_prequal.new_prequal(1, 4, PrequalSettings(q_rif=0.84))
+    assert nb_prequal.threshold(twin, 0) == pool.threshold() == math.inf
+    for _ in range(300):
+        b, rif = int(events.integers(4)), int(events.integers(0, 40))
+        pool.add(b, rif, 0.01, 0.0)
+        nb_prequal.add(twin, 0, b, rif, 0.01, 0.0)
+        assert nb_prequal.threshold(twin, 0) == pool.threshold()
+
+
+# --- the simulator -------------------------------------------------------------------------------
+
+
+def test_prequal_beats_least_request_and_least_latency_when_half_the_pool_is_slow() -> None:
+    """The paper's set-up in small: 4 proxies, 8 backends, 4 of them 2× slower, 90% load."""
+    balancers = ["prequal", "least-request", "least-latency"]
+    records = evaluate([HALF_SLOW], balancers, 3, workers=1)
+    p99 = {
+        b: float(np.mean([r["p99_ms"] for r in records if r["balancer"] == b])) for b in balancers
+    }
+    assert p99["prequal"] < p99["least-request"], p99
+    assert p99["prequal"] < p99["least-latency"], p99
+    assert all(r["errors"] == 0 for r in records if r["balancer"] == "prequal")
