@@ -29,7 +29,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from envs.batched_vec_env import BatchedVecEnv
 from envs.env import BackendPoolEnv
 from training.config import TrainConfig
-from training.train import _build_model, torch_threads
+from training.train import TORCH_THREADS, _build_model
 
 MIX = (
     "slow-backend",
@@ -94,7 +94,7 @@ class _Timed(VecEnvWrapper):
 
 def training_split(k: int, rollouts: int) -> dict[str, float]:
     """Shares of a short batched PPO run: kernel, Python glue, SB3 + torch."""
-    th.set_num_threads(torch_threads("batched"))
+    th.set_num_threads(TORCH_THREADS)
     inner = vec_env("batched", k)
     assert isinstance(inner, BatchedVecEnv)
     timed = _Timed(inner)

@@ -4,14 +4,18 @@ The equations here are a contract: the simulator's numba kernels (`envs/nb_metri
 them bit for bit, so a policy reads the same numbers in simulation and behind the proxy. That is
 why the histogram constants and `bucket_index` are module-level and importable.
 
-State is stored struct-of-arrays in plain Python lists: the request path touches one scalar per
-list, which is several times cheaper with lists than with numpy. Only `snapshot`, called once per
-control interval, uses numpy.
+State is stored struct-of-arrays: the request path touches one scalar per column, which is
+several times cheaper in plain Python lists and `array.array`s than in numpy arrays. The
+sub-window rings and histograms are flat `array.array`s (backend-major), so that `snapshot`, called
+once per control interval, reads them as numpy arrays without a copy and computes every backend
+at once: O(N) numpy work and no Python loop over histograms (1,000 backends cost about a
+millisecond, not tens).
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 
 import numpy as np
@@ -49,6 +53,8 @@ _LOG_GROWTH = math.log(GROWTH)
 _NEVER = -(2**62)
 """Sub-window id of a ring entry that was never used: outside every window."""
 _QUANTILES = (0.5, 0.95, 0.99)
+_COUNT = "q"
+"""`array` typecode of the rings and histograms: int64, numpy's `np.int64` without a copy."""
 
 
 def bucket_index(x: float) -> int:
@@ -68,12 +74,18 @@ def bucket_value(k: int) -> float:
     return LOWEST * math.pow(GROWTH, k + 0.5)
 
 
-def _quantile(cumulative: IntArray, total: int, q: float) -> float:
-    """Smallest bucket whose cumulative count reaches max(1, ceil(q·total)); NaN when empty."""
-    if total == 0:
-        return math.nan
-    need = max(1, math.ceil(q * total))
-    return bucket_value(int(np.searchsorted(cumulative, need, side="left")))
+_BUCKET_VALUES = np.array([bucket_value(k) for k in range(BUCKETS)] + [math.nan])
+"""`bucket_value` by index (the same floats), then NaN for an empty window."""
+
+
+def _quantiles(cumulative: IntArray, totals: IntArray, q: float) -> FloatArray:
+    """Per backend (row), the smallest bucket whose cumulative count reaches
+    max(1, ceil(q·total)); NaN when the window is empty."""
+    need = np.maximum(np.ceil(q * totals), 1)
+    index = (cumulative < need[:, None]).sum(axis=1)
+    index[totals == 0] = BUCKETS
+    values: FloatArray = _BUCKET_VALUES[index]
+    return values
 
 
 class PoolMetrics:
@@ -121,10 +133,12 @@ class PoolMetrics:
         self._has: list[bool] = []
         self._last: list[float] = []
         self._created: list[float] = []
-        self._slot_id: list[list[int]] = []
-        self._hist: list[list[list[int]]] = []
-        self._answers: list[list[int]] = []
-        self._errors: list[list[int]] = []
+        # Backend i's sub-window j is entry i × slots + j; its histogram starts at that × BUCKETS.
+        self._slot_id = array(_COUNT)
+        self._hist = array(_COUNT)
+        self._answers = array(_COUNT)
+        self._errors = array(_COUNT)
+        self._blank_histogram = array(_COUNT, bytes(8 * BUCKETS))
         for name in names:
             self.add_backend(name)
 
@@ -145,10 +159,10 @@ class PoolMetrics:
         self._has.append(False)
         self._last.append(-math.inf)
         self._created.append(self._clock())
-        self._slot_id.append([_NEVER] * self.slots)
-        self._hist.append([[0] * BUCKETS for _ in range(self.slots)])
-        self._answers.append([0] * self.slots)
-        self._errors.append([0] * self.slots)
+        self._slot_id.extend(array(_COUNT, [_NEVER]) * self.slots)
+        self._hist.extend(self._blank_histogram * self.slots)
+        self._answers.extend(array(_COUNT, [0]) * self.slots)
+        self._errors.extend(array(_COUNT, [0]) * self.slots)
         return len(self.names) - 1
 
     def remove_backend(self, i: int) -> None:
@@ -164,12 +178,12 @@ class PoolMetrics:
             self._has,
             self._last,
             self._created,
-            self._slot_id,
-            self._hist,
-            self._answers,
-            self._errors,
         ):
             del column[i]
+        ring = slice(i * self.slots, (i + 1) * self.slots)
+        for flat in (self._slot_id, self._answers, self._errors):
+            del flat[ring]
+        del self._hist[ring.start * BUCKETS : ring.stop * BUCKETS]
 
     def set_health(self, i: int, healthy: bool) -> None:
         self.healthy[i] = healthy
@@ -213,19 +227,16 @@ class PoolMetrics:
         self._last[i] = t
 
         s = math.floor(t / self.slot_len)
-        r = s % self.slots
-        ids = self._slot_id[i]
-        answers = self._answers[i]
-        errors = self._errors[i]
-        if ids[r] != s:
-            ids[r] = s
-            self._hist[i][r] = [0] * BUCKETS
-            answers[r] = 0
-            errors[r] = 0
-        self._hist[i][r][bucket_index(latency_s)] += 1
-        answers[r] += 1
+        j = i * self.slots + s % self.slots
+        if self._slot_id[j] != s:
+            self._slot_id[j] = s
+            self._hist[j * BUCKETS : (j + 1) * BUCKETS] = self._blank_histogram
+            self._answers[j] = 0
+            self._errors[j] = 0
+        self._hist[j * BUCKETS + bucket_index(latency_s)] += 1
+        self._answers[j] += 1
         if error:
-            errors[r] += 1
+            self._errors[j] += 1
 
     def cost(self, index: int) -> float:
         """Peak-EWMA latency decayed to now; 0 if the backend never answered, so it gets probed."""
@@ -262,24 +273,30 @@ class PoolMetrics:
         current = math.floor(now / self.slot_len)
         first = current - self.slots + 1
         n = len(self.names)
-        columns = np.empty((7, n), dtype=np.float64)
-        for i in range(n):
-            live = [r for r, s in enumerate(self._slot_id[i]) if first <= s <= current]
-            answers = sum(self._answers[i][r] for r in live)
-            errors = sum(self._errors[i][r] for r in live)
-            counts = np.array([self._hist[i][r] for r in live], dtype=np.int64).reshape(-1, BUCKETS)
-            cumulative = np.cumsum(counts.sum(axis=0))
-            span = max(now - max(self._created[i], first * self.slot_len), 1e-9)
-            columns[:, i] = (
-                self._est[i] * math.exp(-(now - self._stamp[i]) / self.ewma_tau_s)
-                if self._has[i]
-                else math.nan,
-                *(_quantile(cumulative, answers, q) for q in _QUANTILES),
-                errors / answers if answers else 0.0,
-                answers / span,
-                now - self._last[i],
-            )
-        ewma, p50, p95, p99, error_rate, throughput, staleness = columns
+        ewma = np.array(
+            [
+                est * math.exp(-(now - stamp) / self.ewma_tau_s) if has else math.nan
+                for est, stamp, has in zip(self._est, self._stamp, self._has, strict=True)
+            ],
+            dtype=np.float64,
+        )
+        ids = np.frombuffer(self._slot_id, dtype=np.int64).reshape(n, self.slots)
+        live = (ids >= first) & (ids <= current)
+        answers = np.frombuffer(self._answers, dtype=np.int64).reshape(n, self.slots)
+        answers = answers.sum(axis=1, where=live)
+        errors = np.frombuffer(self._errors, dtype=np.int64).reshape(n, self.slots)
+        errors = errors.sum(axis=1, where=live)
+        hist = np.frombuffer(self._hist, dtype=np.int64).reshape(n, self.slots, BUCKETS)
+        cumulative = np.cumsum(hist.sum(axis=1, where=live[:, :, None]), axis=1)
+        # the numpy views end here: the arrays behind them may grow or shrink again
+        del ids, hist
+        p50, p95, p99 = (_quantiles(cumulative, answers, q) for q in _QUANTILES)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            error_rate = np.where(answers > 0, errors / answers, 0.0)
+        created = np.array(self._created, dtype=np.float64)
+        span = np.maximum(now - np.maximum(created, first * self.slot_len), 1e-9)
+        throughput = answers / span
+        staleness = now - np.array(self._last, dtype=np.float64)
         return PoolSnapshot(
             taken_at=now,
             names=tuple(self.names),

@@ -31,6 +31,7 @@ from serving.controller import EXTERNAL_WEIGHTS_LIFETIME, Controller, balancer_s
 from serving.discovery import Discovery
 from serving.monitor import Monitor
 from serving.prom import CONTENT_TYPE
+from serving.workers import Peers, fan_out_middleware
 
 __all__ = ["AdminTarget", "make_admin_app", "policy_info", "read_state", "snapshot_json"]
 
@@ -126,6 +127,8 @@ class AdminTarget:
     """The bearer token `GET /metrics` must carry; None: open to scrapers."""
     discovery: Discovery | None = None
     """The worker's discovery sources (serving/discovery.py); None when there are none."""
+    peers: Peers | None = None
+    """The other workers of `--workers N` (serving/workers.py): worker 0 speaks for them."""
 
 
 def _sources(target: AdminTarget, url: str) -> list[str]:
@@ -282,7 +285,10 @@ def make_admin_app(target: AdminTarget) -> web.Application:
         ready = target.is_ready()
         return _json({"ready": ready}, 200 if ready else 503)
 
-    app = web.Application(middlewares=[json_errors, authenticate])
+    middlewares = [json_errors, authenticate]
+    if target.peers is not None and target.worker == 0:
+        middlewares.append(fan_out_middleware(target.peers))
+    app = web.Application(middlewares=middlewares)
     app.add_routes(
         [
             web.get("/admin/state", state),

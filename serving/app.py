@@ -27,14 +27,16 @@ from serving.admin import AdminTarget, make_admin_app
 from serving.config import ProxyConfig, check_admin, load_config, restart_only_changes
 from serving.controller import Controller, balancer_spec, build_balancer
 from serving.discovery import discovery_for, follow
+from serving.h2_server import H2Server
 from serving.http_server import HttpServer
 from serving.monitor import Monitor
 from serving.prom import ProxyMetrics
 from serving.proxy import Forwarder, ProxyStats
 from serving.registry import ModelRef
 from serving.rollout import Rollout, first_version, followed_alias
-from serving.tls import ListenerTls, backend_context
+from serving.tls import HTTP1, ListenerTls, backend_context
 from serving.upstream import UpstreamPool
+from serving.workers import Peers
 
 __all__ = ["ProxyServer", "bind_error", "run"]
 
@@ -63,6 +65,8 @@ class ProxyServer:
         self.stats = ProxyStats()
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
+        self.h2: H2Server | None = None
+        """HTTP/2 clients (h2c, and h2 over TLS): served when backend-protocol is h2c."""
         self._admin_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -116,7 +120,8 @@ class ProxyServer:
 
         self.forwarder = Forwarder(config, self.monitor, self.controller, self.stats)
         if config.tls_cert and config.tls_key:
-            self.tls = ListenerTls(config.tls_cert, config.tls_key)
+            alpn = ("h2", HTTP1) if config.backend_protocol == "h2c" else (HTTP1,)
+            self.tls = ListenerTls(config.tls_cert, config.tls_key, alpn)
         self._http = HttpServer(
             self.forwarder,
             self.stats.errors,
@@ -125,6 +130,10 @@ class ProxyServer:
             header_timeout=config.header_timeout_s,
             on_answered=self.stats.answered,
         )
+        if config.backend_protocol == "h2c":
+            self.h2 = H2Server(config, self.forwarder)
+            self._http.alpn_handoff["h2"] = self.h2
+            self.prometheus.add(self.h2.collect)
         host, port = config.listen_address
         loop = asyncio.get_running_loop()
         admin = config.admin_address
@@ -139,14 +148,20 @@ class ProxyServer:
                     ssl=self.tls.context if self.tls is not None else None,
                 )
             self.port = self._server.sockets[0].getsockname()[1]
-            if admin is not None and self.worker == 0:
+            self.peers = Peers.from_environment(self.worker, config.workers, config.admin_token)
+            if admin is not None and (self.worker == 0 or self.peers is not None):
                 self._admin_runner = web.AppRunner(
                     make_admin_app(self._admin_target()), access_log=None
                 )
                 await self._admin_runner.setup()
-                with bind_error("admin", str(config.admin)):
-                    await web.TCPSite(self._admin_runner, *admin).start()
+                if self.worker == 0:
+                    with bind_error("admin", str(config.admin)):
+                        await web.TCPSite(self._admin_runner, *admin).start()
+                else:  # worker 0 reaches this one's admin API on loopback (serving/workers.py)
+                    await web.TCPSite(self._admin_runner, "127.0.0.1", 0).start()
                 self.admin_port = self._admin_runner.addresses[0][1]
+                if self.peers is not None:
+                    self.peers.register(self.admin_port)
         except ConfigError:
             await self.stop()  # what did bind is released: the caller may try another port
             raise
@@ -180,11 +195,18 @@ class ProxyServer:
             self._server.close()
             self.forwarder.stopping = True
             self._http.stop()
+            if self.h2 is not None:
+                self.h2.stop()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.config.shutdown_timeout_s
-            while self._http.busy and loop.time() < deadline:
+            while (self._http.busy or (self.h2 is not None and self.h2.busy)) and (
+                loop.time() < deadline
+            ):
                 await asyncio.sleep(0.02)
             self._http.close_all()
+            if self.h2 is not None:
+                self.h2.close_all()
+                await self.h2.close()
             self.forwarder.tunnels.close_all()
         for task in self._tasks:
             task.cancel()
@@ -212,6 +234,8 @@ class ProxyServer:
             assert self._http is not None
             self._http.sweep(now)
             self.forwarder.tunnels.sweep(now)
+            if self.h2 is not None:
+                self.h2.sweep(now)
             for backend in self.monitor.backends:
                 backend.pool.sweep(now)
 
@@ -249,6 +273,7 @@ class ProxyServer:
             worker=self.worker,
             rollout_state=self.rollout.state if self.rollout is not None else lambda: None,
             discovery=self.discovery,
+            peers=self.peers,
         )
 
     def _follow_discovery(self) -> None:

@@ -53,10 +53,13 @@ from serving.settings import (
 )
 from serving.settings import markdown_table as settings_table
 from serving.tls import read_pem_path
+from serving.grpc_settings import DEFAULT_ERROR_CODES, read_backend_protocol, read_grpc_codes
 from serving.tunnel import read_upgrades
 
 TLS = "TLS and upgrades"
 """The `rl-lb serve --help` panel of the TLS and tunnel settings."""
+H2 = "HTTP/2 and gRPC"
+"""The `rl-lb serve --help` panel of the HTTP/2 and gRPC settings (serving/h2_server.py)."""
 RECORDING = "Recording"
 """The `rl-lb serve --help` panel of the recording settings (serving/recorder.py)."""
 
@@ -432,6 +435,57 @@ class ProxyConfig:
             integer=True,
         ),
         Option(RECORDING),
+    )
+    backend_protocol: str = proxy_setting(
+        "http1",
+        Setting(
+            "backend-protocol",
+            "How HTTP/2 and gRPC client streams reach the backends: http1 or h2c (cleartext "
+            "HTTP/2, needed for gRPC backends).",
+        ),
+        Option(H2, read_backend_protocol, "http1, h2c", flag_type=str),
+    )
+    h2_connections_per_backend: int = proxy_setting(
+        2,
+        Setting(
+            "h2-connections-per-backend",
+            "h2c connections to each backend that the streams are multiplexed over.",
+            minimum=1,
+            maximum=64,
+            integer=True,
+        ),
+        Option(H2),
+    )
+    grpc_error_codes: tuple[str, ...] = proxy_setting(
+        DEFAULT_ERROR_CODES,
+        Setting(
+            "grpc-error-codes",
+            "gRPC statuses (trailer grpc-status) that count against the backend like a 5xx.",
+        ),
+        Option(H2, read_grpc_codes, "gRPC status names", "", flag_type=list[str]),
+    )
+    h2_max_concurrent_streams: int = proxy_setting(
+        100,
+        Setting(
+            "h2-max-concurrent-streams",
+            "Streams one HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).",
+            minimum=1,
+            maximum=10000,
+            integer=True,
+        ),
+        Option(H2),
+    )
+    h2_max_resets: int = proxy_setting(
+        200,
+        Setting(
+            "h2-max-resets",
+            "Stream resets a client may send per second before its connection is closed "
+            "(GOAWAY ENHANCE_YOUR_CALM; the HTTP/2 rapid reset attack).",
+            "resets/s",
+            minimum=1,
+            integer=True,
+        ),
+        Option(H2),
     )
     control: ControlSpec = field(default_factory=ControlSpec)
     """The settings shared with the simulator (rl_lb/control.py declares them)."""

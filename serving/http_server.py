@@ -123,6 +123,8 @@ class ClientConnection(asyncio.Protocol):
         """Bytes the client sent after an Upgrade request's head (for the tunnel)."""
         self.alpn: str | None = None
         """The ALPN protocol the TLS client picked (None: cleartext, or no ALPN)."""
+        self.fresh = True
+        """No byte read yet: the first ones may be the HTTP/2 preface (h2c, prior knowledge)."""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -154,6 +156,10 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering or self.no_more:
             return
+        if self.fresh:
+            self.fresh = False
+            if data[:4] == b"PRI " and self._to_h2(data):
+                return
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -194,6 +200,21 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         if self.queue and self.queue[0].sink is not None:
             self.queue[0].sink.on_client_paused(False)
+
+    def _to_h2(self, data: bytes) -> bool:
+        """The client speaks HTTP/2 with prior knowledge: its connection goes to the HTTP/2
+        handler (`alpn_handoff['h2']`, registered when HTTP/2 is served)."""
+        handoff = self.server.alpn_handoff.get("h2")
+        transport = self.transport
+        if handoff is None or transport is None:
+            return False
+        self.transport = None
+        self.server.connections.discard(self)
+        protocol = handoff(transport)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(data)
+        return True
 
     # -- llhttp callbacks -------------------------------------------------------------------
 
@@ -335,15 +356,20 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = self.server.loop.time() + self.server.header_timeout
 
     def hand_over(self) -> asyncio.Transport | None:
-        """The connection leaves HTTP (a tunnel takes its transport): forgotten here."""
+        """The connection leaves HTTP (a tunnel takes its transport). It stays in
+        `server.connections`, counted against max-connections, until the tunnel calls
+        `tunnel_closed`."""
         transport, self.transport = self.transport, None
         if self.queue:
             self.queue[0].status = 101
             self.server.answered(self.queue[0])
         self.queue.clear()
         self.parsing = None
-        self.server.connections.discard(self)
+        self.deadline = 0.0
         return transport
+
+    def tunnel_closed(self) -> None:
+        self.server.connections.discard(self)
 
     def abort(self) -> None:
         """Break the connection off (a response that cannot be completed)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from bisect import bisect_left
 from collections.abc import Callable
@@ -33,7 +34,14 @@ from serving.upstream import UpstreamPool
 if TYPE_CHECKING:  # pyarrow is imported only when recording is on
     from serving.recorder import Recorder
 
-__all__ = ["LATENCY_BUCKETS", "STATUS_CLASSES", "Backend", "Monitor", "PoolView"]
+__all__ = [
+    "HEALTH_CHECK_BURST",
+    "LATENCY_BUCKETS",
+    "STATUS_CLASSES",
+    "Backend",
+    "Monitor",
+    "PoolView",
+]
 
 log = logging.getLogger("rl_lb.serving.monitor")
 
@@ -43,6 +51,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 """Upper bounds (s) of the exported latency histogram; a last bucket takes the rest."""
 STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
 """Exported request outcomes; "error" is a connection failure or a timeout (no status)."""
+HEALTH_CHECK_BURST = 50
+"""Health checks sent at the same moment at most; larger pools are checked in spread groups."""
 
 
 class Backend:
@@ -287,16 +297,34 @@ class Monitor:
         self.slow_start.on_return(i, now)
 
     async def run_health_checks(self) -> None:
-        """Check every backend each health-check interval until cancelled."""
+        """Check every backend each health-check interval until cancelled.
+
+        Up to `HEALTH_CHECK_BURST` checks go out together; a larger pool is checked in that
+        many groups spread evenly over the interval, so 1,000 backends do not cost 1,000
+        connections (and 1,000 answers on the event loop) in the same millisecond.
+        """
         assert self.config.health_path is not None
         while True:
             started = self.clock()
-            checks = [self.check(b) for b in list(self.backends) if not b.draining]
+            backends = [b for b in list(self.backends) if not b.draining]
+            groups = math.ceil(len(backends) / HEALTH_CHECK_BURST)
+            gap = self.config.control.health.interval_s / max(groups, 1)
+            checks = [
+                self._check_after(b, (k // HEALTH_CHECK_BURST) * gap)
+                for k, b in enumerate(backends)
+            ]
             for outcome in await asyncio.gather(*checks, return_exceptions=True):
                 if isinstance(outcome, Exception):
                     log.error("health check failed to run: %r", outcome)
             elapsed = self.clock() - started
             await asyncio.sleep(max(self.config.control.health.interval_s - elapsed, 0.0))
+
+    async def _check_after(self, backend: Backend, delay_s: float) -> bool:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+            if backend.index < 0 or backend.draining:
+                return True  # left the pool while it waited its turn
+        return await self.check(backend)
 
     async def check(self, backend: Backend) -> bool:
         """One active check: `GET {health_path}`, 2xx within the timeout passes."""

@@ -37,9 +37,6 @@ def serve(**values: Any) -> None:
     flags = {name.replace("_", "-"): value for name, value in values.items()}
     flags["backend"] = flags["backend"] or None  # an empty list: none given
     proxy_config = load_config(str(config) if config else None, flags)
-    _check_addresses(proxy_config)
-    if not proxy_config.allow_fallback_start:
-        _check_model(proxy_config)
     _configure_logging(log_level)
     _run_workers(proxy_config, flags, log_level)
 
@@ -158,16 +155,29 @@ def _worker(config: Any, flags: dict[str, Any], worker: int, log_level: str) -> 
 
 
 def _run_workers(config: Any, flags: dict[str, Any], log_level: str) -> None:
-    """Worker 0 runs here (with the admin API); the others are spawned processes."""
+    """Worker 0 runs here (with the admin API); the others are spawned processes. What would
+    stop a worker at start-up is refused first, in one line, before any of them starts."""
     from serving.app import run
+
+    _check_addresses(config)
+    if not config.allow_fallback_start:
+        _check_model(config)
 
     if config.workers == 1:
         run(config, flags)
         return
     import multiprocessing
     import os
+    import shutil
     import signal
+    import tempfile
 
+    from serving.workers import WORKER_DIR_ENV
+
+    # Where each worker publishes its admin port for worker 0 (serving/workers.py); the spawned
+    # children inherit the environment.
+    worker_dir = tempfile.mkdtemp(prefix="rl-lb-workers-")
+    os.environ[WORKER_DIR_ENV] = worker_dir
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=_worker, args=(config, flags, k, log_level), daemon=False)
@@ -191,6 +201,7 @@ def _run_workers(config: Any, flags: dict[str, Any], log_level: str) -> None:
             child.join(config.shutdown_timeout_s + 5)
             if child.is_alive():
                 child.kill()
+        shutil.rmtree(worker_dir, ignore_errors=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -117,12 +117,12 @@ class _Writer:
         assert self.path is not None
         if self.path.stat().st_size >= self.file_size:
             self.close()
-            self._bound()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            self._bound()
 
     def _bound(self) -> None:
         """Delete this worker's oldest closed files of this kind beyond its disk budget."""
@@ -130,7 +130,7 @@ class _Writer:
         sizes = [p.stat().st_size for p in own]
         total = sum(sizes)
         for path, size in zip(own, sizes, strict=True):
-            if total <= self.budget or (path == self.path and self.writer is not None):
+            if total <= self.budget:
                 break
             path.unlink(missing_ok=True)
             total -= size

@@ -115,6 +115,8 @@ class Declared:
             return self.option.none_means
         if isinstance(default, bool):
             return str(default).lower()
+        if isinstance(default, tuple):
+            return ", ".join(map(str, default))
         return default_text(self.field, self.info)
 
     def accepts(self) -> str:

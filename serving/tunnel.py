@@ -184,12 +184,18 @@ def open_tunnel(
     to_backend = conn.upgraded
     backend = pool.hand_over(up)
     client = conn.hand_over()
+
+    def closed() -> None:
+        pool.tunnel_closed()
+        conn.tunnel_closed()
+
     if backend is None or client is None:
         for transport in (backend, client):
             if transport is not None:
                 transport.close()
         if backend is not None:
             pool.tunnel_closed()
+        conn.tunnel_closed()
         return
-    tunnel = Tunnel(tunnels, client, backend, pool.tunnel_closed)
+    tunnel = Tunnel(tunnels, client, backend, closed)
     tunnel.start(to_client, to_backend, client_paused)

@@ -33,19 +33,23 @@ def worlds() -> list[World]:
 
 
 def _worst_capacity(scenario: Scenario) -> float:
-    """Capacity (requests/s) at the worst moment of the trouble, recomputed from the parsed
-    scenario: down backends count 0, failing shares are lost, slowdowns at their worst."""
+    """Usable capacity (requests/s) at the worst moment of the trouble, recomputed from the
+    parsed scenario: failing backends (down, or answering errors) count 0, as do backends whose
+    service time, slowed at its worst, exceeds a tenth of the timeout."""
     moments = {0.0} | {e.at_s for b in scenario.backends for e in b.events}
     moments |= {e.until_s for b in scenario.backends for e in b.events}
 
     def at(t: float) -> float:
         total = 0.0
         for backend in scenario.backends:
-            factor = 1.0
+            slowdown, failing = 1.0, False
             for e in backend.events:
                 if e.at_s <= t < e.until_s:
-                    worst = max(e.slowdown, e.slowdown_to or e.slowdown)
-                    factor = 0.0 if e.down else (1 - e.error_rate) / worst
+                    slowdown = max(e.slowdown, e.slowdown_to or e.slowdown)
+                    failing = e.down or e.error_rate > 0
+            if failing or backend.service.mean_s * slowdown > 0.1 * scenario.timeout_s:
+                continue
+            factor = 1.0 / slowdown
             if backend.pauses is not None:
                 factor *= 1 - backend.pauses.duration_s / backend.pauses.every_s
             total += backend.capacity_rps * factor
@@ -80,9 +84,9 @@ def test_traffic_is_bounded_by_the_capacity_left_after_trouble(worlds: list[Worl
         scenario = world.family().nominal()
         worst = _worst_capacity(scenario)
         arrivals = scenario.arrivals
-        assert worst >= 0.3 * scenario.capacity_rps - 1e-6, world.name
+        assert worst > 0, world.name
         sustained = max([arrivals.rate, *(s.rate for s in arrivals.profile)])
-        assert sustained <= 0.9 * worst * 1.01, world.name
+        assert sustained <= 0.85 * worst * 1.01, world.name
         for rate in arrivals.mmpp_rates:  # bursts: brief overload at most
             assert rate <= 1.05 * worst * 1.01, world.name
 

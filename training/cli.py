@@ -15,6 +15,7 @@ import typer
 from rl_lb.tracking_store import TrackingUriOption, use_tracking_uri
 from training.config import TrainConfig
 from training.promote import DEFAULT_ALIAS, GATE_SCENARIOS, GATE_SEEDS
+from training.sweep_cli import sweep
 from training.ui_server import serve_ui
 
 __all__ = ["register"]
@@ -165,3 +166,4 @@ def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("ui")(ui)
     app.command("promote")(promote)
+    app.command("sweep")(sweep)

@@ -36,9 +36,10 @@ __all__ = [
 DURATION_S = 120.0
 """Every world runs as long as the library's scenarios."""
 ARRIVAL_KINDS = ("steady", "ramp", "bursts")
-STEADY_LOAD = (0.2, 0.85)
-"""Poisson load as a share of the capacity left at the worst moment of the trouble."""
-RAMP_PEAK = (0.5, 0.9)
+STEADY_LOAD = (0.2, 0.8)
+"""Poisson load as a share of the capacity left (usable: see `GroupDraft.capacity_at`) at the
+worst moment of the trouble."""
+RAMP_PEAK = (0.5, 0.85)
 BURST_QUIET, BURST_PEAK = (0.2, 0.6), (0.7, 1.05)
 """MMPP phases, shares of the capacity left: quiet spells and brief bursts (above 1: overload)."""
 BURST_DWELL_S, QUIET_DWELL_S = (1.0, 3.0), (6.0, 20.0)
@@ -199,8 +200,8 @@ def generate_world(seed: int, index: int) -> World:
         "# replay it with `rl-lb evaluate --scenario FILE`. What was drawn:",
         f"# pool: {pool.size} backends, {pool.mix} ({pool.tiers} tier(s)), service "
         f"{dist.get(pool.dist, pool.dist)}, client timeout {pool.timeout_s:g} s",
-        f"# capacity: {nominal:,.0f} req/s nominal, {worst:,.0f} req/s ({left:.0%}) at the worst "
-        "moment of the trouble; loads below are shares of the nominal capacity",
+        f"# capacity: {nominal:,.0f} req/s nominal, {worst:,.0f} req/s ({left:.0%}) usable at the "
+        "worst moment of the trouble; loads below are shares of the nominal capacity",
         *(f"# {note}" for note in arrival_notes),
         *(f"# trouble ({kind}): {text}" for kind, text in trouble),
         *(["# trouble: none"] if not trouble else []),

@@ -45,6 +45,8 @@ TIMEOUT_OVER_SERVICE = 40.0
 20-25 ms)."""
 MAX_TIER_SLOWNESS = 20.0
 """A long-tailed pool's slowest tier is at most this many times slower than its fastest."""
+USABLE_SERVICE = 0.1
+"""A backend whose mean service time exceeds this share of the timeout counts as no capacity."""
 DISTS = ("exponential", "lognormal", "pareto", "constant")
 DIST_WEIGHTS = (0.3, 0.4, 0.2, 0.1)
 
@@ -66,13 +68,14 @@ class EventDraft:
     error_latency_s: float = 0.001
     down: bool = False
 
-    def capacity_factor(self) -> float:
-        """Share of the group's nominal capacity left at the worst moment of this window; a
-        fast-failing share counts as lost, a speed-up above 1."""
-        if self.down:
-            return 0.0
-        worst = max(self.slowdown, self.slowdown_to or self.slowdown)
-        return (1.0 - self.error_rate) / worst
+    @property
+    def worst_slowdown(self) -> float:
+        return max(self.slowdown, self.slowdown_to or self.slowdown)
+
+    @property
+    def failing(self) -> bool:
+        """Down or answering errors: a balancer serves the world by avoiding these backends."""
+        return self.down or self.error_rate > 0
 
 
 @dataclass
@@ -95,12 +98,23 @@ class GroupDraft:
     def capacity_rps(self) -> float:
         return self.count * self.concurrency / self.mean_s
 
-    def capacity_at(self, t: float) -> float:
-        """Capacity (requests/s) during the worst moment of whatever window covers `t`."""
-        factor = 1.0
+    def capacity_at(self, t: float, timeout_s: float) -> float:
+        """Usable capacity (requests/s) at the worst moment of whatever window covers `t`.
+
+        What a balancer can rely on: nothing from a failing backend (down, or answering errors,
+        which count as timeouts in the effective p99), nothing from one whose service time is
+        above `USABLE_SERVICE` of the timeout (its queue alone would time requests out), and
+        a paused backend by the share of time it runs.
+        """
+        slowdown = 1.0
         for event in self.events:
             if event.at_s <= t < event.until_s:
-                factor = event.capacity_factor()
+                if event.failing:
+                    return 0.0
+                slowdown = event.worst_slowdown
+        if self.mean_s * slowdown > USABLE_SERVICE * timeout_s:
+            return 0.0
+        factor = 1.0 / slowdown
         if self.pauses is not None:
             every, length = self.pauses
             factor *= 1.0 - length / every
@@ -134,7 +148,7 @@ class PoolDraft:
         start, where capacity changes)."""
         moments = {0.0} | {e.at_s for g in self.groups for e in g.events}
         moments |= {e.until_s for g in self.groups for e in g.events if e.until_s < self.duration_s}
-        return min(sum(g.capacity_at(t) for g in self.groups) for t in moments)
+        return min(sum(g.capacity_at(t, self.timeout_s) for g in self.groups) for t in moments)
 
     def name_for(self, tier: int) -> str:
         """A fresh group name in `tier`: t0a, t0b, … (never `b<digits>`, never `x-<digits>`)."""

@@ -3,9 +3,9 @@
 Trouble lands on any subset of the pool, the fastest tier included (it is chosen on purpose
 often: a policy that trusts the fastest backends for good must meet worlds where they turn slow).
 Hitting part of a group splits it, since every backend of a scenario group shares its events.
-A trouble that would leave less than `MIN_CAPACITY_LEFT` of the pool at its worst moment is
-undone: the traffic is then sized against what is left, and a world where nothing is left
-separates no balancers.
+A trouble that would leave less than `MIN_CAPACITY_LEFT` of the pool's usable capacity at its
+worst moment is undone: the traffic is then sized against what is left, and a world where
+nothing is left separates no balancers.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ TROUBLE_KINDS = (
 TROUBLE_COUNTS = (0.1, 0.4, 0.3, 0.2)
 """Probability of 0, 1, 2 and 3 troubles in one world."""
 MIN_CAPACITY_LEFT = 0.3
-"""Share of the nominal capacity the pool keeps at the worst moment of its trouble."""
+"""Share of its usable capacity without trouble (`PoolDraft.worst_capacity_rps`) that the pool
+keeps at the worst moment of its trouble."""
 FASTEST_SHARE = 0.4
 """How often a trouble aims at the fastest tier rather than a tier drawn uniformly."""
 SLOWDOWN = (2.0, 12.0)
@@ -124,8 +125,8 @@ def _swap(rng: np.random.Generator, pool: PoolDraft) -> str | None:
     at, until = _window(rng, pool.duration_s, persistent=rng.random() < 0.6)
     ratio = sig(second.mean_s / first.mean_s, 4)
     back = sig(first.mean_s / second.mean_s, 4)
-    one = _hit(pool, first, EventDraft(at, until, slowdown=ratio), f"swap: service time {ratio:g}x")
-    two = _hit(pool, second, EventDraft(at, until, slowdown=back), f"swap: service time {back:g}x")
+    one = _hit(pool, first, EventDraft(at, until, slowdown=ratio), f"service time {ratio:g}x")
+    two = _hit(pool, second, EventDraft(at, until, slowdown=back), f"service time {back:g}x")
     return f"{one}; {two}"
 
 
@@ -217,14 +218,13 @@ def draw_trouble(rng: np.random.Generator, pool: PoolDraft) -> list[tuple[str, s
     """Add 0-3 troubles to `pool` in place; returns (kind, what happened) for each."""
     wanted = int(rng.choice(len(TROUBLE_COUNTS), p=TROUBLE_COUNTS))
     drawn: list[tuple[str, str]] = []
+    calm = pool.worst_capacity_rps()  # usable capacity with no trouble: slow tiers may not count
     for _ in range(wanted):
         for _ in range(ATTEMPTS):
             kind = TROUBLE_KINDS[int(rng.integers(len(TROUBLE_KINDS)))]
             before = copy.deepcopy(pool.groups)
             text = _KINDS[kind](rng, pool)
-            if text is not None and pool.worst_capacity_rps() >= MIN_CAPACITY_LEFT * (
-                pool.capacity_rps
-            ):
+            if text is not None and pool.worst_capacity_rps() >= MIN_CAPACITY_LEFT * calm:
                 drawn.append((kind, text))
                 break
             pool.groups = before

@@ -11,6 +11,7 @@ by likelihood among the simulator's (`fit_service`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 MIN_BIN = 20
-"""Requests at one in-flight count below which that count says nothing about the queue."""
+"""Requests at or below a concurrency (and twice as many above it) needed to tell it."""
 MIN_SERVICE = 30
 """Low-load requests below which the service time is reported as too thin to fit."""
 CHANGE_WINDOW_S = 5.0
@@ -64,7 +65,7 @@ class BackendFit:
     concurrency: int | None
     """None: the in-flight count never passed the concurrency long enough to tell it."""
     concurrency_seen: int
-    """The largest in-flight count seen with at least `MIN_BIN` requests."""
+    """The largest in-flight count seen (at least 3 requests)."""
     service: ServiceFit
     error_rate: float
     error_latency_s: float
@@ -73,10 +74,10 @@ class BackendFit:
 
 
 def _bins(in_flight: IntArray, latency: FloatArray) -> tuple[IntArray, FloatArray, IntArray]:
-    """In-flight counts with at least MIN_BIN requests, their mean latency and request count."""
+    """In-flight counts seen (3 requests or more), their mean latency and request count."""
     counts = np.bincount(in_flight)
     sums = np.bincount(in_flight, weights=latency)
-    levels = np.flatnonzero(counts >= MIN_BIN)
+    levels = np.flatnonzero(counts >= 3)
     levels = levels[levels >= 1]
     return levels, sums[levels] / counts[levels], counts[levels]
 
@@ -84,8 +85,9 @@ def _bins(in_flight: IntArray, latency: FloatArray) -> tuple[IntArray, FloatArra
 def fit_concurrency(in_flight: IntArray, latency: FloatArray) -> tuple[int | None, int]:
     """(c, largest well-populated in-flight count); c None when no count beyond c is seen.
 
-    Each candidate c gets its best mean (weighted least squares of the broken line); the c of
-    least error wins. A c at the largest populated count has no queued side to check, so
+    Each candidate c gets its maximum-likelihood mean under a gamma model of the latencies (a
+    gamma GLM: errors relative to the fitted mean, so the long queues do not drown the knee);
+    the c of least deviance wins. A c at the largest populated count has no queued side to check, so
     that answer is "cannot tell".
     """
     levels, means, counts = _bins(in_flight, latency)
@@ -93,15 +95,15 @@ def fit_concurrency(in_flight: IntArray, latency: FloatArray) -> tuple[int | Non
         return None, 0
     top = int(levels[-1])
     best_c, best_error = top, math.inf
-    weight = counts / means**2  # relative errors: the long queues must not drown the knee
     for c in range(1, top + 1):
         shape = 1.0 + np.maximum(levels - c, 0) / c
-        scale = float(np.sum(weight * means * shape) / np.sum(weight * shape * shape))
-        error = float(np.sum(weight * (means - scale * shape) ** 2))
+        scale = float(np.sum(counts * means / shape) / np.sum(counts))
+        fitted = scale * shape
+        error = float(np.sum(counts * ((means - fitted) / fitted - np.log(means / fitted))))
         if error < best_error * (1 - 1e-9):
             best_c, best_error = c, error
     below, above = levels <= best_c, levels > best_c
-    if best_c >= top or not below.any():
+    if counts[above].sum() < 2 * MIN_BIN or counts[below].sum() < MIN_BIN:
         return None, top
     if means[above].mean() < 1.1 * means[below].mean():  # no climb past it: noise
         return None, top
@@ -112,7 +114,9 @@ def _lognormal_loglik(x: FloatArray) -> tuple[float, float, float]:
     logs = np.log(x)
     mu, sigma = float(logs.mean()), float(logs.std())
     sigma = max(sigma, 1e-9)
-    loglik = float(np.sum(-logs - math.log(sigma * math.sqrt(2 * math.pi)) - (logs - mu) ** 2 / (2 * sigma**2)))
+    loglik = float(
+        np.sum(-logs - math.log(sigma * math.sqrt(2 * math.pi)) - (logs - mu) ** 2 / (2 * sigma**2))
+    )
     return loglik, mu, sigma
 
 
@@ -165,19 +169,21 @@ def change_points(
     cuts = [0, len(means)]
     for _ in range(max_changes):
         best: tuple[float, int] | None = None
-        for a, b in zip(cuts, cuts[1:], strict=False):
+        for a, b in itertools.pairwise(cuts):
             segment = means[a:b]
             total = float(np.sum((segment - segment.mean()) ** 2))
             for k in range(a + 1, b):
                 left, right = means[a:k], means[k:b]
-                split = float(np.sum((left - left.mean()) ** 2) + np.sum((right - right.mean()) ** 2))
+                split = float(
+                    np.sum((left - left.mean()) ** 2) + np.sum((right - right.mean()) ** 2)
+                )
                 gain = total - split
                 if gain > penalty and (best is None or gain > best[0]):
                     best = (gain, k)
         if best is None:
             break
         cuts = sorted([*cuts, best[1]])
-    segments = [(a, b, float(means[a:b].mean())) for a, b in zip(cuts, cuts[1:], strict=False)]
+    segments = [(a, b, float(means[a:b].mean())) for a, b in itertools.pairwise(cuts)]
     usual = float(np.median([m for _, _, m in segments]))
     windows = []
     for a, b, mean in segments:

@@ -63,9 +63,13 @@ def _fit(
         low = recording.latency_s[mine & (recording.in_flight <= limit)] * 1e3
         s = fit.service
         fit50, fit99 = (q * 1e3 for q in service_quantiles(s.dist, s.mean_s, s.cv, s.shape))
-        obs50, obs99 = (float(q) for q in np.quantile(low, [0.5, 0.99])) if len(low) else (
-            math.nan,
-            math.nan,
+        obs50, obs99 = (
+            (float(q) for q in np.quantile(low, [0.5, 0.99]))
+            if len(low)
+            else (
+                math.nan,
+                math.nan,
+            )
         )
         table.add_row(
             fit.name,

@@ -14,12 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from lab.backends import EmulatedPool
+from lab.bench_proxy import free_port, running_proxies
 from lab.loadgen import run_schedule
-from rl_lb.control import ControlSpec
 from rl_lb.scenarios import Scenario
 from rl_lb.types import FloatArray
-from serving.app import ProxyServer
-from serving.config import ProxyConfig
 
 __all__ = ["record_emulated", "slowed", "stepped_schedule"]
 
@@ -28,7 +26,9 @@ def slowed(scenario: Scenario, factor: float) -> Scenario:
     """The scenario with every service time `factor` times longer (capacity / factor), so that
     proxy, backends and load fit on a small machine without the proxy's CPU being the queue."""
     backends = tuple(
-        dataclasses.replace(b, service=dataclasses.replace(b.service, mean_s=b.service.mean_s * factor))
+        dataclasses.replace(
+            b, service=dataclasses.replace(b.service, mean_s=b.service.mean_s * factor)
+        )
         for b in scenario.backends
     )
     return dataclasses.replace(scenario, backends=backends)
@@ -53,33 +53,33 @@ async def record_emulated(
     folder: Path,
     *,
     duration_s: float,
-    loads: tuple[float, ...] = (0.3, 0.6, 0.9, 1.0, 0.5),
+    loads: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.5),
     balancer: str = "least-latency",
     seed: int = 0,
-    **settings: object,
-) -> int:
-    """Run `scenario`'s backends behind a recording proxy under stepped load; requests sent."""
+    flags: tuple[str, ...] = (),
+) -> tuple[int, list[str]]:
+    """Run `scenario`'s backends behind `rl-lb serve --record folder` (its own process, as in
+    production: the backends and the load share this one) under stepped load. Returns the
+    requests sent and the backends' URLs (in the scenario's order)."""
     schedule = stepped_schedule(scenario.capacity_rps, duration_s, loads, seed)
-    async with EmulatedPool(scenario, seed=seed) as pool:
-        config = ProxyConfig(
-            backends=tuple(pool.urls),
-            listen="127.0.0.1:0",
-            admin=None,
-            balancer=balancer,
-            control_interval_s=scenario.control_interval_s,
-            control=ControlSpec.from_flags({"health-interval": 1.0}),
-            health_path=None,
-            read_timeout_s=10.0,
-            record=str(folder),
-            **settings,  # type: ignore[arg-type]
+    proxy_flags = [
+        "--balancer", balancer,
+        "--record", str(folder),
+        "--control-interval", repr(scenario.control_interval_s),
+        "--health-path", "",
+        "--read-timeout", "30",
+        "--shutdown-timeout", "5",
+        "--log-level", "warning",
+        *flags,
+    ]  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    async with (
+        EmulatedPool(scenario, seed=seed) as pool,
+        running_proxies(pool.urls, proxy_flags, folder.parent, [free_port()]) as proxies,
+    ):
+        await run_schedule(
+            proxies[0].url, schedule, duration=duration_s, timeout=30.0, connections=512
         )
-        proxy = ProxyServer(config)
-        await proxy.start()
-        try:
-            await run_schedule(
-                f"http://127.0.0.1:{proxy.port}/", schedule, duration=duration_s, timeout=10.0,
-                connections=256,
-            )
-        finally:
-            await proxy.stop()
-    return len(schedule)
+        proxies[0].stop()  # SIGTERM: the recorder writes what is left and closes its files
+        urls = pool.urls
+    return len(schedule), urls

@@ -55,7 +55,9 @@ def _files(folders: Sequence[str], kind: str) -> list[Path]:
     for folder in folders:
         path = Path(folder)
         if not path.is_dir():
-            raise ScenarioError(folder, "is not a folder", "pass the folder of rl-lb serve --record")
+            raise ScenarioError(
+                folder, "is not a folder", "pass the folder of rl-lb serve --record"
+            )
         found += sorted(path.glob(f"{kind}-w*-*.parquet"))
     return found
 
@@ -82,7 +84,9 @@ def read_recording(folders: Sequence[str], warn: Callable[[str], None]) -> Recor
     if not tables:
         where = ", ".join(folders)
         raise ScenarioError(where, "holds no readable recorded request", "record with --record")
-    columns = {c: [t.column(c).to_numpy(zero_copy_only=False) for t in tables] for c in REQUEST_COLUMNS}
+    columns = {
+        c: [t.column(c).to_numpy(zero_copy_only=False) for t in tables] for c in REQUEST_COLUMNS
+    }
     merged = {c: np.concatenate(parts) for c, parts in columns.items()}
     order = np.argsort(merged["arrival_s"], kind="stable")
     arrival = merged["arrival_s"][order].astype(np.float64)

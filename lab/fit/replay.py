@@ -85,30 +85,34 @@ def _with_recorded_arrivals(scenario: Scenario, recording: Recording) -> Scenari
 
 
 def replay(
-    scenario: Scenario, recording: Recording, balancer: str, seed: int = 0
+    scenario: Scenario, recording: Recording, balancer: str, seed: int = 0, seeds: int = 3
 ) -> list[Comparison]:
-    """Per-backend comparisons (in the scenario's order), then the pool's."""
+    """Per-backend comparisons (in the scenario's order), then the pool's. The simulated
+    quantiles are over the requests of `seeds` runs (seed, seed + 1, …): one recording is one
+    draw of the real pool, and the simulator's own draw should not add to the difference."""
     try:
         make_balancer(balancer)
     except Exception as error:
         raise ScenarioError(
-            "--balancer", f"the recorded balancer {balancer!r} cannot run here: {error}",
+            "--balancer",
+            f"the recorded balancer {balancer!r} cannot run here: {error}",
             "name one with --balancer",
         ) from None
     world = _with_recorded_arrivals(scenario, recording)
-    result = run_episode(world, balancer, seed)
+    results = [run_episode(world, balancer, seed + k) for k in range(seeds)]
+    latency = np.concatenate([r.latency_s for r in results])
+    backend = np.concatenate([r.backend for r in results])
     recorded_index = {backend_name(url): i for i, url in enumerate(recording.names)}
     rows = []
-    for j, name in enumerate(result.backend_names):
-        simulated = result.latency_s[result.backend == j]
+    for j, name in enumerate(results[0].backend_names):
         i = recorded_index.get(name)
         recorded = recording.latency_s[recording.of(i)] if i is not None else np.empty(0)
-        rows.append(_row(name, recorded, simulated))
-    rows.append(_row("pool", recording.latency_s, result.latency_s))
+        rows.append(_row(name, recorded, latency[backend == j], seeds))
+    rows.append(_row("pool", recording.latency_s, latency, seeds))
     return rows
 
 
-def _row(name: str, recorded: FloatArray, simulated: FloatArray) -> Comparison:
+def _row(name: str, recorded: FloatArray, simulated: FloatArray, seeds: int) -> Comparison:
     r50, r99 = _quantiles(recorded)
     s50, s99 = _quantiles(simulated)
-    return Comparison(name, len(recorded), len(simulated), r50, s50, r99, s99)
+    return Comparison(name, len(recorded), round(len(simulated) / seeds), r50, s50, r99, s99)

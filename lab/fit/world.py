@@ -7,6 +7,7 @@ cannot tell apart from the fitted one. `rl-lb scenario check` runs its midpoints
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ from lab.fit.backend_fit import BackendFit, fit_backend
 from lab.fit.recording import Recording
 from rl_lb.types import FloatArray
 
-__all__ = ["FittedWorld", "RATE_WINDOW_S", "backend_name", "fit_world", "rate_profile", "render"]
+__all__ = ["RATE_WINDOW_S", "FittedWorld", "backend_name", "fit_world", "rate_profile", "render"]
 
 RATE_WINDOW_S = 10.0
 """Width of the windows the arrival rate profile is measured over."""
@@ -111,11 +112,13 @@ def _range(low: float, high: float) -> str:
 
 def _events(fit: BackendFit, duration: float) -> list[str]:
     """Change windows and the error behaviour as the scenario's (non-overlapping) events."""
-    cuts = sorted({0.0, duration, *(c.at_s for c in fit.changes), *(c.until_s for c in fit.changes)})
+    cuts = sorted(
+        {0.0, duration, *(c.at_s for c in fit.changes), *(c.until_s for c in fit.changes)}
+    )
     if fit.error_rate == 0 and not fit.changes:
         return []
     events = []
-    for at, until in zip(cuts, cuts[1:], strict=False):
+    for at, until in itertools.pairwise(cuts):
         if until - at <= 0:
             continue
         slowdown = next((c.slowdown for c in fit.changes if c.at_s <= at < c.until_s), 1.0)

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from rl_lb.control import ControlSpec
 from rl_lb.features import FeatureEncoder
-from rl_lb.policies.learned import FORMAT, FORMAT_VERSION, HEADER_FILE, WEIGHTS_FILE
+from rl_lb.policies.learned import FORMAT, FORMAT_VERSION, HEADER_FILE, POOLING, WEIGHTS_FILE
 from serving.app import ProxyServer
 from serving.config import ProxyConfig
 
@@ -182,7 +182,7 @@ def write_model(directory: Path, *, version: str = "test-1", seed: int = 0) -> P
     arrays = {
         "phi.0.weight": normal(len(encoder.names), hidden),
         "phi.0.bias": normal(hidden),
-        "rho.0.weight": normal(3 * hidden, hidden),
+        "rho.0.weight": normal(2 * hidden, hidden),  # [slot, pooled mean]
         "rho.0.bias": normal(hidden),
         "head.weight": normal(hidden),
     }
@@ -190,7 +190,7 @@ def write_model(directory: Path, *, version: str = "test-1", seed: int = 0) -> P
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "layout": encoder.layout(),
-        "architecture": {"slot_net": [hidden], "head_net": [hidden]},
+        "architecture": {"slot_net": [hidden], "head_net": [hidden], "pool": list(POOLING)},
         "activation": "tanh",
         "version": version,
     }

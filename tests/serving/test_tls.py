@@ -22,7 +22,6 @@ from rl_lb.errors import ConfigError
 from serving.app import ProxyServer
 from serving.config import load_config
 
-
 FAST_HEALTH = {"health-interval": 0.1, "health-timeout": 0.5, "unhealthy-threshold": 1}
 
 
@@ -151,7 +150,8 @@ async def test_reload_serves_the_new_certificate_and_open_connections_keep_their
         )
         _pem_pair(new_ca.issue_cert("127.0.0.1"), tmp_path, "listener")  # same paths
         await proxy.reload()  # what SIGHUP runs
-        assert proxy.tls is not None and proxy.tls.reloads == 1
+        assert proxy.tls is not None
+        assert proxy.tls.reloads == 1
         _, fresh = await asyncio.open_connection(
             "127.0.0.1", proxy.port, ssl=_client_context(new_ca)
         )

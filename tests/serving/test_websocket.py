@@ -24,7 +24,7 @@ from serving.app import ProxyServer
 
 
 class EchoBackend:
-    """A `websockets` server: echoes every message, and pushes `tick N` when asked to."""
+    """A `websockets` server: echoes every message (any size), and pushes `tick N` when asked."""
 
     def __init__(self) -> None:
         self.server: Server | None = None
@@ -36,7 +36,7 @@ class EchoBackend:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> EchoBackend:
-        self.server = await serve(self._session, "127.0.0.1", 0)
+        self.server = await serve(self._session, "127.0.0.1", 0, max_size=None)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -133,6 +133,17 @@ async def test_an_open_tunnel_is_counted_apart_from_in_flight_requests(
         assert (in_flight, active) == (0, 0)
         await eventually(lambda: backend.pool.tunnels == 0)
         assert _gauge(await _metrics(client, proxy), "tunnels") == 0.0
+
+
+async def test_large_messages_cross_the_tunnel_intact_both_ways(echo: EchoBackend) -> None:
+    """Several MiB each way: flow control pauses a side and resumes it, nothing is lost."""
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    async with ProxyServer(_config(echo)) as proxy:
+        url = f"ws://127.0.0.1:{proxy.port}/"
+        async with connect(url, open_timeout=5, max_size=None) as ws:
+            for _ in range(3):
+                await ws.send(big)
+                assert await asyncio.wait_for(ws.recv(), 30) == big
 
 
 async def test_an_upgrade_that_is_not_allowed_is_not_tunnelled(echo: EchoBackend) -> None:

@@ -1,0 +1,396 @@
+"""The client side of HTTP/2: h2c with prior knowledge and h2 over TLS (ALPN), via the `h2` library.
+
+`serving.http_server.ClientConnection` hands a connection over when its first bytes are the
+HTTP/2 preface (or its TLS client picked `h2`): from then on an `H2ClientConnection` owns the
+transport, and every stream becomes an `serving.h2_stream.H2Stream`, balanced on its own.
+
+Hostile input is bounded here, each case ending the connection with the GOAWAY code the RFCs
+name while the other connections carry on:
+- rapid reset (CVE-2023-44487): more than `h2-max-resets` stream resets in a second →
+  ENHANCE_YOUR_CALM;
+- SETTINGS and PING floods: more than `_MAX_CONTROL_FRAMES` a second → ENHANCE_YOUR_CALM; and
+  reading stops while the client does not read our acknowledgements;
+- oversized header blocks: the HPACK decoder's header list limit (the HTTP/1.1 head limit,
+  `8 × max-header-bytes`) → ENHANCE_YOUR_CALM (h2's DenialOfServiceError);
+- CONTINUATION flood: h2 refuses a header block of more than 64 CONTINUATION frames →
+  PROTOCOL_ERROR, so a block never holds more than 64 × 16 KiB;
+- too many streams: SETTINGS_MAX_CONCURRENT_STREAMS = `h2-max-concurrent-streams`, a stream
+  beyond it → PROTOCOL_ERROR;
+- flow-control abuse: DATA past our window or a window overflow → FLOW_CONTROL_ERROR; a client
+  that stops reading (window 0) stalls only its own streams, whose backend streams stop at
+  their window because response bytes are acknowledged upstream only once passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter, deque
+from collections.abc import Iterator
+from typing import cast
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from serving.config import ProxyConfig
+from serving.grpc_settings import GRPC_CODES
+from serving.h2_stream import H2Stream
+from serving.h2_upstream import H2UpstreamPool, Headers
+from serving.monitor import Backend
+from serving.proxy import Forwarder
+
+__all__ = ["H2ClientConnection", "H2Server"]
+
+log = logging.getLogger("rl_lb.serving.h2")
+
+_MAX_CONTROL_FRAMES = 100
+"""SETTINGS or PING frames a client may send in one second (gRPC keepalive sends a few a minute)."""
+_MAX_WRITE_BUFFER = 4 << 20
+"""Bytes waiting for a client that does not read, past which its connection is dropped."""
+_IDLE_S = 300.0
+"""An HTTP/2 connection without a stream this long is closed (GOAWAY NO_ERROR)."""
+
+
+class H2Server:
+    """What the HTTP/2 connections of one listener share: limits, upstream pools, counters."""
+
+    def __init__(self, config: ProxyConfig, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self.loop = asyncio.get_running_loop()
+        self.config = config
+        self.preserve_host = config.preserve_host
+        self.error_codes = frozenset(config.grpc_error_codes)
+        self.error_numbers = frozenset(GRPC_CODES[name] for name in config.grpc_error_codes)
+        self.max_streams = config.h2_max_concurrent_streams
+        self.max_resets = config.h2_max_resets
+        self.max_header_list = 8 * config.max_header_bytes
+        self.pools: dict[str, H2UpstreamPool] = {}
+        self.streams_by_backend: Counter[str] = Counter()
+        """gRPC streaming calls open per backend, apart from in-flight."""
+        self.goaways: Counter[str] = Counter()
+        """Connections we closed with a GOAWAY error code, by code name."""
+        self.connections: set[H2ClientConnection] = set()
+        self.stopping = False
+
+    def __call__(self, transport: asyncio.Transport) -> H2ClientConnection:
+        """The handoff factory (`HttpServer.alpn_handoff['h2']`)."""
+        return H2ClientConnection(self)
+
+    def pool_for(self, backend: Backend) -> H2UpstreamPool:
+        pool = self.pools.get(backend.url)
+        if pool is None:
+            config = self.config
+            pool = self.pools[backend.url] = H2UpstreamPool(
+                backend.url,
+                connections=config.h2_connections_per_backend,
+                connect_timeout=config.connect_timeout_s,
+                read_timeout=config.read_timeout_s,
+            )
+        return pool
+
+    def streams_open(self, backend: Backend, delta: int) -> None:
+        self.streams_by_backend[backend.url] += delta
+
+    def answered(self, status: int, seconds: float) -> None:
+        self.forwarder.stats.answered(status, seconds)
+
+    @property
+    def busy(self) -> bool:
+        return any(c.live_streams() for c in self.connections)
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.connections):
+            conn.sweep(now)
+        for pool in self.pools.values():
+            pool.sweep(now)
+        present = {b.url for b in self.forwarder.monitor.backends}
+        for url in [u for u, p in self.pools.items() if u not in present and not p.streams]:
+            pool = self.pools.pop(url)
+            self.loop.create_task(pool.close())
+
+    def stop(self) -> None:
+        """No new streams: idle connections close now, busy ones once their streams are over."""
+        self.stopping = True
+        for conn in list(self.connections):
+            if not conn.live_streams():
+                conn.goaway(ErrorCodes.NO_ERROR)
+
+    def close_all(self) -> None:
+        for conn in list(self.connections):
+            conn.goaway(ErrorCodes.NO_ERROR)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.pools.values()))
+
+    def collect(self) -> Iterator[Metric]:
+        """Prometheus families (added to `ProxyMetrics`)."""
+        streams = GaugeMetricFamily(
+            "rl_lb_backend_grpc_streams",
+            "gRPC streaming calls open, apart from in_flight",
+            labels=["backend"],
+        )
+        for backend in self.forwarder.monitor.backends:
+            streams.add_metric([backend.url], self.streams_by_backend[backend.url])
+        yield streams
+        yield GaugeMetricFamily(
+            "rl_lb_h2_connections", "HTTP/2 client connections open", value=len(self.connections)
+        )
+        goaways = CounterMetricFamily(
+            "rl_lb_h2_goaways",
+            "HTTP/2 client connections closed by the proxy for an error, by GOAWAY code",
+            labels=["code"],
+        )
+        for code, count in sorted(self.goaways.items()):
+            goaways.add_metric([code], count)
+        yield goaways
+
+
+class H2ClientConnection(asyncio.Protocol):
+    """One HTTP/2 client connection."""
+
+    def __init__(self, server: H2Server) -> None:
+        self.server = server
+        self.h2 = H2Connection(
+            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        )
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, H2Stream] = {}
+        self.peer = "unknown"
+        self.window_start = 0.0
+        self.resets = 0
+        self.control_frames = 0
+        self.active = 0.0
+        self.batching = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        server = self.server
+        server.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "unknown"
+        self.active = self.window_start = server.loop.time()
+        h2 = self.h2
+        h2.local_settings.max_concurrent_streams = server.max_streams
+        h2.local_settings.max_header_list_size = server.max_header_list
+        h2.decoder.max_header_list_size = server.max_header_list  # before the client's ack
+        h2.initiate_connection()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as error:
+            code = (
+                error.error_code
+                if isinstance(error.error_code, ErrorCodes)
+                else ErrorCodes.PROTOCOL_ERROR
+            )
+            log.info("HTTP/2 client %s: %s (GOAWAY %s)", self.peer, error, code.name)
+            self.goaway(code)
+            return
+        now = self.server.loop.time()
+        self.active = now
+        if now - self.window_start >= 1.0:
+            self.window_start, self.resets, self.control_frames = now, 0, 0
+        self.batching = True
+        try:
+            for event in events:
+                self._event(event)
+                if self.transport is None:
+                    return
+        finally:
+            self.batching = False
+        self.flush()
+
+    def _event(self, event: object) -> None:
+        if isinstance(event, RequestReceived):
+            sid = event.stream_id or 0
+            if self.server.stopping:
+                self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+                return
+            new = H2Stream(self, sid, list(cast(Headers, event.headers or [])))
+            self.streams[sid] = new
+            new.start()
+        elif isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id or 0)
+            if stream is not None:
+                stream.on_client_data(event.data or b"", event.flow_controlled_length or 0)
+            else:
+                self.ack(event.stream_id or 0, event.flow_controlled_length or 0)
+        elif isinstance(event, StreamEnded):  # after the RequestReceived or DataReceived
+            stream = self.streams.get(event.stream_id or 0)
+            if stream is not None and not stream.client_ended:
+                stream.on_client_end()
+        elif isinstance(event, TrailersReceived):
+            pass  # request trailers are not forwarded (gRPC clients send none); END_STREAM follows
+        elif isinstance(event, StreamReset):
+            self.resets += 1
+            if self.resets > self.server.max_resets:
+                log.warning("HTTP/2 client %s: rapid reset (GOAWAY ENHANCE_YOUR_CALM)", self.peer)
+                self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+                return
+            gone = self.streams.pop(event.stream_id or 0, None)
+            if gone is not None:
+                gone.on_client_gone()
+        elif isinstance(event, PingReceived | RemoteSettingsChanged):
+            self.control_frames += 1
+            if self.control_frames > _MAX_CONTROL_FRAMES:
+                log.warning(
+                    "HTTP/2 client %s: SETTINGS/PING flood (GOAWAY ENHANCE_YOUR_CALM)", self.peer
+                )
+                self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
+        elif isinstance(event, WindowUpdated):
+            targets = (
+                list(self.streams.values())
+                if not event.stream_id
+                else [s for s in (self.streams.get(event.stream_id),) if s is not None]
+            )
+            for stream in targets:
+                if stream.out or stream.out_ended:
+                    stream.pump()
+        elif isinstance(event, ConnectionTerminated):
+            self._forget_streams()
+            if self.transport is not None:
+                self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.server.connections.discard(self)
+        self._forget_streams()
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()  # no more acks to queue for a client that does not read
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _forget_streams(self) -> None:
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.on_client_gone()
+
+    # -- what a stream sends --------------------------------------------------------------------
+
+    def ack(self, stream_id: int, size: int) -> None:
+        if size <= 0 or self.transport is None:
+            return
+        try:
+            self.h2.acknowledge_received_data(size, stream_id)
+        except ProtocolError:
+            return
+        self.flush()
+
+    def send_headers(self, stream_id: int, headers: Headers, end: bool) -> None:
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end)
+        except ProtocolError:
+            return
+        self.flush()
+
+    def send_data(self, stream_id: int, out: deque[tuple[bytes, int]]) -> int:
+        """Send from `out` what the client's windows admit; returns the bytes sent."""
+        h2, sent = self.h2, 0
+        try:
+            while out:
+                window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                data, size = out.popleft()
+                if size > window:
+                    out.appendleft((data[window:], size - window))
+                    data, size = data[:window], window
+                h2.send_data(stream_id, data)
+                sent += size
+        except ProtocolError:  # the client closed the stream meanwhile
+            out.clear()
+        self.flush()
+        return sent
+
+    def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
+        try:
+            if trailers:
+                self.h2.send_headers(stream_id, trailers, end_stream=True)
+            else:
+                self.h2.end_stream(stream_id)
+        except ProtocolError:
+            pass
+        self.flush()
+
+    def reset_stream(self, stream_id: int, code: ErrorCodes) -> None:
+        with contextlib.suppress(ProtocolError):
+            self.h2.reset_stream(stream_id, code)
+        self.flush()
+
+    def send_error(self, stream_id: int, status: int, reason: str, message: str) -> None:
+        body = message.encode() + b"\n"
+        headers = [
+            (b":status", str(status).encode()),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-rl-lb-error", reason.encode()),
+        ]
+        try:
+            self.h2.send_headers(stream_id, headers)
+            self.h2.send_data(stream_id, body, end_stream=True)  # far under any window
+        except ProtocolError:
+            pass
+        self.flush()
+
+    def flush(self) -> None:
+        transport = self.transport
+        if self.batching or transport is None:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            transport.write(data)
+            if transport.get_write_buffer_size() > _MAX_WRITE_BUFFER:
+                self.server.goaways["write-buffer"] += 1
+                transport.abort()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def live_streams(self) -> int:
+        return sum(1 for s in self.streams.values() if not s.closed)
+
+    def sweep(self, now: float) -> None:
+        for sid in [sid for sid, s in self.streams.items() if s.closed and s.done]:
+            del self.streams[sid]
+        for stream in [s for s in self.streams.values() if s.deadline < now and not s.closed]:
+            stream.expired()
+        if self.streams:
+            self.active = now
+        elif self.server.stopping or now - self.active > _IDLE_S:
+            self.goaway(ErrorCodes.NO_ERROR)
+
+    def goaway(self, code: ErrorCodes) -> None:
+        """Close the connection with a GOAWAY carrying `code`; its streams are given up."""
+        transport = self.transport
+        if transport is None:
+            return
+        if code != ErrorCodes.NO_ERROR:
+            self.server.goaways[code.name] += 1
+        with contextlib.suppress(ProtocolError):
+            self.h2.close_connection(error_code=code)
+        self.batching = False
+        self.flush()
+        self._forget_streams()
+        transport.close()

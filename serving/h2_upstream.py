@@ -1,0 +1,403 @@
+"""The backend side of HTTP/2 streams: h2c connections to a backend, calls multiplexed on them.
+
+gRPC backends speak HTTP/2 only, and a gRPC client's calls share one long-lived connection; the
+proxy balances each call (stream) on its own, so each backend gets a small, fixed number of h2c
+connections (`h2-connections-per-backend`) and every stream picked for it goes on the least
+busy one. The frames are the `h2` library's; this module only moves its events to the
+`StreamListener` of each stream (`serving.h2_server.H2Stream`) and keeps flow control honest:
+request bytes wait here until the backend's window admits them, and response bytes are only
+acknowledged to the backend once the listener has passed them on, so a slow client slows its
+backend stream down instead of filling the proxy's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Protocol, cast
+from urllib.parse import urlsplit
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    TrailersReceived,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError
+
+__all__ = ["H2UpstreamPool", "StreamListener", "UpstreamStream"]
+
+log = logging.getLogger("rl_lb.serving.h2_upstream")
+
+Headers = list[tuple[bytes, bytes]]
+WINDOW = 1 << 20
+"""The receive window (per stream and per connection) offered to backends: 1 MiB in flight."""
+
+
+class StreamListener(Protocol):
+    """What a stream's events go to (implemented by `serving.h2_server.H2Stream`)."""
+
+    def on_stream_open(self, stream: UpstreamStream) -> None: ...
+    def on_connect_failed(self, reason: str, message: str) -> None: ...
+    def on_response(self, status: int, headers: Headers, end: bool) -> None: ...
+    def on_response_data(self, data: bytes, flow: int) -> None: ...
+    def on_trailers(self, headers: Headers) -> None: ...
+    def on_response_end(self) -> None: ...
+    def on_body_sent(self, size: int) -> None: ...
+    def on_upstream_error(self, reason: str, message: str, refused: bool) -> None:
+        """The stream failed; `refused`: the backend says it did not process it (retriable)."""
+        ...
+
+
+class UpstreamStream:
+    """One request on an h2c connection: what still waits for the backend's window."""
+
+    __slots__ = ("conn", "deadline", "ended", "idle_ok", "listener", "pending", "stream_id")
+
+    def __init__(self, conn: H2UpstreamConnection, stream_id: int, listener: StreamListener):
+        self.conn = conn
+        self.stream_id = stream_id
+        self.listener: StreamListener | None = listener
+        self.pending: deque[bytes] = deque()
+        self.ended = False
+        """The request's end is queued (sent once `pending` is out)."""
+        self.deadline = conn.pool.loop.time() + conn.pool.read_timeout
+        """Until the response head (then moved by each read), 0: none."""
+        self.idle_ok = False
+        """After the head the stream may be quiet as long as it likes (a gRPC stream)."""
+
+    def send(self, data: bytes, end: bool) -> None:
+        """Request body bytes (`end`: the last); they leave as the window admits them."""
+        if data:
+            self.pending.append(data)
+        self.ended = self.ended or end
+        self.conn.pump(self)
+        self.conn.flush()
+
+    def ack(self, size: int) -> None:
+        """`size` response bytes were passed on: the backend may send that much more."""
+        conn = self.conn
+        if size and self.stream_id in conn.streams:
+            try:
+                conn.h2.acknowledge_received_data(size, self.stream_id)
+            except ProtocolError:  # the stream closed meanwhile
+                return
+            conn.flush()
+
+    def reset(self) -> None:
+        """Give the stream up (the client left, a deadline passed)."""
+        self.listener = None
+        conn = self.conn
+        if conn.streams.pop(self.stream_id, None) is not None:
+            with contextlib.suppress(ProtocolError):
+                conn.h2.reset_stream(self.stream_id, ErrorCodes.CANCEL)
+            conn.flush()
+            conn.pool.serve_waiting()
+
+
+class H2UpstreamConnection(asyncio.Protocol):
+    """One h2c connection to a backend."""
+
+    def __init__(self, pool: H2UpstreamPool) -> None:
+        self.pool = pool
+        self.h2 = H2Connection(H2Configuration(client_side=True, header_encoding=None))
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, UpstreamStream] = {}
+        self.usable = True
+        """False after a GOAWAY or once closing: no new stream goes here."""
+
+    @property
+    def capacity(self) -> int:
+        """Streams this connection may still open (the backend's MAX_CONCURRENT_STREAMS)."""
+        if not self.usable or self.transport is None:
+            return 0
+        return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
+
+    def open_stream(self, listener: StreamListener, headers: Headers, end: bool) -> None:
+        stream_id = self.h2.get_next_available_stream_id()
+        stream = UpstreamStream(self, stream_id, listener)
+        self.streams[stream_id] = stream
+        self.h2.send_headers(stream_id, headers, end_stream=end)
+        stream.ended = end
+        self.flush()
+        listener.on_stream_open(stream)
+
+    def pump(self, stream: UpstreamStream) -> None:
+        """Send what the stream holds as far as the windows allow."""
+        h2, sid = self.h2, stream.stream_id
+        if sid not in self.streams:
+            stream.pending.clear()
+            return
+        pending = stream.pending
+        try:
+            while pending:
+                window = min(h2.local_flow_control_window(sid), h2.max_outbound_frame_size)
+                if window <= 0:
+                    return
+                chunk = pending.popleft()
+                if len(chunk) > window:
+                    pending.appendleft(chunk[window:])
+                    chunk = chunk[:window]
+                h2.send_data(sid, chunk)
+                if stream.listener is not None:
+                    stream.listener.on_body_sent(len(chunk))
+            if stream.ended:
+                stream.ended = False
+                h2.end_stream(sid)
+        except ProtocolError:  # the backend closed the stream meanwhile
+            pending.clear()
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.h2.local_settings.initial_window_size = WINDOW
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(WINDOW - 65535)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as error:
+            self._fail_all("upstream-reset", f"HTTP/2 protocol error from the backend: {error}")
+            self.close()
+            return
+        for event in events:
+            self._event(event)
+        self.flush()
+
+    def _event(self, event: object) -> None:
+        if isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id or 0)
+            if stream is not None and stream.listener is not None:
+                if stream.deadline:
+                    stream.deadline = self.pool.loop.time() + self.pool.read_timeout
+                stream.listener.on_response_data(
+                    event.data or b"", event.flow_controlled_length or 0
+                )
+            elif event.stream_id and event.flow_controlled_length:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, ResponseReceived):
+            stream = self.streams.get(event.stream_id or 0)
+            if stream is not None and stream.listener is not None:
+                headers = list(event.headers or [])
+                status = _status(headers)
+                if 100 <= status < 200:
+                    return  # an interim response: the real one follows
+                stream.deadline = (
+                    0.0 if stream.idle_ok else self.pool.loop.time() + self.pool.read_timeout
+                )
+                stream.listener.on_response(status, headers, event.stream_ended is not None)
+        elif isinstance(event, TrailersReceived):
+            stream = self.streams.get(event.stream_id or 0)
+            if stream is not None and stream.listener is not None:
+                stream.listener.on_trailers(list(event.headers or []))
+        elif isinstance(event, StreamEnded):
+            stream = self.streams.pop(event.stream_id or 0, None)
+            if stream is not None and stream.listener is not None:
+                stream.listener.on_response_end()
+            self.pool.serve_waiting()
+        elif isinstance(event, StreamReset):
+            stream = self.streams.pop(event.stream_id or 0, None)
+            if stream is not None and stream.listener is not None:
+                refused = event.error_code == ErrorCodes.REFUSED_STREAM
+                message = f"the backend reset the stream ({_code_name(event.error_code)})"
+                stream.listener.on_upstream_error("upstream-reset", message, refused)
+            self.pool.serve_waiting()
+        elif isinstance(event, WindowUpdated):
+            targets = (
+                list(self.streams.values())
+                if not event.stream_id
+                else [s for s in (self.streams.get(event.stream_id),) if s is not None]
+            )
+            for stream in targets:
+                if stream.pending or stream.ended:
+                    self.pump(stream)
+        elif isinstance(event, RemoteSettingsChanged):
+            self.pool.serve_waiting()
+        elif isinstance(event, ConnectionTerminated):
+            self.usable = False
+            last = event.last_stream_id or 0
+            for sid in [s for s in self.streams if s > last]:
+                stream = self.streams.pop(sid)
+                if stream.listener is not None:
+                    message = "the backend is going away (GOAWAY) and did not take the stream"
+                    stream.listener.on_upstream_error("upstream-reset", message, True)
+            if not self.streams:
+                self.close()
+            self.pool.serve_waiting()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.usable = False
+        self._fail_all("upstream-reset", "the backend closed the HTTP/2 connection")
+        self.pool.forget(self)
+
+    def _fail_all(self, reason: str, message: str) -> None:
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            if stream.listener is not None:
+                stream.listener.on_upstream_error(reason, message, False)
+
+    def sweep(self, now: float) -> None:
+        for stream in [s for s in self.streams.values() if 0.0 < s.deadline < now]:
+            listener = stream.listener
+            stream.reset()
+            if listener is not None:
+                listener.on_upstream_error(
+                    "upstream-timeout", "the backend did not answer in time", False
+                )
+
+    def close(self) -> None:
+        self.usable = False
+        if self.transport is not None:
+            try:
+                self.h2.close_connection()
+                self.flush()
+            except ProtocolError:
+                pass
+            self.transport.close()
+
+
+class H2UpstreamPool:
+    """The h2c connections to one backend and the streams waiting for room on them."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        connections: int,
+        connect_timeout: float,
+        read_timeout: float,
+    ) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or 80
+        self.authority = parts.netloc.encode()
+        self.prefix = parts.path.rstrip("/").encode()
+        self.limit = connections
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.loop = asyncio.get_running_loop()
+        self.conns: list[H2UpstreamConnection] = []
+        self.connecting = 0
+        self.waiting: deque[tuple[StreamListener, Headers, bool]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    def open(self, listener: StreamListener, headers: Headers, end: bool) -> None:
+        """Start a stream (now, or once a connection has room); events go to `listener`."""
+        conn = self._roomiest()
+        if conn is not None and not self.waiting:
+            conn.open_stream(listener, headers, end)
+            return
+        self.waiting.append((listener, headers, end))
+        if len(self.conns) + self.connecting < self.limit or (conn is None and not self.connecting):
+            self._connect()
+        else:
+            self.serve_waiting()
+
+    def cancel(self, listener: StreamListener) -> None:
+        """The stream is no longer wanted before it opened."""
+        self.waiting = deque(w for w in self.waiting if w[0] is not listener)
+
+    def _roomiest(self) -> H2UpstreamConnection | None:
+        best: H2UpstreamConnection | None = None
+        for conn in self.conns:
+            if conn.capacity > 0 and (best is None or len(conn.streams) < len(best.streams)):
+                best = conn
+        return best
+
+    def serve_waiting(self) -> None:
+        while self.waiting:
+            conn = self._roomiest()
+            if conn is None:
+                return
+            listener, headers, end = self.waiting.popleft()
+            conn.open_stream(listener, headers, end)
+
+    def _connect(self) -> None:
+        if self.closed:
+            return
+        self.connecting += 1
+        task = self.loop.create_task(self._open_connection())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _open_connection(self) -> None:
+        failure: tuple[str, str] | None = None
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(
+                    lambda: H2UpstreamConnection(self), self.host, self.port
+                ),
+                self.connect_timeout,
+            )
+        except TimeoutError:
+            failure = ("connect-timeout", f"no connection within {self.connect_timeout:g} s")
+        except OSError as error:
+            failure = ("connect-failed", error.strerror or str(error))
+        finally:
+            self.connecting -= 1
+        if failure is not None:
+            if not self.conns and not self.connecting:
+                waiting, self.waiting = self.waiting, deque()
+                for listener, _, _ in waiting:
+                    listener.on_connect_failed(*failure)
+            return
+        if self.closed:
+            conn.close()
+            return
+        self.conns.append(conn)
+        self.serve_waiting()
+
+    def forget(self, conn: H2UpstreamConnection) -> None:
+        if conn in self.conns:
+            self.conns.remove(conn)
+        if self.waiting and not self.connecting and not self._roomiest():
+            self._connect()
+
+    def sweep(self, now: float) -> None:
+        for conn in list(self.conns):
+            conn.sweep(now)
+
+    @property
+    def streams(self) -> int:
+        return sum(len(c.streams) for c in self.conns)
+
+    async def close(self) -> None:
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for conn in list(self.conns):
+            conn.close()
+        waiting, self.waiting = self.waiting, deque()
+        for listener, _, _ in waiting:
+            listener.on_connect_failed("connect-failed", "the proxy is shutting down")
+
+
+def _status(headers: Headers) -> int:
+    for name, value in headers:
+        if name == b":status":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+def _code_name(code: object) -> str:
+    return code.name if isinstance(code, ErrorCodes) else str(code)
