@@ -80,8 +80,7 @@ def loadgen(
 ) -> None:
     """Open-loop load: send on schedule whatever the answers, latency from the intended send.
 
-    Exits 1 when every request failed, when any failed (unless --tolerate-errors), or when the
-    target rate was not reached.
+    Exits 1 if every request failed, if any did (unless --tolerate-errors), or if it fell behind.
     """
     from envs.cli import check_output_path
     from lab.loadgen import (

@@ -235,7 +235,9 @@ def sweep(
                     time_attr="timesteps",
                     metric=METRIC,
                     mode="min",
-                    max_t=max(base.timesteps, config.grace_steps),
+                    # Past the run's end: at max_t ASHA would stop a trial before its final
+                    # evaluation on fresh seeds is reported.
+                    max_t=max(base.timesteps, config.grace_steps) + 1,
                     grace_period=config.grace_steps,
                     reduction_factor=config.reduction_factor,
                 ),

@@ -9,9 +9,11 @@ comes back down.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from lab.backends import EmulatedPool
 from lab.bench_proxy import free_port, running_proxies
@@ -19,7 +21,11 @@ from lab.loadgen import run_schedule
 from rl_lb.scenarios import Scenario
 from rl_lb.types import FloatArray
 
-__all__ = ["record_emulated", "slowed", "stepped_schedule"]
+__all__ = ["STEPPED_LOADS", "RecordedRun", "record_emulated", "slowed", "stepped_schedule"]
+
+STEPPED_LOADS = (0.3, 0.6, 0.9, 1.0, 0.5)
+"""The recipe's load steps (fractions of capacity, equal spans): up to the pool's capacity,
+where every backend's queue forms for a while, then down again."""
 
 
 def slowed(scenario: Scenario, factor: float) -> Scenario:
@@ -48,28 +54,38 @@ def stepped_schedule(
     return np.concatenate(times)
 
 
+@dataclass(frozen=True)
+class RecordedRun:
+    sent: int
+    urls: list[str]
+    """The backends' URLs, in the scenario's order."""
+    proxy_cpu_s: float
+    """CPU time (user + system) of the proxy process over the whole run, start-up included."""
+
+
 async def record_emulated(
     scenario: Scenario,
     folder: Path,
     *,
     duration_s: float,
-    loads: tuple[float, ...] = (0.3, 0.5, 0.7, 0.8, 0.5),
+    loads: tuple[float, ...] = STEPPED_LOADS,
     balancer: str = "least-latency",
     seed: int = 0,
+    record: bool = True,
     flags: tuple[str, ...] = (),
-) -> tuple[int, list[str]]:
+) -> RecordedRun:
     """Run `scenario`'s backends behind `rl-lb serve --record folder` (its own process, as in
-    production: the backends and the load share this one) under stepped load. Returns the
-    requests sent and the backends' URLs (in the scenario's order)."""
+    production: the backends and the load share this one) under stepped load. `record=False`
+    runs the same without recording (to measure what recording costs)."""
     schedule = stepped_schedule(scenario.capacity_rps, duration_s, loads, seed)
     proxy_flags = [
         "--balancer", balancer,
-        "--record", str(folder),
         "--control-interval", repr(scenario.control_interval_s),
         "--health-path", "",
         "--read-timeout", "30",
         "--shutdown-timeout", "5",
         "--log-level", "warning",
+        *(("--record", str(folder)) if record else ()),
         *flags,
     ]  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,6 +96,7 @@ async def record_emulated(
         await run_schedule(
             proxies[0].url, schedule, duration=duration_s, timeout=30.0, connections=512
         )
+        times = psutil.Process(proxies[0].process.pid).cpu_times()
         proxies[0].stop()  # SIGTERM: the recorder writes what is left and closes its files
         urls = pool.urls
-    return len(schedule), urls
+    return RecordedRun(len(schedule), urls, times.user + times.system)

@@ -178,12 +178,12 @@ def test_emulated_pool_recorded_fitted_and_replayed(tmp_path: Path) -> None:
     the bottleneck, 30 s of load stepping up to the pool's capacity through the proxy."""
     truth = slowed(load_scenario("heterogeneous").nominal(), 5.0)
     folder = tmp_path / "rec"
-    sent, urls = asyncio.run(record_emulated(truth, folder, duration_s=30.0, seed=1))
+    run = asyncio.run(record_emulated(truth, folder, duration_s=30.0, seed=1))
     recording = read_recording([str(folder)], print)
-    assert len(recording.latency_s) == sent
+    assert len(recording.latency_s) == run.sent
     world = fit_world(recording, "fitted")
     fits = {fit.name: fit for fit in world.backends}
-    for url, spec in zip(urls, truth.backends, strict=True):
+    for url, spec in zip(run.urls, truth.backends, strict=True):
         fit = fits[backend_name(url)]
         assert fit.concurrency == spec.concurrency, (spec, fit)
         assert abs(fit.service.mean_s / spec.service.mean_s - 1) <= 0.10, (spec, fit)
