@@ -97,6 +97,16 @@ def _evaluate(
     picker: Annotated[
         str | None, typer.Option("--picker", help="Picker of that POLICY+PICKER balancer.")
     ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run the episodes as tasks on Ray started here.")
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Run the episodes on this Ray cluster (ray://HOST:10001 or HOST:6379).",
+        ),
+    ] = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
     """Run every balancer on every scenario for several seeds and print one table per scenario."""
@@ -116,6 +126,7 @@ def _evaluate(
     if policy is not None:
         balancers = _learned_with(policy, balancers)
     scenarios: list[str | Path] = list(scenario) if scenario else list(library_scenarios())
+    on_ray = ray_address or ("local" if ray else None)
     console = Console()
     if console.is_terminal:
         columns = (
@@ -134,9 +145,10 @@ def _evaluate(
                 balancers,
                 seeds,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
+                ray_address=on_ray,
             )
     else:
-        records = evaluate(scenarios, balancers, seeds)
+        records = evaluate(scenarios, balancers, seeds, ray_address=on_ray)
     piped = not console.is_terminal and "COLUMNS" not in os.environ
     render(records, Console(width=PIPED_WIDTH) if piped else console)
     if json_out is not None:

@@ -90,13 +90,15 @@ def evaluate(
     *,
     progress: Progress | None = None,
     workers: int | None = None,
+    ray_address: str | None = None,
 ) -> list[dict[str, Any]]:
     """One record per (scenario, balancer, seed), keys `RECORD_KEYS`, in that nested order.
 
     `seeds` is a count (seeds 0..N-1) or the seeds themselves. A scenario family is sampled with
     the seed; the simulator runs with it too. Invalid scenarios raise `ScenarioError` and
     unknown balancers `ConfigError` before anything runs. `workers` defaults to 2 processes when
-    there are at least `PARALLEL_FROM` episodes and 2 cores, else 1.
+    there are at least `PARALLEL_FROM` episodes and 2 cores, else 1. `ray_address` ("local"
+    or a cluster's address) runs the episodes as Ray tasks instead (envs/ray_runs.py).
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     families = [
@@ -113,7 +115,11 @@ def evaluate(
     if workers is None:
         workers = 2 if len(jobs) >= PARALLEL_FROM and (os.cpu_count() or 1) >= 2 else 1
     records: list[dict[str, Any] | None] = [None] * len(jobs)
-    if workers <= 1:
+    if ray_address is not None:
+        from envs.ray_runs import run_on_ray
+
+        records = run_on_ray(_job, jobs, ray_address, progress)
+    elif workers <= 1:
         for i, job in enumerate(jobs):
             records[i] = _job(*job)
             if progress is not None:

@@ -27,6 +27,7 @@ from serving.admin import AdminTarget, make_admin_app
 from serving.config import ProxyConfig, check_admin, load_config, restart_only_changes
 from serving.controller import Controller, balancer_spec, build_balancer
 from serving.discovery import discovery_for, follow
+from serving.grpc_health import GrpcHealth
 from serving.h2_server import H2Server
 from serving.http_server import HttpServer
 from serving.monitor import Monitor
@@ -81,6 +82,9 @@ class ProxyServer:
         config = self.config
         check_admin(config)
         self.monitor = Monitor(config, self._pool)
+        self.grpc_health = GrpcHealth(config.connect_timeout_s)
+        if config.health_protocol == "grpc":
+            self.monitor.grpc_health = self.grpc_health.check
         if config.record:
             from serving.recorder import Recorder  # pyarrow only when recording
 
@@ -217,6 +221,7 @@ class ProxyServer:
             await self.discovery.close()
         await self.controller.prober.close()
         await self.monitor.close()
+        await self.grpc_health.close()
         if self.monitor.recorder is not None:
             await asyncio.to_thread(self.monitor.recorder.close)
 

@@ -53,7 +53,12 @@ from serving.settings import (
 )
 from serving.settings import markdown_table as settings_table
 from serving.tls import read_pem_path
-from serving.grpc_settings import DEFAULT_ERROR_CODES, read_backend_protocol, read_grpc_codes
+from serving.grpc_settings import (
+    DEFAULT_ERROR_CODES,
+    read_backend_protocol,
+    read_grpc_codes,
+    read_health_protocol,
+)
 from serving.tunnel import read_upgrades
 
 TLS = "TLS and upgrades"
@@ -486,6 +491,15 @@ class ProxyConfig:
             integer=True,
         ),
         Option(H2),
+    )
+    health_protocol: str = proxy_setting(
+        "http",
+        Setting(
+            "health-protocol",
+            "Active health check: http (GET health-path) or grpc (grpc.health.v1.Health/Check "
+            "over h2c; health-path '' still turns checks off).",
+        ),
+        Option(HEALTH, read_health_protocol, "http, grpc", flag_type=str),
     )
     control: ControlSpec = field(default_factory=ControlSpec)
     """The settings shared with the simulator (rl_lb/control.py declares them)."""

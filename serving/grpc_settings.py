@@ -14,12 +14,16 @@ __all__ = [
     "BACKEND_PROTOCOLS",
     "DEFAULT_ERROR_CODES",
     "GRPC_CODES",
+    "HEALTH_PROTOCOLS",
     "read_backend_protocol",
     "read_grpc_codes",
+    "read_health_protocol",
 ]
 
 BACKEND_PROTOCOLS = ("http1", "h2c")
 """How HTTP/2 client streams reach the backends: HTTP/1.1 requests, or h2c streams."""
+HEALTH_PROTOCOLS = ("http", "grpc")
+"""The active health check: `GET health-path` over HTTP/1.1, or grpc.health.v1.Health/Check."""
 GRPC_CODES: dict[str, int] = {
     "OK": 0,
     "CANCELLED": 1,
@@ -59,6 +63,15 @@ def read_backend_protocol(value: Any, where: str) -> str:
             f"{value!r} is not a backend protocol",
             f"write one of {', '.join(BACKEND_PROTOCOLS)}",
         )
+    return str(name)
+
+
+def read_health_protocol(value: Any, where: str) -> str:
+    """`http` or `grpc`."""
+    name = value.strip().lower() if isinstance(value, str) else value
+    if name not in HEALTH_PROTOCOLS:
+        choices = ", ".join(HEALTH_PROTOCOLS)
+        raise ConfigError(where, f"{value!r} is not a health-check protocol", f"write {choices}")
     return str(name)
 
 

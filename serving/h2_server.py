@@ -222,6 +222,11 @@ class H2ClientConnection(asyncio.Protocol):
     def _event(self, event: object) -> None:
         if isinstance(event, RequestReceived):
             sid = event.stream_id or 0
+            if self.h2.open_inbound_streams > self.server.max_streams:
+                # h2 applies our limit only once the client acknowledged our SETTINGS
+                log.warning("HTTP/2 client %s: over the stream limit (GOAWAY)", self.peer)
+                self.goaway(ErrorCodes.PROTOCOL_ERROR)
+                return
             if self.server.stopping:
                 self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
                 return
@@ -388,9 +393,12 @@ class H2ClientConnection(asyncio.Protocol):
             return
         if code != ErrorCodes.NO_ERROR:
             self.server.goaways[code.name] += 1
+            # what the bad frames made h2 queue (their acks) is not sent: only the GOAWAY
+            self.h2.clear_outbound_data_buffer()
         with contextlib.suppress(ProtocolError):
             self.h2.close_connection(error_code=code)
         self.batching = False
         self.flush()
+        self.transport = None
         self._forget_streams()
         transport.close()

@@ -133,6 +133,8 @@ class H2Stream:
             return
         self.up = stream
         stream.idle_ok = self.grpc
+        if self.grpc and not self.client_ended:
+            stream.deadline = 0.0  # a client-streaming call: the backend may wait for the end
         held, self.held = self.held, deque()
         if held:
             self.body_started = True
@@ -190,8 +192,11 @@ class H2Stream:
 
     def on_client_end(self) -> None:
         self.client_ended = True
-        if self.up is not None:
-            self.up.send(b"", True)
+        up = self.up
+        if up is not None:
+            up.send(b"", True)
+            if not self.headed and not up.deadline:  # the read timeout runs from here
+                up.deadline = self.server.loop.time() + up.conn.pool.read_timeout
 
     def on_client_gone(self) -> None:
         """The client reset the stream or left: the backend stream is given up."""
@@ -262,6 +267,12 @@ class H2Stream:
     def on_upstream_error(self, reason: str, message: str, refused: bool) -> None:
         self.up = None
         if self.done or self.closed:
+            return
+        if not self.headed and reason == "upstream-timeout" and not self.client_ended:
+            # the backend was waiting for the rest of the request: the client is the slow one
+            self._settle(failed=False, by_client=True)
+            message = "the request body did not arrive in time"
+            self._fail(408, "client-timeout", message, "DEADLINE_EXCEEDED")
             return
         if not self.headed:
             self._attempt_failed(reason, message, retriable=refused)

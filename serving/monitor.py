@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -140,6 +140,9 @@ class Monitor:
         self._max_in_flight = config.max_in_flight
         self.recorder: Recorder | None = None
         """Set by `rl-lb serve --record DIR` (serving/recorder.py): sees every exchange."""
+        self.grpc_health: Callable[[str, float], Awaitable[str | None]] | None = None
+        """`health-protocol = grpc`: (url, timeout) → why the gRPC check failed, None if it
+        passed (serving/grpc_health.py); None: the HTTP check below."""
 
     # -- membership -------------------------------------------------------------------------
 
@@ -328,6 +331,9 @@ class Monitor:
 
     async def check(self, backend: Backend) -> bool:
         """One active check: `GET {health_path}`, 2xx within the timeout passes."""
+        if self.grpc_health is not None:
+            timeout_s = self.config.control.health.timeout_s
+            return self._record_check(backend, await self.grpc_health(backend.url, timeout_s))
         assert self.config.health_path is not None
         timeout = aiohttp.ClientTimeout(total=self.config.control.health.timeout_s)
         if self._health_session is None:
@@ -349,6 +355,9 @@ class Monitor:
             failure = describe_failure(error, self.config.control.health.timeout_s)
         except RuntimeError:  # the session closed under it (shutting down)
             failure = "the proxy is shutting down"
+        return self._record_check(backend, failure)
+
+    def _record_check(self, backend: Backend, failure: str | None) -> bool:
         if backend.index >= 0 and not backend.draining:
             backend.failure = failure
             self._apply_check(backend, failure is None)

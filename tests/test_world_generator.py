@@ -85,6 +85,18 @@ def test_traffic_is_bounded_by_the_capacity_left_after_trouble(worlds: list[Worl
         worst = _worst_capacity(scenario)
         arrivals = scenario.arrivals
         assert worst > 0, world.name
+        failing = max(
+            (
+                sum(
+                    any((e.down or e.error_rate > 0) and e.at_s <= t < e.until_s for e in b.events)
+                    for b in scenario.backends
+                )
+                for b0 in scenario.backends
+                for t in (e.at_s for e in b0.events)
+            ),
+            default=0,
+        )
+        assert failing <= max(1, len(scenario.backends) // 4), world.name
         sustained = max([arrivals.rate, *(s.rate for s in arrivals.profile)])
         assert sustained <= 0.85 * worst * 1.01, world.name
         for rate in arrivals.mmpp_rates:  # bursts: brief overload at most

@@ -32,6 +32,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 from rich.console import Console
 
+from envs.ray_runs import LOCAL, init_ray
 from rl_lb.tracking_store import ENV_VAR
 from training.sweep_config import METRIC, Dimension, SweepConfig
 from training.tracking import (
@@ -107,6 +108,8 @@ class _ChildRuns(tune.Callback):
         """Trial id → MLflow run id."""
         self.last: dict[str, dict[str, Any]] = {}
         """Trial id → its last result."""
+        self.closed: set[str] = set()
+        """Run ids already marked as ended."""
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -148,10 +151,18 @@ class _ChildRuns(tune.Callback):
     ) -> None:
         self._finish(trial, "FAILED")
 
+    def close_open_runs(self, status: str) -> None:
+        """Mark the runs of trials still going (the sweep was interrupted) as `status`."""
+        for run_id in self.runs.values():
+            if run_id not in self.closed:
+                self.client.set_terminated(run_id, status)
+                self.closed.add(run_id)
+
     def _finish(self, trial: Trial, status: str) -> None:
         run_id = self.runs.get(trial.trial_id)
-        if run_id is None:
+        if run_id is None or run_id in self.closed:
             return
+        self.closed.add(run_id)
         last = self.last.get(trial.trial_id, {})
         stopped = "final_score" not in last
         self.client.set_tag(run_id, "early_stopped", str(stopped and status == "FINISHED").lower())
@@ -180,23 +191,6 @@ class SweepResult:
         self.parent_id, self.trial_runs, self.best = parent_id, trial_runs, best
 
 
-def init_ray(address: str | None) -> None:
-    """Join `address`, or start Ray here on this machine's cores, loopback only, no dashboard."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no report to the Ray project
-    if address:
-        ray.init(address=address, log_to_driver=False)
-        return
-    ray.init(
-        num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
-
-
 def sweep(
     config: SweepConfig,
     source: Path,
@@ -221,7 +215,10 @@ def sweep(
     trials_dir.mkdir(parents=True, exist_ok=True)
     callback = _ChildRuns(config, experiment_id, parent_id, trials_dir)
     status = "KILLED"
-    init_ray(ray_address)
+    # Tune's own Ctrl-C handler stops trials gracefully and returns as if done; without it
+    # Ctrl-C raises here, and `finally` stops every trial by shutting Ray down.
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    init_ray(ray_address or LOCAL)
     try:
         tuner = tune.Tuner(
             tune.with_resources(
@@ -254,6 +251,7 @@ def sweep(
         status = "FINISHED"
     finally:
         ray.shutdown()
+        callback.close_open_runs("KILLED")
         client.set_terminated(parent_id, status)
     best = _register_best(client, callback, parent_id)
     remove_scratch(trials_dir)

@@ -150,6 +150,21 @@ class PoolDraft:
         moments |= {e.until_s for g in self.groups for e in g.events if e.until_s < self.duration_s}
         return min(sum(g.capacity_at(t, self.timeout_s) for g in self.groups) for t in moments)
 
+    def most_failing(self) -> int:
+        """The most backends failing (down or answering errors) at any one moment."""
+        moments = {e.at_s for g in self.groups for e in g.events}
+        return max(
+            (
+                sum(
+                    g.count
+                    for g in self.groups
+                    if any(e.failing and e.at_s <= t < e.until_s for e in g.events)
+                )
+                for t in moments
+            ),
+            default=0,
+        )
+
     def name_for(self, tier: int) -> str:
         """A fresh group name in `tier`: t0a, t0b, … (never `b<digits>`, never `x-<digits>`)."""
         taken = sum(g.tier == tier for g in self.groups)

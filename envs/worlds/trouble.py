@@ -18,7 +18,13 @@ import numpy as np
 
 from envs.worlds.pool import EventDraft, GroupDraft, PoolDraft, sig
 
-__all__ = ["MIN_CAPACITY_LEFT", "TROUBLE_COUNTS", "TROUBLE_KINDS", "draw_trouble"]
+__all__ = [
+    "MAX_FAILING_SHARE",
+    "MIN_CAPACITY_LEFT",
+    "TROUBLE_COUNTS",
+    "TROUBLE_KINDS",
+    "draw_trouble",
+]
 
 TROUBLE_KINDS = (
     "slowdown",
@@ -35,6 +41,10 @@ TROUBLE_COUNTS = (0.1, 0.4, 0.3, 0.2)
 MIN_CAPACITY_LEFT = 0.3
 """Share of its usable capacity without trouble (`PoolDraft.worst_capacity_rps`) that the pool
 keeps at the worst moment of its trouble."""
+MAX_FAILING_SHARE = 0.25
+"""At most this share of the pool (or one backend) fails at once. Errors count as timeouts in
+the effective p99, and a power-of-two-choices draw lands on two failing backends with
+probability ~share²: with more failing, every heuristic's tail would be the timeout."""
 FASTEST_SHARE = 0.4
 """How often a trouble aims at the fastest tier rather than a tier drawn uniformly."""
 SLOWDOWN = (2.0, 12.0)
@@ -224,7 +234,11 @@ def draw_trouble(rng: np.random.Generator, pool: PoolDraft) -> list[tuple[str, s
             kind = TROUBLE_KINDS[int(rng.integers(len(TROUBLE_KINDS)))]
             before = copy.deepcopy(pool.groups)
             text = _KINDS[kind](rng, pool)
-            if text is not None and pool.worst_capacity_rps() >= MIN_CAPACITY_LEFT * calm:
+            if (
+                text is not None
+                and pool.worst_capacity_rps() >= MIN_CAPACITY_LEFT * calm
+                and pool.most_failing() <= max(1, int(MAX_FAILING_SHARE * pool.size))
+            ):
                 drawn.append((kind, text))
                 break
             pool.groups = before

@@ -4,13 +4,15 @@ The model is the simulator's (envs/): `concurrency` servers and a FIFO queue. A 
 dispatched while n exchanges are open at the backend (itself counted) starts at once when
 n <= c; otherwise it waits for n - c of the requests ahead to finish, each finishing at rate
 c / mean, so its expected latency is mean × (1 + (n - c) / c). `fit_concurrency` fits that
-broken line to the mean latency per in-flight count and keeps the c of least weighted squared
-error; the low-load latencies (n <= c) are then service times, whose distribution is chosen
-by likelihood among the simulator's (`fit_service`).
+broken line to the mean latency per in-flight count and keeps the c of least gamma deviance;
+the low-load latencies (n <= c) are then service times, whose distribution is chosen by
+likelihood among the simulator's (`fit_service`), and the mean is taken over every request
+divided by its queue factor (`_queue_mean`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -150,6 +152,21 @@ def fit_service(latency: FloatArray) -> ServiceFit:
     return ServiceFit(dist, mean, mean_range, fitted_cv, cv_range, shape, n)
 
 
+def _queue_mean(
+    service: ServiceFit, latency: FloatArray, in_flight: IntArray, concurrency: int
+) -> ServiceFit:
+    """The mean service time from every request, queued ones included: latency over the
+    queue model's factor 1 + (n - c) / c (the gamma GLM's estimate). Queued requests are most
+    of a loaded backend's, so this mean is several times better measured than the low-load
+    one; the distribution's shape (dist, cv) still comes from the low-load requests."""
+    ratios = latency / (1.0 + np.maximum(in_flight - concurrency, 0) / concurrency)
+    mean = float(ratios.mean())
+    half = 2 * float(ratios.std(ddof=1)) / math.sqrt(len(ratios)) if len(ratios) > 1 else 0.0
+    return dataclasses.replace(
+        service, mean_s=mean, mean_range=(max(mean - half, 1e-6), mean + half)
+    )
+
+
 def change_points(
     times: FloatArray, latency: FloatArray, duration_s: float, max_changes: int = 4
 ) -> tuple[ChangeWindow, ...]:
@@ -219,6 +236,8 @@ def fit_backend(
     if not low.any():
         low = np.ones_like(ok)
     service = fit_service(latency_s[low])
+    if concurrency is not None:
+        service = _queue_mean(service, latency_s[ok], in_flight[ok], concurrency)
     errors = int(failed.sum())
     error_rate = errors / len(failed) if len(failed) else 0.0
     error_latency = float(np.median(latency_s[failed])) if errors else 0.001

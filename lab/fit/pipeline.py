@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psutil
+import psutil  # type: ignore[import-untyped]  # no type information shipped
 
 from lab.backends import EmulatedPool
 from lab.bench_proxy import free_port, running_proxies
@@ -60,7 +60,7 @@ class RecordedRun:
     urls: list[str]
     """The backends' URLs, in the scenario's order."""
     proxy_cpu_s: float
-    """CPU time (user + system) of the proxy process over the whole run, start-up included."""
+    """CPU time (user + system) of the proxy process while the load ran (start-up excluded)."""
 
 
 async def record_emulated(
@@ -93,10 +93,13 @@ async def record_emulated(
         EmulatedPool(scenario, seed=seed) as pool,
         running_proxies(pool.urls, proxy_flags, folder.parent, [free_port()]) as proxies,
     ):
+        process = psutil.Process(proxies[0].process.pid)
+        before = process.cpu_times()
         await run_schedule(
             proxies[0].url, schedule, duration=duration_s, timeout=30.0, connections=512
         )
-        times = psutil.Process(proxies[0].process.pid).cpu_times()
+        after = process.cpu_times()
         proxies[0].stop()  # SIGTERM: the recorder writes what is left and closes its files
         urls = pool.urls
-    return RecordedRun(len(schedule), urls, times.user + times.system)
+    cpu = after.user + after.system - before.user - before.system
+    return RecordedRun(len(schedule), urls, cpu)

@@ -9,69 +9,20 @@ held against it like an HTTP 503.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from concurrent import futures
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from grpc_helpers import CHAT, SERVER_STREAM, UNARY, GrpcBackend, as_bytes
 from serving_helpers import eventually, proxy_config
 
 from serving.app import ProxyServer
-
-UNARY = "/test.Echo/Unary"
-SERVER_STREAM = "/test.Echo/Count"
-CHAT = "/test.Echo/Chat"
-
-
-class GrpcBackend:
-    """A grpcio server (its own threads) answering with its name; `fail` makes it UNAVAILABLE."""
-
-    def __init__(self, name: str, *, fail: bool = False) -> None:
-        self.name = name
-        self.fail = fail
-        self.calls: Counter[str] = Counter()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        handlers = {
-            "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
-            "Count": grpc.unary_stream_rpc_method_handler(self.count),
-            "Chat": grpc.stream_stream_rpc_method_handler(self.chat),
-        }
-        self.server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("test.Echo", handlers),)
-        )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def unary(self, request: bytes, context: Any) -> bytes:
-        self.calls["unary"] += 1
-        if self.fail:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"{self.name} is down")
-        return self.name.encode() + b":" + request
-
-    def count(self, request: bytes, context: Any) -> Iterator[bytes]:
-        self.calls["count"] += 1
-        for i in range(int(request)):
-            yield f"{self.name}:{i}".encode()
-
-    def chat(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
-        self.calls["chat"] += 1
-        for message in requests:
-            yield self.name.encode() + b":" + message
-
-    def stop(self) -> None:
-        self.server.stop(grace=None)
-
-
-def _bytes(value: bytes) -> bytes:
-    return value
+from serving.config import ProxyConfig
 
 
 @pytest.fixture
@@ -84,10 +35,15 @@ def grpc_backends() -> Iterator[list[GrpcBackend]]:
             backend.stop()
 
 
+def _config(urls: list[str], **changes: Any) -> ProxyConfig:
+    """Round-robin over `urls` (gRPC backends: h2c, no HTTP health checks unless told)."""
+    settings: dict[str, Any] = {"health_path": None, **changes}
+    config = proxy_config([], backend_protocol="h2c", balancer="round-robin", **settings)
+    return dataclasses.replace(config, backends=tuple(urls))
+
+
 async def _proxy(urls: list[str], **changes: Any) -> ProxyServer:
-    config = proxy_config([], backend_protocol="h2c", balancer="round-robin", **changes)
-    config = type(config)(**{**config.__dict__, "backends": tuple(urls)})
-    proxy = ProxyServer(config)
+    proxy = ProxyServer(_config(urls, **changes))
     await proxy.start()
     return proxy
 
@@ -115,7 +71,7 @@ def _error_rates(proxy: ProxyServer) -> dict[str, float]:
 
 
 def _unary(channel: Any) -> Any:
-    return channel.unary_unary(UNARY, request_serializer=_bytes, response_deserializer=_bytes)
+    return channel.unary_unary(UNARY, request_serializer=as_bytes, response_deserializer=as_bytes)
 
 
 async def test_unary_calls_spread_per_call_over_one_connection(
@@ -129,7 +85,8 @@ async def test_unary_calls_spread_per_call_over_one_connection(
         assert set(names) == {"g0", "g1", "g2"}
         assert all(count >= 5 for count in names.values()), names
         assert all(a.endswith(b":hi%d" % i) for i, a in enumerate(answers))
-        assert proxy.h2 is not None and len(proxy.h2.connections) == 1  # one client connection
+        assert proxy.h2 is not None
+        assert len(proxy.h2.connections) == 1
         assert sum(b.active for b in proxy.monitor.backends) == 0
         assert list(_error_rates(proxy).values()) == [0.0, 0.0, 0.0]
         assert proxy.stats.responses["2xx"] == 30
@@ -144,11 +101,14 @@ async def test_streaming_calls_count_apart_from_in_flight(
     try:
         channel = channel_to(proxy)
         count = channel.unary_stream(
-            SERVER_STREAM, request_serializer=_bytes, response_deserializer=_bytes
+            SERVER_STREAM, request_serializer=as_bytes, response_deserializer=as_bytes
         )
         got = [m async for m in count(b"5", timeout=5)]
-        assert len(got) == 5 and len({m.split(b":")[0] for m in got}) == 1
-        chat = channel.stream_stream(CHAT, request_serializer=_bytes, response_deserializer=_bytes)
+        assert len(got) == 5
+        assert len({m.split(b":")[0] for m in got}) == 1
+        chat = channel.stream_stream(
+            CHAT, request_serializer=as_bytes, response_deserializer=as_bytes
+        )
         call = chat(timeout=10)
         await call.write(b"one")
         first = await call.read()
@@ -179,13 +139,15 @@ async def test_unavailable_backend_is_penalised_like_a_503(channel_to: Any) -> N
         try:
             call = _unary(channel_to(proxy))
             codes: Counter[Any] = Counter()
+            details: set[str] = set()
             for i in range(30):
                 try:
                     await call(b"%d" % i, timeout=5)
                     codes[grpc.StatusCode.OK] += 1
                 except grpc.aio.AioRpcError as error:
                     codes[error.code()] += 1
-                    assert "bad is down" in (error.details() or "")
+                    details.add(error.details() or "")
+            assert details == {"bad is down"}  # the backend's own status passes through
             assert codes[grpc.StatusCode.UNAVAILABLE] == bad.calls["unary"] >= 5
             rates = _error_rates(proxy)
             assert rates[bad.url] == 1.0
@@ -230,3 +192,18 @@ async def test_http1_clients_still_served_when_h2c_is_on(
         writer.close()
     finally:
         await proxy.stop()
+
+
+async def test_grpc_health_checks_follow_the_health_service(
+    grpc_backends: list[GrpcBackend],
+) -> None:
+    """health-protocol = grpc: grpc.health.v1.Health/Check, SERVING passes, NOT_SERVING fails."""
+    config = _config([b.url for b in grpc_backends], health_path="/health", health_protocol="grpc")
+    async with ProxyServer(config) as proxy:
+        grpc_backends[1].set_serving(False)
+        available = proxy.monitor.metrics.available
+        await eventually(lambda: available == [True, False, True])
+        assert "not SERVING" in (proxy.monitor.backends[1].failure or "")
+        assert proxy.monitor.backends[0].failure is None
+        grpc_backends[1].set_serving(True)
+        await eventually(lambda: all(available))

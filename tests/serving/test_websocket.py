@@ -187,3 +187,35 @@ async def test_websocket_over_the_tls_listener(echo: EchoBackend, tmp_path: Path
     async with ProxyServer(_config(echo, tls_cert=str(cert), tls_key=str(key))) as proxy:
         rounds = await _exchange_for(1.0, f"wss://127.0.0.1:{proxy.port}/", ssl=context)
     assert rounds > 5
+
+
+async def test_a_tunnel_counts_against_max_connections_until_it_closes(
+    echo: EchoBackend, client
+) -> None:
+    async with ProxyServer(_config(echo, max_connections=1)) as proxy:
+        url = f"ws://127.0.0.1:{proxy.port}/"
+        async with connect(url, open_timeout=5) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            async with client.get(f"http://127.0.0.1:{proxy.port}/") as refused:
+                assert refused.headers["X-RL-LB-Error"] == "max-connections"
+        await eventually(lambda: not proxy._http or not proxy._http.connections)
+        assert await _exchange_for(0.1, url) >= 1
+
+
+async def test_stopping_the_proxy_closes_open_tunnels(echo: EchoBackend) -> None:
+    proxy = ProxyServer(_config(echo, shutdown_timeout_s=1.0))
+    await proxy.start()
+    stopped = False
+    try:
+        async with connect(f"ws://127.0.0.1:{proxy.port}/", open_timeout=5) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await asyncio.wait_for(proxy.stop(), 10)
+            stopped = True
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+    finally:
+        if not stopped:
+            await proxy.stop()
+    assert proxy.monitor.backends[0].pool.tunnels == 0
