@@ -18,7 +18,7 @@ $(BIN)/python:
 # torch first, pinned: the CPU build on disk; an unpinned torch would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,sweep]'
 	touch $(STAMP)
 
 lint: setup

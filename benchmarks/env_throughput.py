@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 
 from envs.batched_vec_env import BatchedVecEnv
@@ -43,7 +43,10 @@ MIX = (
 )
 """The library scenarios every environment draws from, each episode one of them."""
 
-KINDS: dict[str, type[VecEnv]] = {"subproc": SubprocVecEnv, "batched": BatchedVecEnv}
+KINDS: dict[str, type[DummyVecEnv] | type[SubprocVecEnv]] = {
+    "subproc": SubprocVecEnv,
+    "batched": BatchedVecEnv,
+}
 
 
 def make_env() -> gym.Env[Any, Any]:

@@ -1,12 +1,15 @@
-"""Cost of one `pick` per picker, 16 backends, with a live `PoolMetrics` as the view.
+"""Cost of one `pick` per picker at 16, 100 and 1,000 backends, with a live `PoolMetrics` view.
 
-The budget is 3 µs per pick on one core. Run: `.venv/bin/python benchmarks/pickers.py`.
+The budget is 3 µs per pick on one core for every p2c-family picker at every pool size (issue
+15: a pick draws two backends, whatever N; `jsq` scans all N and grows with it).
+Run: `.venv/bin/python benchmarks/pickers.py [--backends 16 100 1000]`.
 Prints two cases per picker: every backend available (the fast path) and two unavailable
 (the cached table for that availability pattern).
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 import timeit
@@ -16,15 +19,15 @@ import numpy as np
 from rl_lb.metrics import PoolMetrics
 from rl_lb.pickers import PICKER_NAMES, make_picker
 
-BACKENDS = 16
+SIZES = (16, 100, 1000)
 PICKS = 200_000
 REPEATS = 5
 
 
-def _pool(rng: random.Random) -> PoolMetrics:
+def _pool(rng: random.Random, backends: int) -> PoolMetrics:
     """A pool with uneven in-flight counts and latency history, as after some traffic."""
-    metrics = PoolMetrics([f"b{i}" for i in range(BACKENDS)], time.monotonic)
-    for i in range(BACKENDS):
+    metrics = PoolMetrics([f"b{i}" for i in range(backends)], time.monotonic)
+    for i in range(backends):
         metrics.in_flight[i] = rng.randrange(0, 20)
         for _ in range(5):
             metrics.record(i, rng.lognormvariate(-4.0, 0.5), error=rng.random() < 0.05)
@@ -32,15 +35,22 @@ def _pool(rng: random.Random) -> PoolMetrics:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", type=int, nargs="+", default=list(SIZES))
+    for backends in parser.parse_args().backends:
+        table(backends)
+
+
+def table(backends: int) -> None:
     rng = random.Random(7)
-    weights = np.array([rng.uniform(0.5, 2.0) for _ in range(BACKENDS)])
+    weights = np.array([rng.uniform(0.5, 2.0) for _ in range(backends)])
     weights /= weights.sum()
-    print(f"µs per pick, {BACKENDS} backends, best of {REPEATS} × {PICKS} picks")
+    print(f"µs per pick, {backends} backends, best of {REPEATS} × {PICKS} picks")
     print(f"{'picker':<14}{'all available':>15}{'2 unavailable':>15}")
     for name in PICKER_NAMES:
         figures = []
         for unavailable in ((), (3, 11)):
-            metrics = _pool(rng)
+            metrics = _pool(rng, backends)
             for i in unavailable:
                 metrics.set_health(i, False)
             picker = make_picker(name, random.Random(1))

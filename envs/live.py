@@ -32,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from envs.env import interval_reward, policy_spaces
+from envs.env import DEFAULT_SLOTS, interval_reward, policy_spaces
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
 from rl_lb.types import PoolSnapshot
@@ -215,9 +215,8 @@ class LivePoolEnv(gym.Env[np.ndarray, np.ndarray]):
     def _observe(self) -> np.ndarray:
         self._snapshot = snapshot_from_json(self._get_json("/admin/snapshot"))
         past = self._history[len(self._history) - (self.encoder.history - 1) :]
-        slots = self.action_space.shape[0]
         return self.encoder.encode(
-            self._snapshot, past if self.encoder.history > 1 else [], slots=slots
+            self._snapshot, past if self.encoder.history > 1 else [], slots=DEFAULT_SLOTS
         )
 
     def reset(

@@ -32,7 +32,13 @@ def init_ray(address: str = LOCAL) -> bool:
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to the Ray project
     if address != LOCAL:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConfigError(
+                "--ray-address", f"cannot join Ray at {address}: {reason}", "check the address"
+            ) from error
         return True
     ray.init(
         num_cpus=len(os.sched_getaffinity(0)),

@@ -274,4 +274,8 @@ def sim2real(
 
 
 def register(app: typer.Typer) -> None:
+    from lab.bench_pool import pool  # your own backends (issue 18)
+
+    if not any(c.name == "pool" for c in bench_app.registered_commands):
+        bench_app.command("pool")(pool)
     app.add_typer(bench_app, name="bench")

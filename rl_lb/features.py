@@ -2,9 +2,10 @@
 
 Every figure is made relative to the pool (latency over the pool median, in-flight over the pool
 mean, share of throughput…) so that a policy trained on 10 ms backends reads the same numbers on
-200 ms backends, and nothing is divided by a fixed maximum pool size (the size enters as log N), so
-that one policy reads pools of 2 and of 1,000 backends alike. The list `FEATURES` is the one place the layout is written; docs/features.md
-describes it and a test keeps the two in step.
+200 ms backends, and nothing is divided by a fixed maximum pool size (the size enters as
+log N), so that one policy reads pools of 2 and of 1,000 backends alike. The list `FEATURES` is
+the one place the layout is written; docs/features.md describes it and a test keeps the two in
+step.
 """
 
 from __future__ import annotations

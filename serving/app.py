@@ -67,7 +67,7 @@ class ProxyServer:
         self._server: asyncio.Server | None = None
         self._http: HttpServer | None = None
         self.h2: H2Server | None = None
-        """HTTP/2 clients (h2c, and h2 over TLS): served when backend-protocol is h2c."""
+        """HTTP/2 clients (h2c, and h2 over TLS): served with `http2` or backend-protocol h2c."""
         self._admin_runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -82,7 +82,16 @@ class ProxyServer:
         config = self.config
         check_admin(config)
         self.monitor = Monitor(config, self._pool)
-        self.grpc_health = GrpcHealth(config.connect_timeout_s)
+        self._h2_tls: ssl.SSLContext | None = None
+        if config.backend_ca_file or config.backend_sni or config.backend_client_cert:
+            self._h2_tls = backend_context(  # https:// backends spoken to in h2 (and gRPC checks)
+                config.backend_ca_file,
+                config.backend_sni,
+                config.backend_client_cert,
+                config.backend_client_key,
+            )
+            self._h2_tls.set_alpn_protocols(["h2"])
+        self.grpc_health = GrpcHealth(config.connect_timeout_s, self._h2_tls)
         if config.health_protocol == "grpc":
             self.monitor.grpc_health = self.grpc_health.check
         if config.record:
@@ -124,7 +133,7 @@ class ProxyServer:
 
         self.forwarder = Forwarder(config, self.monitor, self.controller, self.stats)
         if config.tls_cert and config.tls_key:
-            alpn = ("h2", HTTP1) if config.backend_protocol == "h2c" else (HTTP1,)
+            alpn = ("h2", HTTP1) if config.serves_http2 else (HTTP1,)
             self.tls = ListenerTls(config.tls_cert, config.tls_key, alpn)
         self._http = HttpServer(
             self.forwarder,
@@ -134,8 +143,8 @@ class ProxyServer:
             header_timeout=config.header_timeout_s,
             on_answered=self.stats.answered,
         )
-        if config.backend_protocol == "h2c":
-            self.h2 = H2Server(config, self.forwarder)
+        if config.serves_http2:
+            self.h2 = H2Server(config, self.forwarder, self._h2_tls)
             self._http.alpn_handoff["h2"] = self.h2
             self.prometheus.add(self.h2.collect)
         host, port = config.listen_address

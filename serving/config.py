@@ -39,6 +39,12 @@ from serving.config_values import (
     split_address,
 )
 from serving.discovery import read_sources
+from serving.grpc_settings import (
+    DEFAULT_ERROR_CODES,
+    read_backend_protocol,
+    read_grpc_codes,
+    read_health_protocol,
+)
 from serving.settings import (
     ADMIN,
     BALANCING,
@@ -53,12 +59,6 @@ from serving.settings import (
 )
 from serving.settings import markdown_table as settings_table
 from serving.tls import read_pem_path
-from serving.grpc_settings import (
-    DEFAULT_ERROR_CODES,
-    read_backend_protocol,
-    read_grpc_codes,
-    read_health_protocol,
-)
 from serving.tunnel import read_upgrades
 
 TLS = "TLS and upgrades"
@@ -501,10 +501,24 @@ class ProxyConfig:
         ),
         Option(HEALTH, read_health_protocol, "http, grpc", flag_type=str),
     )
+    http2: bool = proxy_setting(
+        False,
+        Setting(
+            "http2",
+            "Serve HTTP/2 clients (h2c prior knowledge, ALPN h2) with HTTP/1.1 backends too; "
+            "always on with backend-protocol h2c.",
+        ),
+        Option(H2, read_switch, "true or false", flag_type=bool, flags=("--http2/--no-http2",)),
+    )
     control: ControlSpec = field(default_factory=ControlSpec)
-    """The settings shared with the simulator (rl_lb/control.py declares them)."""
+    """The settings shared with the simulator (rl_lb/control/ declares them)."""
     config_path: str | None = None
     """The TOML file the settings came from, re-read on SIGHUP."""
+
+    @property
+    def serves_http2(self) -> bool:
+        """HTTP/2 clients are served (handed over on the preface, ALPN h2 offered)."""
+        return self.http2 or self.backend_protocol == "h2c"
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -515,14 +529,18 @@ class ProxyConfig:
         return split_address(self.admin, "admin") if self.admin else None
 
 
-KEYS: dict[str, Declared] = declare(ProxyConfig)
-"""Flag name (= TOML key) → its declaration: the proxy's own settings, then the shared ones."""
+_DECLARED: dict[str, Declared] = declare(ProxyConfig)
+KEYS: dict[str, Declared] = {key: d for key, d in _DECLARED.items() if d.info.proxy}
+"""Flag name (= TOML key) → its declaration: the proxy's own settings, then the shared ones
+(the simulator-only ones, `Setting.proxy` False, are no flag or key of the proxy)."""
 
 
 def _read_file(path: str) -> dict[str, Any]:
     data = read_toml(path)
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
+        # a simulator-only key: `from_flags` refuses it, saying where it is set instead
+        ControlSpec.from_flags({k: data[k] for k in unknown if k in _DECLARED}, f"{path}: ")
         raise ConfigError(
             f"{path}: {unknown[0]}",
             "unknown key",

@@ -12,10 +12,11 @@ The two messages are tiny protobufs written and read here directly: the request 
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from serving.grpc_call import grpc_status
 from serving.grpc_settings import GRPC_CODES
-from serving.h2_upstream import H2UpstreamPool, Headers, UpstreamStream
+from serving.h2_upstream import H2UpstreamPool, Headers, StreamHandle
 
 __all__ = ["GrpcHealth"]
 
@@ -31,7 +32,7 @@ class _Check:
 
     def __init__(self, result: asyncio.Future[str | None]) -> None:
         self.result = result
-        self.stream: UpstreamStream | None = None
+        self.stream: StreamHandle | None = None
         self.status = 0
         self.body = b""
         self.trailers: Headers = []
@@ -40,7 +41,7 @@ class _Check:
         if not self.result.done():
             self.result.set_result(failure)
 
-    def on_stream_open(self, stream: UpstreamStream) -> None:
+    def on_stream_open(self, stream: StreamHandle) -> None:
         self.stream = stream
         stream.send(_EMPTY_REQUEST, True)
 
@@ -91,8 +92,9 @@ def _status_field(message: bytes) -> int:
 class GrpcHealth:
     """The health-check connections to each backend."""
 
-    def __init__(self, connect_timeout: float) -> None:
+    def __init__(self, connect_timeout: float, tls: ssl.SSLContext | None = None) -> None:
         self.connect_timeout = connect_timeout
+        self.tls = tls
         self.pools: dict[str, H2UpstreamPool] = {}
 
     async def check(self, url: str, timeout: float) -> str | None:
@@ -100,7 +102,11 @@ class GrpcHealth:
         pool = self.pools.get(url)
         if pool is None:
             pool = self.pools[url] = H2UpstreamPool(
-                url, connections=1, connect_timeout=self.connect_timeout, read_timeout=timeout
+                url,
+                connections=1,
+                connect_timeout=self.connect_timeout,
+                read_timeout=timeout,
+                tls=self.tls,
             )
         result: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         call = _Check(result)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import Counter, deque
 from collections.abc import Iterator
 from typing import cast
@@ -45,12 +46,14 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from serving.config import ProxyConfig
 from serving.grpc_settings import GRPC_CODES
+from serving.h2_http1 import Http1Pool
 from serving.h2_stream import H2Stream
-from serving.h2_upstream import H2UpstreamPool, Headers
+from serving.h2_upstream import H2UpstreamPool, Headers, StreamPool
 from serving.monitor import Backend
 from serving.proxy import Forwarder
 
@@ -63,13 +66,21 @@ _MAX_CONTROL_FRAMES = 100
 _MAX_WRITE_BUFFER = 4 << 20
 """Bytes waiting for a client that does not read, past which its connection is dropped."""
 _IDLE_S = 300.0
+_ACK_BATCH = 16 << 10
+"""Request bytes returned to a client's windows at once. A stream's window (64 KiB) reopens as
+its bytes go on to the backend, the connection's as soon as they arrive: the streams' windows
+bound the memory, and a stream whose backend is slow never holds up the client's others."""
 """An HTTP/2 connection without a stream this long is closed (GOAWAY NO_ERROR)."""
 
 
 class H2Server:
     """What the HTTP/2 connections of one listener share: limits, upstream pools, counters."""
 
-    def __init__(self, config: ProxyConfig, forwarder: Forwarder) -> None:
+    def __init__(
+        self, config: ProxyConfig, forwarder: Forwarder, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self.tls = tls
+        """The client context of https:// backends spoken to in h2 (ALPN h2; None: defaults)."""
         self.forwarder = forwarder
         self.loop = asyncio.get_running_loop()
         self.config = config
@@ -79,7 +90,10 @@ class H2Server:
         self.max_streams = config.h2_max_concurrent_streams
         self.max_resets = config.h2_max_resets
         self.max_header_list = 8 * config.max_header_bytes
+        self.h2c = config.backend_protocol == "h2c"
         self.pools: dict[str, H2UpstreamPool] = {}
+        self.http1_pools: dict[str, Http1Pool] = {}
+        """`backend-protocol = http1`: each backend's HTTP/1.1 pool, offered to the streams."""
         self.streams_by_backend: Counter[str] = Counter()
         """gRPC streaming calls open per backend, apart from in-flight."""
         self.goaways: Counter[str] = Counter()
@@ -91,7 +105,12 @@ class H2Server:
         """The handoff factory (`HttpServer.alpn_handoff['h2']`)."""
         return H2ClientConnection(self)
 
-    def pool_for(self, backend: Backend) -> H2UpstreamPool:
+    def pool_for(self, backend: Backend) -> StreamPool:
+        if not self.h2c:
+            bridge = self.http1_pools.get(backend.url)
+            if bridge is None:
+                bridge = self.http1_pools[backend.url] = Http1Pool(backend.pool)
+            return bridge
         pool = self.pools.get(backend.url)
         if pool is None:
             config = self.config
@@ -100,6 +119,7 @@ class H2Server:
                 connections=config.h2_connections_per_backend,
                 connect_timeout=config.connect_timeout_s,
                 read_timeout=config.read_timeout_s,
+                tls=self.tls,
             )
         return pool
 
@@ -122,6 +142,8 @@ class H2Server:
         for url in [u for u, p in self.pools.items() if u not in present and not p.streams]:
             pool = self.pools.pop(url)
             self.loop.create_task(pool.close())
+        for url in [u for u in self.http1_pools if u not in present]:
+            del self.http1_pools[url]
 
     def stop(self) -> None:
         """No new streams: idle connections close now, busy ones once their streams are over."""
@@ -176,6 +198,10 @@ class H2ClientConnection(asyncio.Protocol):
         self.control_frames = 0
         self.active = 0.0
         self.batching = False
+        self.returned = 0
+        """Request bytes received and not yet returned to the connection's window."""
+        self.unacked: dict[int, int] = {}
+        """Per stream: request bytes passed on and not yet returned to its window."""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -187,8 +213,15 @@ class H2ClientConnection(asyncio.Protocol):
         self.peer = str(peer[0]) if peer else "unknown"
         self.active = self.window_start = server.loop.time()
         h2 = self.h2
-        h2.local_settings.max_concurrent_streams = server.max_streams
-        h2.local_settings.max_header_list_size = server.max_header_list
+        # given as initial values, the first SETTINGS frame carries them (by assignment they
+        # would wait for an acknowledgement that was never asked for)
+        h2.local_settings = Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: server.max_streams,
+                SettingCodes.MAX_HEADER_LIST_SIZE: server.max_header_list,
+            },
+        )
         h2.decoder.max_header_list_size = server.max_header_list  # before the client's ack
         h2.initiate_connection()
         self.flush()
@@ -232,13 +265,17 @@ class H2ClientConnection(asyncio.Protocol):
                 return
             new = H2Stream(self, sid, list(cast(Headers, event.headers or [])))
             self.streams[sid] = new
+            new.client_ended = event.stream_ended is not None  # no body: its StreamEnded follows
             new.start()
         elif isinstance(event, DataReceived):
+            flow = event.flow_controlled_length or 0
+            self.returned += flow  # the connection's window reopens at once: see _ACK_BATCH
+            if self.returned >= _ACK_BATCH:
+                self.h2.increment_flow_control_window(self.returned)
+                self.returned = 0
             stream = self.streams.get(event.stream_id or 0)
             if stream is not None:
-                stream.on_client_data(event.data or b"", event.flow_controlled_length or 0)
-            else:
-                self.ack(event.stream_id or 0, event.flow_controlled_length or 0)
+                stream.on_client_data(event.data or b"", flow)
         elif isinstance(event, StreamEnded):  # after the RequestReceived or DataReceived
             stream = self.streams.get(event.stream_id or 0)
             if stream is not None and not stream.client_ended:
@@ -296,11 +333,17 @@ class H2ClientConnection(asyncio.Protocol):
     # -- what a stream sends --------------------------------------------------------------------
 
     def ack(self, stream_id: int, size: int) -> None:
+        """`size` request bytes of the stream went on: its window reopens (batched)."""
         if size <= 0 or self.transport is None:
             return
+        held = self.unacked.get(stream_id, 0) + size
+        if held < _ACK_BATCH:
+            self.unacked[stream_id] = held
+            return
+        self.unacked.pop(stream_id, None)
         try:
-            self.h2.acknowledge_received_data(size, stream_id)
-        except ProtocolError:
+            self.h2.increment_flow_control_window(held, stream_id=stream_id)
+        except ProtocolError:  # the stream closed meanwhile
             return
         self.flush()
 
@@ -379,6 +422,7 @@ class H2ClientConnection(asyncio.Protocol):
     def sweep(self, now: float) -> None:
         for sid in [sid for sid, s in self.streams.items() if s.closed and s.done]:
             del self.streams[sid]
+            self.unacked.pop(sid, None)
         for stream in [s for s in self.streams.values() if s.deadline < now and not s.closed]:
             stream.expired()
         if self.streams:

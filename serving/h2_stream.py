@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from h2.errors import ErrorCodes
 
 from serving.grpc_call import MessageCounter, grpc_status, is_grpc, proxy_status, read_grpc_timeout
-from serving.h2_upstream import Headers, UpstreamStream
+from serving.h2_upstream import Headers, StreamHandle
 from serving.monitor import Backend
 
 if TYPE_CHECKING:
@@ -56,11 +56,13 @@ class H2Stream:
         )
         self.backend: Backend | None = None
         self.tried: list[Backend] = []
-        self.up: UpstreamStream | None = None
+        self.up: StreamHandle | None = None
         self.started = 0.0
         self.held: deque[bytes] = deque()
         """Request body that came before a backend stream was open."""
         self.client_ended = False
+        self.end_in_headers = False
+        """The backend stream was opened with the request's end (no body)."""
         self.body_started = False
         self.headed = False
         self.streaming = False
@@ -78,6 +80,7 @@ class H2Stream:
 
     def start(self) -> None:
         if self.method == b"CONNECT":
+            self.done = True  # nothing for the balancer to count
             self._fail(
                 405, "connect", "CONNECT is refused: rl-lb is a reverse proxy", "UNIMPLEMENTED"
             )
@@ -105,7 +108,8 @@ class H2Stream:
         self.started = forwarder.monitor.begin(backend)
         pool = self.server.pool_for(backend)
         headers = self._upstream_headers(pool.authority, pool.prefix)
-        pool.open(self, headers, self.client_ended and not self.held)
+        self.end_in_headers = self.client_ended and not self.held
+        pool.open(self, headers, self.end_in_headers)
 
     def _upstream_headers(self, authority: bytes, prefix: bytes) -> Headers:
         out: Headers = []
@@ -127,7 +131,7 @@ class H2Stream:
         rest.append((b"x-forwarded-for", b", ".join(forwarded)))
         return out + rest
 
-    def on_stream_open(self, stream: UpstreamStream) -> None:
+    def on_stream_open(self, stream: StreamHandle) -> None:
         if self.closed:
             stream.reset()
             return
@@ -140,8 +144,8 @@ class H2Stream:
             self.body_started = True
             for chunk in held:
                 stream.send(chunk, False)
-            if self.client_ended:
-                stream.send(b"", True)
+        if self.client_ended and not self.end_in_headers:
+            stream.send(b"", True)  # the client ended while the stream was being opened
 
     def on_connect_failed(self, reason: str, message: str) -> None:
         self._attempt_failed(reason, message, retriable=True)
@@ -196,7 +200,7 @@ class H2Stream:
         if up is not None:
             up.send(b"", True)
             if not self.headed and not up.deadline:  # the read timeout runs from here
-                up.deadline = self.server.loop.time() + up.conn.pool.read_timeout
+                up.deadline = self.server.loop.time() + self.server.config.read_timeout_s
 
     def on_client_gone(self) -> None:
         """The client reset the stream or left: the backend stream is given up."""

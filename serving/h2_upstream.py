@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -33,20 +34,28 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
 
-__all__ = ["H2UpstreamPool", "StreamListener", "UpstreamStream"]
+__all__ = ["H2UpstreamPool", "StreamHandle", "StreamListener", "StreamPool", "UpstreamStream"]
 
 log = logging.getLogger("rl_lb.serving.h2_upstream")
 
 Headers = list[tuple[bytes, bytes]]
-WINDOW = 1 << 20
-"""The receive window (per stream and per connection) offered to backends: 1 MiB in flight."""
+STREAM_WINDOW = 256 << 10
+"""Receive window of each backend stream: response bytes held for one slow client at most
+(returned to the backend only as the client takes them)."""
+_ACK_BATCH = 16 << 10
+"""Response bytes returned to a stream's window at once: well under any window (a batch larger
+than the window would never fill, and the stream would stall)."""
+CONNECTION_WINDOW = 16 << 20
+"""Receive window of each backend connection, returned as soon as bytes arrive (the streams'
+windows bound the memory), so a stalled stream never holds up the others on its connection."""
 
 
 class StreamListener(Protocol):
     """What a stream's events go to (implemented by `serving.h2_server.H2Stream`)."""
 
-    def on_stream_open(self, stream: UpstreamStream) -> None: ...
+    def on_stream_open(self, stream: StreamHandle) -> None: ...
     def on_connect_failed(self, reason: str, message: str) -> None: ...
     def on_response(self, status: int, headers: Headers, end: bool) -> None: ...
     def on_response_data(self, data: bytes, flow: int) -> None: ...
@@ -58,10 +67,41 @@ class StreamListener(Protocol):
         ...
 
 
+class StreamHandle(Protocol):
+    """What a client stream holds of its backend leg (`UpstreamStream`, or an HTTP/1.1
+    exchange in `serving.h2_http1`)."""
+
+    deadline: float
+    idle_ok: bool
+
+    def send(self, data: bytes, end: bool) -> None: ...
+    def ack(self, size: int) -> None: ...
+    def reset(self) -> None: ...
+
+
+class StreamPool(Protocol):
+    """Where a client stream's backend leg comes from (`H2UpstreamPool`, `Http1Pool`)."""
+
+    authority: bytes
+    prefix: bytes
+
+    def open(self, listener: StreamListener, headers: Headers, end: bool) -> None: ...
+    def cancel(self, listener: StreamListener) -> None: ...
+
+
 class UpstreamStream:
     """One request on an h2c connection: what still waits for the backend's window."""
 
-    __slots__ = ("conn", "deadline", "ended", "idle_ok", "listener", "pending", "stream_id")
+    __slots__ = (
+        "conn",
+        "deadline",
+        "ended",
+        "idle_ok",
+        "listener",
+        "pending",
+        "stream_id",
+        "unacked",
+    )
 
     def __init__(self, conn: H2UpstreamConnection, stream_id: int, listener: StreamListener):
         self.conn = conn
@@ -74,6 +114,8 @@ class UpstreamStream:
         """Until the response head (then moved by each read), 0: none."""
         self.idle_ok = False
         """After the head the stream may be quiet as long as it likes (a gRPC stream)."""
+        self.unacked = 0
+        """Response bytes passed on and not yet returned to the stream's window (batched)."""
 
     def send(self, data: bytes, end: bool) -> None:
         """Request body bytes (`end`: the last); they leave as the window admits them."""
@@ -86,12 +128,15 @@ class UpstreamStream:
     def ack(self, size: int) -> None:
         """`size` response bytes were passed on: the backend may send that much more."""
         conn = self.conn
-        if size and self.stream_id in conn.streams:
-            try:
-                conn.h2.acknowledge_received_data(size, self.stream_id)
-            except ProtocolError:  # the stream closed meanwhile
-                return
-            conn.flush()
+        self.unacked += size
+        if self.unacked < _ACK_BATCH or self.stream_id not in conn.streams:
+            return
+        size, self.unacked = self.unacked, 0
+        try:
+            conn.h2.increment_flow_control_window(size, stream_id=self.stream_id)
+        except ProtocolError:  # the stream closed meanwhile
+            return
+        conn.flush()
 
     def reset(self) -> None:
         """Give the stream up (the client left, a deadline passed)."""
@@ -114,6 +159,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.streams: dict[int, UpstreamStream] = {}
         self.usable = True
         """False after a GOAWAY or once closing: no new stream goes here."""
+        self.returned = 0
+        """Bytes received and not yet returned to the connection's window (batched)."""
 
     @property
     def capacity(self) -> int:
@@ -165,9 +212,17 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        self.h2.local_settings.initial_window_size = WINDOW
+        # values given here are the ones the first SETTINGS frame carries (h2 sends the current
+        # ones: changes made by assignment would wait for an acknowledgement)
+        self.h2.local_settings = Settings(
+            client=True,
+            initial_values={
+                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
         self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(WINDOW - 65535)
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.flush()
 
     def data_received(self, data: bytes) -> None:
@@ -183,15 +238,16 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     def _event(self, event: object) -> None:
         if isinstance(event, DataReceived):
+            flow = event.flow_controlled_length or 0
+            self.returned += flow
+            if self.returned >= CONNECTION_WINDOW // 4:
+                self.h2.increment_flow_control_window(self.returned)
+                self.returned = 0
             stream = self.streams.get(event.stream_id or 0)
             if stream is not None and stream.listener is not None:
                 if stream.deadline:
                     stream.deadline = self.pool.loop.time() + self.pool.read_timeout
-                stream.listener.on_response_data(
-                    event.data or b"", event.flow_controlled_length or 0
-                )
-            elif event.stream_id and event.flow_controlled_length:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                stream.listener.on_response_data(event.data or b"", flow)
         elif isinstance(event, ResponseReceived):
             stream = self.streams.get(event.stream_id or 0)
             if stream is not None and stream.listener is not None:
@@ -284,11 +340,15 @@ class H2UpstreamPool:
         connections: int,
         connect_timeout: float,
         read_timeout: float,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
         self.url = url
         self.host = parts.hostname or "localhost"
-        self.port = parts.port or 80
+        https = parts.scheme == "https"
+        self.port = parts.port or (443 if https else 80)
+        self.ssl = (tls or _h2_context()) if https else None
+        """https:// backends: h2 over TLS (ALPN h2), verified like every https backend."""
         self.authority = parts.netloc.encode()
         self.prefix = parts.path.rstrip("/").encode()
         self.limit = connections
@@ -308,10 +368,12 @@ class H2UpstreamPool:
             conn.open_stream(listener, headers, end)
             return
         self.waiting.append((listener, headers, end))
-        if len(self.conns) + self.connecting < self.limit or (conn is None and not self.connecting):
+        below_limit = len(self.conns) + self.connecting < self.limit
+        all_gone = not self.connecting and not any(c.usable for c in self.conns)
+        if below_limit or all_gone:  # (a connection after a GOAWAY drains, uncounted)
             self._connect()
         else:
-            self.serve_waiting()
+            self.serve_waiting()  # full connections: the streams wait for one to end
 
     def cancel(self, listener: StreamListener) -> None:
         """The stream is no longer wanted before it opened."""
@@ -345,13 +407,21 @@ class H2UpstreamPool:
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: H2UpstreamConnection(self), self.host, self.port
+                    lambda: H2UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None,
                 ),
                 self.connect_timeout,
             )
+            tls = conn.transport.get_extra_info("ssl_object") if conn.transport else None
+            if tls is not None and tls.selected_alpn_protocol() != "h2":
+                conn.close()
+                failure = ("connect-failed", "the backend does not offer h2 over TLS (ALPN)")
         except TimeoutError:
             failure = ("connect-timeout", f"no connection within {self.connect_timeout:g} s")
-        except OSError as error:
+        except OSError as error:  # ssl.SSLError too (an unverifiable certificate)
             failure = ("connect-failed", error.strerror or str(error))
         finally:
             self.connecting -= 1
@@ -390,6 +460,13 @@ class H2UpstreamPool:
         waiting, self.waiting = self.waiting, deque()
         for listener, _, _ in waiting:
             listener.on_connect_failed("connect-failed", "the proxy is shutting down")
+
+
+def _h2_context() -> ssl.SSLContext:
+    """Verified TLS with the system's CAs, offering only h2 (when no TLS setting is given)."""
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["h2"])
+    return context
 
 
 def _status(headers: Headers) -> int:

@@ -1,7 +1,8 @@
 """`rl-lb serve`: the proxy from the command line.
 
 The options are not written here: each is built from a setting declared in serving/config.py
-(the proxy's own) or rl_lb/control.py (those shared with the simulator), with that declaration's
+(the proxy's own) or rl_lb/control/ (those shared with the simulator; not the simulator-only
+ones, `Setting.proxy` False), with that declaration's
 help, default and help panel, so the flags, the `--config` TOML keys (same names, no dashes in
 front; options given on the command line win) and docs/proxy.md cannot drift apart.
 

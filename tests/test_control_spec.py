@@ -1,6 +1,6 @@
 """Each proxy setting is declared once; the flags, the TOML keys, the docs and the proxy follow.
 
-The shared settings are declared in rl_lb/control.py, the proxy's own on `ProxyConfig`'s fields
+The shared settings are declared in rl_lb/control/, the proxy's own on `ProxyConfig`'s fields
 (serving/config.py). These tests check everything derived from the declarations against them:
 the `rl-lb serve` options (names, help, defaults, panels), docs/proxy.md's settings tables, a
 config file written from `ControlSpec.flags()`, and the objects the proxy builds from its config.
@@ -193,3 +193,33 @@ def test_a_reload_keeps_what_needs_a_restart_and_names_it_by_key() -> None:
     assert (kept.backends, kept.balancer) == (new.backends, "jsq")
     assert (kept.listen, kept.control) == (old.listen, old.control)
     assert keys == ["listen", *ControlSpec().flags()]
+
+
+def test_a_simulator_only_setting_is_no_proxy_flag_key_or_docs_row(tmp_path: Path) -> None:
+    """`prequal-probe-rtt` (`Setting.proxy` False) is left out of everything the proxy offers,
+    kept in the scenario table, and refused with a line that says where it is set."""
+    from lab.bench_proxy import control_flags
+    from rl_lb.control import Setting
+
+    simulator_only = [info for _, _, info in spec_settings() if not info.proxy]
+    assert [info.key for info in simulator_only] == ["prequal-probe-rtt"]
+    [info] = simulator_only
+    params = {p.name for p in typer.main.get_command(serve_app()).params}
+    assert "prequal_probe_rtt" not in params
+    assert info.key not in KEYS
+    assert info.key not in ControlSpec().flags()
+    assert f"--{info.key}" not in control_flags(changed_spec())  # `bench live`'s child proxies
+    assert f"`--{info.key}`" not in markdown_table()
+    assert f"`{info.scenario}`" in markdown_table(scenario=True)
+    with pytest.raises(ConfigError) as caught:
+        ControlSpec.from_flags({info.key: 0.002})
+    assert caught.value.where == f"--{info.key}"
+    assert str(info.scenario) in str(caught.value)
+    path = tmp_path / "proxy.toml"
+    path.write_text(f'backend = ["{BACKEND}"]\n{info.key} = 0.002\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert caught.value.where == f"{path}: {info.key}"
+    assert "simulator-only" in str(caught.value)
+    with pytest.raises(ValueError, match="needs a scenario key"):
+        Setting("x-rtt", "A simulator-only setting nothing could set.", proxy=False)

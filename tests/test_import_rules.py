@@ -8,7 +8,7 @@ together), and `importlib.import_module("name")` / `__import__("name")` with a l
     rl_lb (the core)  no wing; the standard library, itself and CORE_THIRD_PARTY only
     serving           no envs, training, lab, torch, stable_baselines3, gymnasium; mlflow only
                       in REGISTRY_MODULE, and there only inside a function
-    envs              no serving, no lab
+    envs              no serving, no lab; ray (an optional extra) only inside a function
 """
 
 from __future__ import annotations
@@ -149,6 +149,8 @@ def _rule(imp: Import) -> str | None:
             return f"{REGISTRY_MODULE} imports mlflow at module level (import it in a function)"
     if wing == "envs" and top in ENVS_FORBIDDEN:
         return f"envs imports {top!r} ({ENVS_FORBIDDEN[top]})"
+    if wing == "envs" and top == "ray" and not imp.lazy:
+        return "envs imports ray at module level (an optional extra: import it in a function)"
     return None
 
 
@@ -226,6 +228,7 @@ PLANTED = {
     "serving/registry.py": "import mlflow\n",  # line 1: not lazy
     "envs/live.py": "import gymnasium\n\n\ndef f():\n    from lab.backends import serve\n",  # 5
     "envs/env.py": "from serving import admin\n",  # line 1
+    "envs/ray_runs.py": "import ray\n",  # line 1: not lazy
 }
 EXPECTED = {
     "rl_lb/features.py:3": "wing 'envs'",
@@ -238,6 +241,7 @@ EXPECTED = {
     "serving/registry.py:1": "mlflow at module level",
     "envs/live.py:5": "envs imports 'lab'",
     "envs/env.py:1": "envs imports 'serving'",
+    "envs/ray_runs.py:1": "ray at module level",
 }
 
 

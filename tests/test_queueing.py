@@ -81,7 +81,7 @@ def test_stale_information_herds_jsq(refresh_s: float, jsq_ref: float, p2c_ref: 
 
 SUPERMARKET_FILE = """
 name = "supermarket-100"
-description = "100 identical M/M/1 servers at 90% load, service 10 ms (the reference's unit x 10 ms)."
+description = "100 identical M/M/1 servers at 90% load, service 10 ms (the reference's unit)."
 duration_s = 70
 control_interval_s = 1.0
 

@@ -107,9 +107,10 @@ def test_a_quick_command_runs_as_written(prefix: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # train: its evaluations (seeds x baselines x 120 s) are not steps
 @pytest.mark.parametrize("prefix", SLOW)
 def test_a_long_command_runs_as_written_when_shortened(prefix: str, tmp_path: Path) -> None:
-    done = bash(_find(prefix), tmp_path, timeout=1200)
+    done = bash(_find(prefix), tmp_path, timeout=1700)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     if prefix == "rl-lb train":

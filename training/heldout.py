@@ -252,7 +252,7 @@ def render_summary(results: Sequence[WorldResult], command: str, policy: str) ->
         "## Held-out generated worlds",
         "",
         f"{len(results)} worlds of generator seed {seed} (indices {min(indices)}–{max(indices)}; "
-        f"training uses generator seeds below {HELDOUT_SEED} only), policy `{policy}`. "
+        f"training must draw worlds from generator seeds below {HELDOUT_SEED}), policy `{policy}`. "
         f"Per world, simulator seeds {', '.join(map(str, SELECTION_SEEDS))} select the best of "
         f"{len(HEURISTICS)} heuristics; seeds {', '.join(map(str, EVALUATION_SEEDS))} (paired) "
         "measure learned and that heuristic; a world's ratio is the mean of the paired ratios of "

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import mlflow
@@ -78,23 +80,20 @@ def trial(params: dict[str, Any], sweep: SweepConfig, trials_dir: str) -> None:
     config = sweep.trial_config(params)
     config.out, config.export = str(work / "runs"), ""
     best = float("inf")
+    last: dict[str, Any] = {"timesteps": config.timesteps}
 
     def report(steps: int, metrics: dict[str, float], key: tuple[bool, float]) -> None:
-        nonlocal best
+        nonlocal best, last
         best = min(best, key[1])
-        tune.report({"timesteps": steps, METRIC: key[1], "best_score": best, **metrics})
+        last = {"timesteps": steps, METRIC: key[1], "best_score": best, **metrics}
+        # The run's last evaluation goes with the final report: ASHA may stop a trial at any
+        # report, and one stopped there would lose its final evaluation for nothing.
+        if steps < config.timesteps:
+            tune.report(last)
 
     with (work / "train.log").open("w", encoding="utf-8") as log:
         result = run(config, console=Console(file=log, width=100), report=report)
-    tune.report(
-        {
-            "timesteps": config.timesteps,
-            METRIC: best,
-            "best_score": best,
-            "final_score": result.score,
-            "run_dir": str(result.run_dir),
-        }
-    )
+    tune.report({**last, "final_score": result.score, "run_dir": str(result.run_dir)})
 
 
 class _ChildRuns(tune.Callback):
@@ -110,6 +109,7 @@ class _ChildRuns(tune.Callback):
         """Trial id → its last result."""
         self.closed: set[str] = set()
         """Run ids already marked as ended."""
+        self.interrupted = False
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -151,6 +151,11 @@ class _ChildRuns(tune.Callback):
     ) -> None:
         self._finish(trial, "FAILED")
 
+    def interrupt(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT: from now on trials that end were stopped, not finished."""
+        self.interrupted = True
+        raise KeyboardInterrupt
+
     def close_open_runs(self, status: str) -> None:
         """Mark the runs of trials still going (the sweep was interrupted) as `status`."""
         for run_id in self.runs.values():
@@ -176,7 +181,7 @@ class _ChildRuns(tune.Callback):
         for name in ("evaluation.csv", "evaluation.md"):
             if last.get("run_dir") and (run_dir / name).is_file():
                 self.client.log_artifact(run_id, str(run_dir / name), artifact_path="evaluation")
-        self.client.set_terminated(run_id, status)
+        self.client.set_terminated(run_id, "KILLED" if self.interrupted else status)
 
 
 def _is_metric(key: str, value: Any) -> bool:
@@ -214,10 +219,11 @@ def sweep(
     trials_dir = (out / f"{config.name}-{stamp}").resolve()
     trials_dir.mkdir(parents=True, exist_ok=True)
     callback = _ChildRuns(config, experiment_id, parent_id, trials_dir)
-    status = "KILLED"
-    # Tune's own Ctrl-C handler stops trials gracefully and returns as if done; without it
-    # Ctrl-C raises here, and `finally` stops every trial by shutting Ray down.
+    # Tune's own Ctrl-C handler would stop the trials and return as if the sweep were done.
+    # Ours marks the sweep interrupted and raises; `finally` then stops every trial by
+    # shutting Ray down, and the interruption goes on up (exit status 130).
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = signal.signal(signal.SIGINT, callback.interrupt)
     init_ray(ray_address or LOCAL)
     try:
         tuner = tune.Tuner(
@@ -232,9 +238,7 @@ def sweep(
                     time_attr="timesteps",
                     metric=METRIC,
                     mode="min",
-                    # Past the run's end: at max_t ASHA would stop a trial before its final
-                    # evaluation on fresh seeds is reported.
-                    max_t=max(base.timesteps, config.grace_steps) + 1,
+                    max_t=max(base.timesteps, config.grace_steps),
                     grace_period=config.grace_steps,
                     reduction_factor=config.reduction_factor,
                 ),
@@ -248,11 +252,13 @@ def sweep(
         )
         console.print(f"sweep {config.name}: trials in {trials_dir}; parent run {parent_id}")
         tuner.fit()
-        status = "FINISHED"
     finally:
         ray.shutdown()
+        signal.signal(signal.SIGINT, previous)
         callback.close_open_runs("KILLED")
-        client.set_terminated(parent_id, status)
+        client.set_terminated(parent_id, "KILLED" if callback.interrupted else "FINISHED")
+    if callback.interrupted:
+        raise KeyboardInterrupt
     best = _register_best(client, callback, parent_id)
     remove_scratch(trials_dir)
     if best is not None:

@@ -90,12 +90,12 @@ def set_dotted(config: TrainConfig, key: str, value: Any, where: str) -> None:
 
 def _dimension(where: str, key: str, spec: Any) -> Dimension:
     if not (isinstance(spec, dict) and len(spec) == 1):
-        raise ConfigError(where, f"[space] {key} = {spec!r}", f"use {{ one of {DISTRIBUTIONS} }}")
+        raise ConfigError(where, f"space {key} = {spec!r}", f"use {{ one of {DISTRIBUTIONS} }}")
     ((kind, values),) = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise ConfigError(where, f"[space] {key}: unknown {kind!r}", f"use one of {DISTRIBUTIONS}")
+        raise ConfigError(where, f"space {key}: unknown {kind!r}", f"use one of {DISTRIBUTIONS}")
     if not isinstance(values, list) or not values:
-        raise ConfigError(where, f"[space] {key}: {kind} needs a non-empty list")
+        raise ConfigError(where, f"space {key}: {kind} needs a non-empty list")
     if kind in ("uniform", "loguniform", "randint"):
         numbers = len(values) == 2 and all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
@@ -103,9 +103,11 @@ def _dimension(where: str, key: str, spec: Any) -> Dimension:
         )
         low, high = values if numbers else (0, 0)
         if not numbers or not low < high or (kind == "loguniform" and low <= 0):
-            raise ConfigError(where, f"[space] {key}: {kind} = {values!r}", "give [low, high]")
+            raise ConfigError(
+                where, f"space {key}: {kind} = {values!r}", "give two numbers, low < high"
+            )
         if kind == "randint" and not all(isinstance(v, int) for v in values):
-            raise ConfigError(where, f"[space] {key}: randint bounds must be integers")
+            raise ConfigError(where, f"space {key}: randint bounds must be integers")
     return Dimension(key, kind, tuple(values))
 
 
@@ -144,7 +146,7 @@ def load_sweep(path: str | Path) -> SweepConfig:
     )
     overrides, space = raw.pop("overrides", {}), raw.pop("space", {})
     if not isinstance(overrides, dict) or not isinstance(space, dict):
-        raise ConfigError(where, "[overrides] and [space] should be tables")
+        raise ConfigError(where, "overrides and space should be tables")
     if raw:
         known = [f.name for f in dataclasses.fields(SweepConfig)]
         raise ConfigError(where, f"unknown key {next(iter(raw))!r}", f"known: {', '.join(known)}")

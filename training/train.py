@@ -89,7 +89,7 @@ def _vec_env(config: TrainConfig, scenarios: list[str]) -> VecEnv:
     from envs.batched_vec_env import BatchedVecEnv
 
     if config.vec == "batched":
-        vec_env_cls: type[VecEnv] = BatchedVecEnv
+        vec_env_cls: type[DummyVecEnv] | type[SubprocVecEnv] = BatchedVecEnv
     else:
         vec_env_cls = SubprocVecEnv if config.n_envs > 1 else DummyVecEnv
     return make_vec_env(

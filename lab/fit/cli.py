@@ -43,10 +43,15 @@ def _fit(
     from lab.fit.recording import read_recording
     from lab.fit.replay import service_quantiles
     from lab.fit.world import fit_world, render, write_trace
+    from rl_lb.errors import ScenarioError
 
     recording = read_recording(folders, _warn)
     world = fit_world(recording, name or out.stem)
     trace_file = None
+    if trace and recording.sample != 1:
+        raise ScenarioError(
+            "--trace", f"the recording holds 1 request in {recording.sample}", "use --profile"
+        )
     if trace:
         trace_path = out.with_suffix(".arrivals.csv")
         write_trace(world, trace_path)

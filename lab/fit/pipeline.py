@@ -17,11 +17,19 @@ import psutil  # type: ignore[import-untyped]  # no type information shipped
 
 from lab.backends import EmulatedPool
 from lab.bench_proxy import free_port, running_proxies
+from lab.load_result import LoadResult
 from lab.loadgen import run_schedule
 from rl_lb.scenarios import Scenario
 from rl_lb.types import FloatArray
 
-__all__ = ["STEPPED_LOADS", "RecordedRun", "record_emulated", "slowed", "stepped_schedule"]
+__all__ = [
+    "STEPPED_LOADS",
+    "RecordedRun",
+    "record_emulated",
+    "record_pool",
+    "slowed",
+    "stepped_schedule",
+]
 
 STEPPED_LOADS = (0.3, 0.6, 0.9, 1.0, 0.5)
 """The recipe's load steps (fractions of capacity, equal spans): up to the pool's capacity,
@@ -61,6 +69,50 @@ class RecordedRun:
     """The backends' URLs, in the scenario's order."""
     proxy_cpu_s: float
     """CPU time (user + system) of the proxy process while the load ran (start-up excluded)."""
+    load: LoadResult
+    """What the load generator measured."""
+
+
+async def record_pool(
+    urls: list[str],
+    capacity_rps: float,
+    folder: Path,
+    *,
+    duration_s: float,
+    path: str = "/",
+    loads: tuple[float, ...] = STEPPED_LOADS,
+    balancer: str = "least-latency",
+    control_interval_s: float = 1.0,
+    seed: int = 0,
+    record: bool = True,
+    extra_flags: tuple[str, ...] = (),
+) -> RecordedRun:
+    """Put `rl-lb serve --record folder` (its own process, as in production) in front of the
+    backends at `urls` and send it the stepped load (fractions of `capacity_rps`) for `path`.
+    `record=False` runs the same without recording (to measure what recording costs)."""
+    schedule = stepped_schedule(capacity_rps, duration_s, loads, seed)
+    proxy_flags = [
+        "--balancer", balancer,
+        "--control-interval", repr(control_interval_s),
+        "--health-path", "",
+        "--read-timeout", "30",
+        "--shutdown-timeout", "5",
+        "--log-level", "warning",
+        *(("--record", str(folder)) if record else ()),
+        *extra_flags,
+    ]  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    async with running_proxies(urls, proxy_flags, folder.parent, [free_port()]) as proxies:
+        process = psutil.Process(proxies[0].process.pid)
+        before = process.cpu_times()
+        target = proxies[0].url.rstrip("/") + path
+        load = await run_schedule(
+            target, schedule, duration=duration_s, timeout=30.0, connections=512
+        )
+        after = process.cpu_times()
+        proxies[0].stop()  # SIGTERM: the recorder writes what is left and closes its files
+    cpu = after.user + after.system - before.user - before.system
+    return RecordedRun(len(schedule), list(urls), cpu, load)
 
 
 async def record_emulated(
@@ -72,34 +124,18 @@ async def record_emulated(
     balancer: str = "least-latency",
     seed: int = 0,
     record: bool = True,
-    flags: tuple[str, ...] = (),
 ) -> RecordedRun:
-    """Run `scenario`'s backends behind `rl-lb serve --record folder` (its own process, as in
-    production: the backends and the load share this one) under stepped load. `record=False`
-    runs the same without recording (to measure what recording costs)."""
-    schedule = stepped_schedule(scenario.capacity_rps, duration_s, loads, seed)
-    proxy_flags = [
-        "--balancer", balancer,
-        "--control-interval", repr(scenario.control_interval_s),
-        "--health-path", "",
-        "--read-timeout", "30",
-        "--shutdown-timeout", "5",
-        "--log-level", "warning",
-        *(("--record", str(folder)) if record else ()),
-        *flags,
-    ]  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    async with (
-        EmulatedPool(scenario, seed=seed) as pool,
-        running_proxies(pool.urls, proxy_flags, folder.parent, [free_port()]) as proxies,
-    ):
-        process = psutil.Process(proxies[0].process.pid)
-        before = process.cpu_times()
-        await run_schedule(
-            proxies[0].url, schedule, duration=duration_s, timeout=30.0, connections=512
+    """`record_pool` in front of `scenario`'s emulated backends (they and the load share this
+    process; the URLs come back in the scenario's order)."""
+    async with EmulatedPool(scenario, seed=seed) as pool:
+        return await record_pool(
+            pool.urls,
+            scenario.capacity_rps,
+            folder,
+            duration_s=duration_s,
+            loads=loads,
+            balancer=balancer,
+            control_interval_s=scenario.control_interval_s,
+            seed=seed,
+            record=record,
         )
-        after = process.cpu_times()
-        proxies[0].stop()  # SIGTERM: the recorder writes what is left and closes its files
-        urls = pool.urls
-    cpu = after.user + after.system - before.user - before.system
-    return RecordedRun(len(schedule), urls, cpu)

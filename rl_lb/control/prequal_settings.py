@@ -93,5 +93,6 @@ class PrequalSettings(_Section):
             "s",
             minimum=0.0,
             scenario="prequal.probe_rtt_s",
+            proxy=False,
         ),
     )

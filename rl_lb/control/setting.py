@@ -35,6 +35,14 @@ class Setting:
     """True when the minimum itself is refused (a time constant of 0)."""
     scenario: str | None = None
     """The scenario file's `section.key` for it, or None when scenarios do not set it."""
+    proxy: bool = True
+    """False for a simulator-only setting (what the proxy measures for real, as a probe's round
+    trip): no proxy flag, TOML key or docs/proxy.md row, and `ControlSpec.flags` leaves it out,
+    so a proxy is never offered a knob it would ignore. Such a setting needs a `scenario` key."""
+
+    def __post_init__(self) -> None:
+        if not self.proxy and self.scenario is None:
+            raise ValueError(f"{self.key}: a simulator-only setting needs a scenario key")
 
     def describe_range(self) -> str:
         low = f"> {self.minimum:g}" if self.min_exclusive else f">= {self.minimum:g}"

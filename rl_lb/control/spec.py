@@ -31,19 +31,33 @@ class ControlSpec:
     prequal: PrequalSettings = field(default_factory=PrequalSettings)
 
     def flags(self) -> dict[str, float | int]:
-        """Every setting as `{key: value}`: the TOML keys (and flags) of a proxy that runs it."""
-        return {info.key: getattr(getattr(self, name), f.name) for name, f, info in spec_settings()}
+        """Every setting the proxy has as `{key: value}`: the TOML keys (and flags) of a proxy
+        that runs it (`bench live` starts its proxies with these). Simulator-only settings
+        (`Setting.proxy` False) are left out: no proxy would accept them."""
+        return {
+            info.key: getattr(getattr(self, name), f.name)
+            for name, f, info in spec_settings()
+            if info.proxy
+        }
 
     @classmethod
     def from_flags(cls, values: Mapping[str, Any], prefix: str = "--") -> ControlSpec:
         """A spec from `{key: raw value}` (keys as in `flags`; missing ones keep the default).
 
-        Each value is checked with its setting's bounds; an error names `prefix + key`.
+        Each value is checked with its setting's bounds; an error names `prefix + key`. A
+        simulator-only key is refused (it is not a flag) and the error says where it is set.
         """
-        known = {info.key for _, _, info in spec_settings()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{prefix}{unknown[0]}", "not a control setting")
+        declared = {info.key: info for _, _, info in spec_settings()}
+        for key in sorted(values):
+            info = declared.get(key)
+            if info is None:
+                raise ConfigError(f"{prefix}{key}", "not a control setting")
+            if not info.proxy:
+                raise ConfigError(
+                    f"{prefix}{key}",
+                    "is a simulator-only setting, not a proxy one",
+                    f"set it in a scenario file (`{info.scenario}`)",
+                )
         sections: dict[str, dict[str, Any]] = {}
         for name, f, info in spec_settings():
             if info.key in values and values[info.key] is not None:
@@ -74,13 +88,15 @@ def default_text(f: dataclasses.Field[Any], info: Setting) -> str:
 
 
 def markdown_table(*, scenario: bool = False) -> str:
-    """The settings as a Markdown table: for docs/proxy.md, or (`scenario`) docs/scenarios.md."""
+    """The settings as a Markdown table: for docs/proxy.md (the proxy's, `Setting.proxy`), or
+    (`scenario`) docs/scenarios.md (those a scenario file sets)."""
     if scenario:
         lines = ["| scenario key | default | range | what it does |", "|---|---|---|---|"]
     else:
         lines = ["| flag / TOML key | default | range | what it does |", "|---|---|---|---|"]
     for _, f, info in spec_settings():
-        if scenario and info.scenario is None:
+        shown = info.scenario is not None if scenario else info.proxy
+        if not shown:
             continue
         name = f"`{info.scenario}`" if scenario else f"`--{info.key}` / `{info.key}`"
         rng = info.describe_range() + (f" {info.unit}" if info.unit else "")

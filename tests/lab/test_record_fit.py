@@ -172,6 +172,7 @@ def test_a_fitted_world_is_a_valid_scenario(tmp_path: Path) -> None:
     assert backend_name("http://10.0.0.1:80/api") == "10.0.0.1-80-api"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_emulated_pool_recorded_fitted_and_replayed(tmp_path: Path) -> None:
     """heterogeneous (concurrency 2, 2, 4, 4, 8), service times x5 so that the machine is not
@@ -193,3 +194,29 @@ def test_emulated_pool_recorded_fitted_and_replayed(tmp_path: Path) -> None:
     pool = rows[-1]
     assert pool.name == "pool"
     assert abs(pool.p99_error) <= 0.15, pool
+
+
+def test_check_replays_the_fitted_world_against_the_recording(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorder = Recorder(str(tmp_path / "rec"))
+    _record(recorder, requests=2000, intervals=20)
+    recorder.close()
+    out = tmp_path / "mine.toml"
+    assert main(["scenario", "fit", str(tmp_path / "rec"), "-o", str(out), "--trace"]) == 0
+    assert (tmp_path / "mine.arrivals.csv").is_file()
+    capsys.readouterr()
+    assert main(["scenario", "check", str(out), "--against", str(tmp_path / "rec")]) == 0
+    report = capsys.readouterr().out
+    assert "replayed with round-robin" in report
+    assert "pool" in report
+    assert "2,000/2,000" in report  # the recorded arrivals, every one of them replayed
+    assert "primary mode: 100%" in report
+
+
+def test_bench_pool_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["bench", "pool", "-b", "http://127.0.0.1:9"]
+    assert main([*base, "--rate", "0"]) == 2
+    assert "--rate, --duration and --seeds must be positive" in capsys.readouterr().err
+    assert main([*base, "--rate", "5", "--path", "api"]) == 2
+    assert "does not start with '/'" in capsys.readouterr().err

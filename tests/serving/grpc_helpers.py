@@ -15,13 +15,16 @@ UNARY = "/test.Echo/Unary"
 SERVER_STREAM = "/test.Echo/Count"
 CHAT = "/test.Echo/Chat"
 SLOW = "/test.Echo/Slow"
+BLOBS = "/test.Echo/Blobs"
 
 
 class GrpcBackend:
-    """A grpcio server (its own threads) answering with its name; `fail` makes it UNAVAILABLE."""
+    """A grpcio server (its own threads) answering with its name; `fail` makes it UNAVAILABLE,
+    `tls` (a trustme leaf certificate) makes it serve h2 over TLS."""
 
-    def __init__(self, name: str, *, fail: bool = False) -> None:
+    def __init__(self, name: str, *, fail: bool = False, tls: Any = None) -> None:
         self.name = name
+        self.scheme = "https" if tls is not None else "http"
         self.fail = fail
         self.calls: Counter[str] = Counter()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
@@ -30,6 +33,7 @@ class GrpcBackend:
             "Count": grpc.unary_stream_rpc_method_handler(self.count),
             "Chat": grpc.stream_stream_rpc_method_handler(self.chat),
             "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
+            "Blobs": grpc.unary_stream_rpc_method_handler(self.blobs),
         }
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("test.Echo", handlers),)
@@ -37,12 +41,17 @@ class GrpcBackend:
         self.health = health.HealthServicer()
         """The standard grpc.health.v1 service; `set_serving(False)` turns the checks red."""
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            chain = b"".join(blob.bytes() for blob in tls.cert_chain_pems)
+            credentials = grpc.ssl_server_credentials([(tls.private_key_pem.bytes(), chain)])
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
         self.server.start()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def unary(self, request: bytes, context: Any) -> bytes:
         self.calls["unary"] += 1
@@ -71,6 +80,12 @@ class GrpcBackend:
     def set_serving(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse
         self.health.set("", status.SERVING if serving else status.NOT_SERVING)
+
+    def blobs(self, request: bytes, context: Any) -> Iterator[bytes]:
+        """`request` messages of 64 KiB each (`sent` counts those handed to grpcio)."""
+        for _ in range(int(request)):
+            self.calls["blobs-sent"] += 1
+            yield b"b" * 65536
 
     def stop(self) -> None:
         self.server.stop(grace=None)

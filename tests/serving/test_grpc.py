@@ -13,11 +13,13 @@ import dataclasses
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+import trustme
 from grpc_helpers import CHAT, SERVER_STREAM, UNARY, GrpcBackend, as_bytes
 from serving_helpers import eventually, proxy_config
 
@@ -207,3 +209,31 @@ async def test_grpc_health_checks_follow_the_health_service(
         assert proxy.monitor.backends[0].failure is None
         grpc_backends[1].set_serving(True)
         await eventually(lambda: all(available))
+
+
+async def test_h2_over_tls_to_verified_backends(channel_to: Any, tmp_path: Path) -> None:
+    """https:// gRPC backends: h2 by ALPN, verified with backend-ca-file (health checks too);
+    without the CA the certificate is refused and the call fails UNAVAILABLE."""
+    ca = trustme.CA()
+    backend = GrpcBackend("s0", tls=ca.issue_cert("127.0.0.1"))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    try:
+        verified = _config(
+            [backend.url],
+            backend_ca_file=str(ca_file),
+            health_path="/health",
+            health_protocol="grpc",
+        )
+        async with ProxyServer(verified) as proxy:
+            assert await _unary(channel_to(proxy))(b"tls", timeout=5) == b"s0:tls"
+            backend.set_serving(False)  # a check must get through TLS to see this
+            checked = proxy.monitor.backends[0]
+            await eventually(lambda: "not SERVING" in (checked.failure or ""))
+        async with ProxyServer(_config([backend.url])) as proxy:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await _unary(channel_to(proxy))(b"tls", timeout=5)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "CERTIFICATE_VERIFY_FAILED" in (raised.value.details() or "")
+    finally:
+        backend.stop()

@@ -8,12 +8,13 @@ window, past the stream limit, endless CONTINUATION) are built with `hyperframe`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 import pytest
-from grpc_helpers import SLOW, UNARY, GrpcBackend, as_bytes
+from grpc_helpers import BLOBS, SLOW, UNARY, GrpcBackend, as_bytes
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -253,3 +254,35 @@ async def test_grpc_timeout_is_honoured(proxy: ProxyServer, backend: GrpcBackend
     assert headers[b"grpc-status"] == b"4"
     attacker.writer.close()  # DEADLINE_EXCEEDED: from the backend (grpc-timeout is forwarded)
     # or from the proxy's own deadline, whichever comes first
+
+
+async def test_a_client_that_stops_reading_holds_up_no_one(backend: GrpcBackend) -> None:
+    """One backend connection carries every stream here: a stream whose client reads nothing
+    fills only its own window (256 KiB held in the proxy at most), the others go on."""
+    config = proxy_config([], backend_protocol="h2c", h2_connections_per_backend=1)
+    config = dataclasses.replace(config, backends=(backend.url,), health_path=None)
+    async with ProxyServer(config) as proxy:
+        attacker = await Attacker.connect(proxy)
+        request = [(b":path", BLOBS.encode()) if n == b":path" else (n, v) for n, v in REQUEST]
+        message = b"200"  # 200 × 64 KiB = 12.5 MiB, far over every window
+        attacker.send(
+            HeadersFrame(1, attacker.encoder.encode(request), flags={"END_HEADERS"}),
+            DataFrame(1, b"\x00" + len(message).to_bytes(4, "big") + message, flags={"END_STREAM"}),
+        )
+        assert proxy.h2 is not None
+        h2 = proxy.h2
+        await eventually(lambda: any(c.streams for c in h2.connections))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}")
+        call = channel.unary_unary(
+            UNARY, request_serializer=as_bytes, response_deserializer=as_bytes
+        )
+        try:
+            for i in range(20):
+                assert await call(b"%d" % i, timeout=5) == b"g0:%d" % i
+        finally:
+            await channel.close()
+        stalled = next(s for c in h2.connections for s in c.streams.values() if not s.closed)
+        held = sum(len(data) for data, _ in stalled.out)
+        assert 0 < held <= 256 << 10  # what the backend could send past the client's 64 KiB
+        assert backend.calls["blobs-sent"] < 200  # the backend was held back too
+        attacker.writer.close()

@@ -1,0 +1,129 @@
+"""Fit a pool of real servers nobody here wrote: httpbin under gunicorn with 1, 2 and 4 sync
+workers, serving `/delay/D` (issue 18, "done when" line 3).
+
+A gunicorn sync worker serves one request at a time and the rest wait in the listen backlog, so
+each server's concurrency is its worker count and its service time is D plus gunicorn's own
+cost. The script records the pool through `rl-lb serve --record` under the recipe's stepped
+load, fits it (`rl-lb scenario fit`'s code) and replays the fit (`rl-lb scenario check`'s),
+then prints the fitted concurrency and mean service time per server against the truth and the
+replayed pool p99 against the recorded one.
+
+    pip install httpbin gunicorn
+    .venv/bin/python benchmarks/fit_gunicorn.py --duration 120 --delay 0.1
+
+Bounds of the issue: concurrency within ±1, service time within ±15%, pool p99 within ±20%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from lab.bench_proxy import free_port
+from lab.fit.pipeline import record_pool
+from lab.fit.recording import read_recording
+from lab.fit.replay import recorded_balancer, replay
+from lab.fit.world import backend_name, fit_world, render
+from rl_lb.scenarios import load_scenario
+
+WORKERS = (1, 2, 4)
+
+
+@contextlib.contextmanager
+def gunicorn_servers(workers: tuple[int, ...], workdir: Path) -> Iterator[list[str]]:
+    """One `gunicorn httpbin:app` per worker count, sync workers, on free loopback ports."""
+    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
+    if gunicorn is None:
+        sys.exit("gunicorn is not installed: pip install httpbin gunicorn")
+    processes, urls = [], []
+    try:
+        for count in workers:
+            port = free_port()
+            log = (workdir / f"gunicorn-{count}.log").open("wb")
+            command = [gunicorn, "-w", str(count), "-k", "sync", "-b", f"127.0.0.1:{port}"]
+            command += ["--backlog", "2048", "--log-level", "warning", "httpbin:app"]
+            processes.append(subprocess.Popen(command, stdout=log, stderr=log))
+            urls.append(f"http://127.0.0.1:{port}")
+        for url in urls:
+            _wait_ready(url)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+
+
+def _wait_ready(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/get", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"{url} did not answer within {timeout_s:g} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=120.0, help="recording seconds")
+    parser.add_argument("--delay", type=float, default=0.1, help="httpbin /delay seconds")
+    parser.add_argument("--seeds", type=int, default=3, help="simulator seeds of the replay")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="fit-gunicorn-"))
+    capacity = sum(WORKERS) / args.delay
+    with gunicorn_servers(WORKERS, workdir) as urls:
+        run = asyncio.run(
+            record_pool(
+                urls,
+                capacity,
+                workdir / "rec",
+                duration_s=args.duration,
+                path=f"/delay/{args.delay:g}",
+            )
+        )
+    recording = read_recording([str(workdir / "rec")], print)
+    world = fit_world(recording, "gunicorn-pool")
+    scenario_file = workdir / "gunicorn-pool.toml"
+    scenario_file.write_text(render(world, [str(workdir / "rec")], None))
+    rows = replay(
+        load_scenario(str(scenario_file)).nominal(),
+        recording,
+        recorded_balancer(recording),
+        seeds=args.seeds,
+    )
+    fits = {fit.name: fit for fit in world.backends}
+    print(f"{run.sent} requests in {args.duration:g} s, files in {workdir}")
+    print("| server | workers | fitted concurrency | fitted service ms (dist, cv) | vs delay |")
+    print("|---|---:|---:|---:|---:|")
+    for url, count in zip(urls, WORKERS, strict=True):
+        fit = fits[backend_name(url)]
+        s = fit.service
+        print(
+            f"| {backend_name(url)} | {count} | {fit.concurrency or '?'} | "
+            f"{s.mean_s * 1e3:.1f} ({s.dist}, {s.cv:.2f}) | {s.mean_s / args.delay - 1:+.1%} |"
+        )
+    pool = rows[-1]
+    print(
+        f"pool p99 recorded {pool.recorded_p99_ms:.0f} ms, replayed {pool.simulated_p99_ms:.0f} ms "
+        f"({pool.p99_error:+.0%}); p50 {pool.recorded_p50_ms:.0f} / {pool.simulated_p50_ms:.0f} ms"
+    )
+    for row in rows[:-1]:
+        print(
+            f"  {row.name}: p50 {row.recorded_p50_ms:.0f}/{row.simulated_p50_ms:.0f} ms, "
+            f"p99 {row.recorded_p99_ms:.0f}/{row.simulated_p99_ms:.0f} ms ({row.p99_error:+.0%})"
+        )
+
+
+if __name__ == "__main__":
+    main()
