@@ -101,6 +101,18 @@ def to_ms(text: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
+def wrk_quantile_ms(out: str, percent: str) -> float:
+    """One line of wrk's "Latency Distribution" (`     99%    1.23ms`), read as ms.
+
+    The line is matched whole: a bare `99%` also matches the end of a std-dev figure such as
+    `83.99%` on the "Thread Stats" lines, whose next word is not a latency.
+    """
+    match = re.search(rf"^\s*{percent}%\s+(\S+)\s*$", out, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"wrk printed no {percent}% latency line:\n{out}")
+    return to_ms(match.group(1))
+
+
 def run_wrk(port: int, duration: float, connections: int) -> tuple[float, float, float, int]:
     out = subprocess.run(
         [
@@ -116,8 +128,7 @@ def run_wrk(port: int, duration: float, connections: int) -> tuple[float, float,
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50, p99 = wrk_quantile_ms(out, "50"), wrk_quantile_ms(out, "99")
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return rps, p50, p99, total
 

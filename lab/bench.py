@@ -28,8 +28,8 @@ import numpy as np
 
 from envs import kernel
 from envs.episode import EpisodeResult, run_episode, summarise
-from lab.backends import EmulatedPool
 from lab.bench_load import LoadProcess
+from lab.bench_protocols import backend_pool, check_protocol, protocol_flags
 from lab.bench_proxy import free_port, proxy_flags, running_proxies
 from lab.bench_scenario import arrival_schedule
 from lab.loadgen import CAUSES, MAX_REQUESTS, LoadResult
@@ -222,15 +222,16 @@ async def _run_one(
     workdir: Path,
     on_state: StateCallback,
     lead: float,
+    protocol: str = "http1",
 ) -> LiveRun:
     schedule = arrival_schedule(scenario, seed)
     # Each request goes to a proxy replica drawn uniformly, as in the simulator.
     replicas = scenario.metrics.proxies
     targets = np.random.default_rng([seed, 1]).integers(replicas, size=len(schedule))
-    flags = proxy_flags(scenario, balancer, policy)
+    flags = proxy_flags(scenario, balancer, policy) + protocol_flags(protocol, balancer)
     polls: list[tuple[float, dict[str, Any]]] = []
     ports = [free_port() for _ in range(replicas)]
-    async with EmulatedPool(_shifted(scenario, lead), seed=seed) as pool:
+    async with backend_pool(protocol, _shifted(scenario, lead), seed) as pool:
         start_at = pool.started_at + lead
         # The children start side by side: interpreters take a second or two each.
         load = LoadProcess(
@@ -239,6 +240,7 @@ async def _run_one(
             2 * scenario.timeout_s + 1.0,
             workdir,
             targets,
+            protocol,
         )
         try:
             async with running_proxies(pool.urls, flags, workdir, ports) as proxies:
@@ -270,17 +272,24 @@ async def run_live(
     seed: int,
     *,
     policy: str | None = None,
+    protocol: str = "http1",
     on_start: Callable[[str], None] = lambda balancer: None,
     on_state: StateCallback = lambda elapsed, state: None,
 ) -> list[LiveRun]:
     """Each balancer in turn on fresh backends, a fresh proxy and the same load schedule."""
+    check_protocol(protocol)
     for name in balancers:
         make_balancer(name, on_load_error="fallback")  # an unknown name fails before anything runs
+        protocol_flags(protocol, name)  # as does a balancer the protocol cannot serve
     runs = []
     with tempfile.TemporaryDirectory(prefix="rl-lb-bench-") as tmp:
         for balancer in balancers:
             on_start(balancer)
-            runs.append(await _run_patiently(scenario, balancer, seed, policy, Path(tmp), on_state))
+            runs.append(
+                await _run_patiently(
+                    scenario, balancer, seed, policy, Path(tmp), on_state, protocol
+                )
+            )
     return runs
 
 
@@ -291,12 +300,15 @@ async def _run_patiently(
     policy: str | None,
     tmp: Path,
     on_state: StateCallback,
+    protocol: str = "http1",
 ) -> LiveRun:
     """One run, started again from scratch with a longer lead when the children were late."""
     for lead in LEADS_S:
         workdir = Path(tempfile.mkdtemp(dir=tmp))
         try:
-            return await _run_one(scenario, balancer, seed, policy, workdir, on_state, lead)
+            return await _run_one(
+                scenario, balancer, seed, policy, workdir, on_state, lead, protocol
+            )
         except _LateStart:
             continue
     raise ConfigError(

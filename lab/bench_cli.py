@@ -101,6 +101,7 @@ async def _live(
     options: dict[str, Any],
     policy: str | None,
     console: Console,
+    protocol: str = "http1",
 ) -> list[tuple[Scenario, list[LiveRun]]]:
     """Per scenario (as run), the live runs of every seed and balancer, shown as they go."""
     from lab.bench import bench_scenario, run_live
@@ -114,6 +115,7 @@ async def _live(
             console.print(
                 f"[bold]{scenario.name}[/bold] seed {seed}: {len(scenario.backends)} backends, "
                 f"{scenario.arrivals.rate:.0f} requests/s, {scenario.duration_s:g} s per balancer"
+                + (f", over {protocol}" if protocol != "http1" else "")
             )
             live = Live(console=console, transient=True, auto_refresh=console.is_terminal)
             with logs_through(console), live:
@@ -123,6 +125,7 @@ async def _live(
                     balancers,
                     seed,
                     policy=policy,
+                    protocol=protocol,
                     on_start=display.start,
                     on_state=display.show,
                 )
@@ -171,6 +174,12 @@ def live(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the records here.")] = None,
     no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
     tracking_uri: TrackingUriOption = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="Client protocol: http1, h2c (HTTP/2 to the proxy) or grpc (gRPC backends too)."
+        ),
+    ] = "http1",
 ) -> None:
     """Each balancer in turn: the scenario's emulated backends, the proxy, open-loop load."""
     from envs.evaluate import render
@@ -182,7 +191,7 @@ def live(
     console = Console()
     options = {"duration": duration, "time_scale": time_scale, "rate_scale": rate_scale}
     with _stoppable():
-        groups = run_async(_live(scenario, balancers, seeds, options, policy, console))
+        groups = run_async(_live(scenario, balancers, seeds, options, policy, console, protocol))
     records = [r.record for _, runs in groups for r in runs]
     render(records, console if console.is_terminal else Console(width=160))
     if json_out is not None:
@@ -192,6 +201,7 @@ def live(
             "balancers": ",".join(balancers),
             "seeds": seeds,
             "policy": policy,
+            "protocol": protocol,
             **options,
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg()[0],

@@ -7,6 +7,7 @@ which `run_load`'s single rate cannot express). Both processes read the
 same system-wide monotonic clock, so second 0 of the schedule lines up with the backends' timeline.
 
     python -m lab.bench_load URL[,URL...] SCHEDULE.npy OUT.npz --timeout S [--targets T.npy]
+                             [--protocol http1|h2c|grpc]
 
 Several URLs (proxy replicas) take the requests that `T.npy` assigns them, one index each.
 
@@ -43,8 +44,15 @@ async def _run_schedule(
     start_at: float,
     timeout: float,
     out: Path,
+    protocol: str = "http1",
 ) -> None:
-    """Send one GET per entry of `schedule` (s after `start_at`), measure each, save the arrays."""
+    """Send one GET per entry of `schedule` (s after `start_at`), measure each, save the arrays
+    (h2c streams or gRPC calls instead with `protocol`: `lab.bench_protocols`)."""
+    if protocol != "http1":
+        from lab.bench_protocols import run_protocol_schedule
+
+        await run_protocol_schedule(protocol, urls, schedule, targets, start_at, timeout, out)
+        return
     result = await run_schedule(
         urls,
         schedule,
@@ -74,8 +82,10 @@ class LoadProcess:
         timeout: float,
         workdir: Path,
         targets: np.ndarray | None = None,
+        protocol: str = "http1",
     ) -> None:
-        """Request j of `schedule` goes to `urls[targets[j]]` (to `urls[0]` without targets)."""
+        """Request j of `schedule` goes to `urls[targets[j]]` (to `urls[0]` without targets),
+        over `protocol` (`lab.bench_protocols.PROTOCOLS`)."""
         self.url = " ".join(urls)
         self._out = workdir / "load.npz"
         self._log = workdir / "load.log"
@@ -85,6 +95,8 @@ class LoadProcess:
         if targets is not None:
             np.save(workdir / "targets.npy", targets)
             command += ["--targets", str(workdir / "targets.npy")]
+        if protocol != "http1":
+            command += ["--protocol", protocol]
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(
                 [*command, str(self._out), "--timeout", repr(timeout)],
@@ -161,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--timeout", type=float, required=True)
     parser.add_argument("--targets", type=Path, help="each request's index among the URLs")
+    parser.add_argument("--protocol", default="http1", help="http1, h2c or grpc")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and terminates us
     schedule = np.load(args.schedule)
@@ -171,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_load: second 0 had passed when it arrived", file=sys.stderr)
         return 1
     urls = args.urls.split(",")
-    run_async(_run_schedule(urls, schedule, targets, start_at, args.timeout, args.out))
+    run_async(
+        _run_schedule(urls, schedule, targets, start_at, args.timeout, args.out, args.protocol)
+    )
     return 0
 
 

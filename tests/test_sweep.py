@@ -86,8 +86,10 @@ checkpoint_every_steps = 128
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Path]:
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns.db")
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)  # an earlier sweep in this process set another one
         yield tmp_path
 
 

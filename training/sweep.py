@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -151,6 +152,13 @@ class _ChildRuns(tune.Callback):
     ) -> None:
         self._finish(trial, "FAILED")
 
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        """Keep our Ctrl-C handler in place: Ray and Tune install theirs along the way, and
+        theirs would end the sweep as if it were done."""
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) != self.interrupt:
+            signal.signal(signal.SIGINT, self.interrupt)
+
     def interrupt(self, signum: int, frame: FrameType | None) -> None:
         """SIGINT: from now on trials that end were stopped, not finished."""
         self.interrupted = True
@@ -223,8 +231,12 @@ def sweep(
     # Ours marks the sweep interrupted and raises; `finally` then stops every trial by
     # shutting Ray down, and the interruption goes on up (exit status 130).
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    previous = signal.signal(signal.SIGINT, callback.interrupt)
-    init_ray(ray_address or LOCAL)
+    try:
+        init_ray(ray_address or LOCAL)
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    previous = signal.signal(signal.SIGINT, callback.interrupt)  # after ray.init, which sets one
     try:
         tuner = tune.Tuner(
             tune.with_resources(

@@ -1,0 +1,186 @@
+"""What gRPC through rl-lb costs: rl-lb against nginx's `grpc_pass` and a direct channel, one run.
+
+Three grpcio backends (a child process, `--backends-only`) answer a unary call at once. For each
+target — a direct channel to one backend, nginx (`grpc_pass`, least_conn, keep-alive upstreams)
+and `rl-lb serve --backend-protocol h2c` — one grpcio channel sends open-loop unary calls (Poisson,
+500 calls/s by default, the live benchmark's gRPC load generator, `lab.bench_protocols`) and
+the script reports p50/p99 latency (from each call's intended send time), the p50/p99 added
+over the direct channel, and the CPU time the proxy process(es) spent per call at that rate.
+
+    .venv/bin/python benchmarks/grpc_overhead.py [--duration 20] [--rate 500] [--json out.json]
+
+nginx comes from Debian's packages (the script installs it if missing); grpcio is a development
+dependency of the project. Ports are picked free on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from _harness import ensure_tools, nginx_conf, process, wait_port
+from proxy_overhead import cpu_seconds
+
+from lab.bench_protocols import run_protocol_schedule
+from lab.bench_proxy import free_port
+from lab.loadgen import make_schedule
+from lab.runtime import run_async
+from rl_lb.types import FloatArray, IntArray
+
+BACKENDS = 3
+TIMEOUT_S = 5.0
+
+
+@dataclass
+class Figures:
+    target: str
+    calls: int
+    errors: int
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_call: float | None
+    added_p50_ms: float | None = None
+    added_p99_ms: float | None = None
+
+
+async def _serve(ports: list[int]) -> None:
+    """grpcio servers on `ports` answering `lab.grpc_backends.CALL` at once, until killed."""
+    import grpc
+
+    from lab.grpc_backends import SERVICE
+
+    async def call(request: bytes, context: object) -> bytes:
+        return b"ok"
+
+    servers = []
+    for port in ports:
+        server = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(call)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"Call": handler}),)
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        servers.append(server)
+    await asyncio.Event().wait()
+
+
+def nginx_grpc_conf(workdir: Path, port: int, backends: list[int]) -> Path:
+    upstream = " ".join(f"server 127.0.0.1:{p};" for p in backends)
+    return nginx_conf(
+        workdir,
+        f"""upstream grpcpool {{ least_conn; {upstream} keepalive 64; }}
+  server {{ listen 127.0.0.1:{port} http2;
+    location / {{ grpc_pass grpc://grpcpool; }} }}""",
+    )
+
+
+def rl_lb_grpc(port: int, admin: int, backends: list[int], balancer: str) -> list[str]:
+    command = [str(Path(sys.executable).with_name("rl-lb")), "serve"]
+    for p in backends:
+        command += ["--backend", f"http://127.0.0.1:{p}"]
+    return [
+        *command,
+        "--listen", f"127.0.0.1:{port}",
+        "--admin", f"127.0.0.1:{admin}",
+        "--backend-protocol", "h2c",
+        "--health-path", "",
+        "--balancer", balancer,
+        "--log-level", "warning",
+    ]  # fmt: skip
+
+
+def open_loop(port: int, rate: float, duration: float, seed: int) -> tuple[FloatArray, IntArray]:
+    """Each call's latency (s, from its intended send time) and cause (0: ok)."""
+    schedule = make_schedule(rate, duration, "poisson", seed)
+    url = f"http://127.0.0.1:{port}/"
+    with tempfile.TemporaryDirectory(prefix="rl-lb-grpc-load-") as tmp:
+        out = Path(tmp) / "load.npz"
+        start = time.monotonic() + 0.2
+        run_async(run_protocol_schedule("grpc", [url], schedule, None, start, TIMEOUT_S, out))
+        with np.load(out) as load:
+            return load["latency_s"], load["cause"]
+
+
+def measure(name: str, port: int, pid: int | None, args: argparse.Namespace) -> Figures:
+    open_loop(port, args.rate, 1.0, seed=99)  # warm-up: connections, upstream pools
+    before = cpu_seconds(pid) if pid else 0.0
+    latency, cause = open_loop(port, args.rate, args.duration, seed=0)
+    calls = len(latency)
+    cpu = (cpu_seconds(pid) - before) / calls * 1e6 if pid else None
+    ok = latency[cause == 0] * 1e3
+    p50, p99 = (float(np.quantile(ok, q)) for q in (0.5, 0.99))
+    figures = Figures(name, calls, int(np.count_nonzero(cause)), p50, p99, cpu)
+    print(
+        f"  {name:<24} {calls} calls, {figures.errors} errors  p50 {p50:6.2f} ms  "
+        f"p99 {p99:6.2f} ms  cpu {cpu if cpu is not None else float('nan'):7.1f} µs/call",
+        flush=True,
+    )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per target")
+    parser.add_argument("--rate", type=float, default=500.0, help="open-loop calls/s")
+    parser.add_argument("--balancer", default="least-latency")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--backends-only", type=int, nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.backends_only:
+        run_async(_serve(args.backends_only))
+        return
+    ensure_tools()
+    backends = [free_port() for _ in range(BACKENDS)]
+    proxy_port, admin_port = free_port(), free_port()
+    results: list[Figures] = []
+    serve_backends = [sys.executable, __file__, "--backends-only", *map(str, backends)]
+    with tempfile.TemporaryDirectory(prefix="rl-lb-grpc-overhead-") as tmp:
+        workdir = Path(tmp)
+        with process(serve_backends, backends[-1]):
+            for port in backends:
+                wait_port(port)
+            print(
+                f"backends: {BACKENDS} grpcio servers; open loop {args.rate:g} calls/s "
+                f"for {args.duration:g} s per target"
+            )
+            results.append(measure("direct", backends[0], None, args))
+            conf = nginx_grpc_conf(workdir, proxy_port, backends)
+            with process(["nginx", "-c", str(conf)], proxy_port) as p:
+                results.append(measure("nginx grpc_pass", proxy_port, p.pid, args))
+            command = rl_lb_grpc(proxy_port, admin_port, backends, args.balancer)
+            with process(command, proxy_port) as p:
+                results.append(measure(f"rl-lb ({args.balancer})", proxy_port, p.pid, args))
+    direct = results[0]
+    nginx_cpu = results[1].cpu_us_per_call
+    print(
+        f"\n| target | calls | errors | p50 ms | p99 ms | CPU µs/call | × nginx CPU "
+        f"| added p50 ms @{args.rate:g}/s | added p99 ms @{args.rate:g}/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        r.added_p50_ms = r.p50_ms - direct.p50_ms
+        r.added_p99_ms = r.p99_ms - direct.p99_ms
+        cpu = f"{r.cpu_us_per_call:.1f}" if r.cpu_us_per_call is not None else "–"
+        ratio = (
+            f"{r.cpu_us_per_call / nginx_cpu:.1f}×"
+            if r.cpu_us_per_call is not None and nginx_cpu
+            else "–"
+        )
+        print(
+            f"| {r.target} | {r.calls} | {r.errors} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} "
+            f"| {ratio} | {r.added_p50_ms:.2f} | {r.added_p99_ms:.2f} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()
