@@ -36,6 +36,8 @@ from rl_lb.types import FloatArray, IntArray
 
 BACKENDS = 3
 TIMEOUT_S = 5.0
+IDLE_S = 3.0
+"""Seconds the proxy's CPU is measured with no calls, before the load."""
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Figures:
     p50_ms: float
     p99_ms: float
     cpu_us_per_call: float | None
+    idle_cpu_ms_per_s: float | None
+    """CPU the proxy spends with no calls (timers, control loop): part of the per-call figure."""
     added_p50_ms: float | None = None
     added_p99_ms: float | None = None
 
@@ -111,16 +115,22 @@ def open_loop(port: int, rate: float, duration: float, seed: int) -> tuple[Float
 
 def measure(name: str, port: int, pid: int | None, args: argparse.Namespace) -> Figures:
     open_loop(port, args.rate, 1.0, seed=99)  # warm-up: connections, upstream pools
+    idle = None
+    if pid:
+        before, started = cpu_seconds(pid), time.monotonic()
+        time.sleep(IDLE_S)
+        idle = (cpu_seconds(pid) - before) / (time.monotonic() - started) * 1e3
     before = cpu_seconds(pid) if pid else 0.0
     latency, cause = open_loop(port, args.rate, args.duration, seed=0)
     calls = len(latency)
     cpu = (cpu_seconds(pid) - before) / calls * 1e6 if pid else None
     ok = latency[cause == 0] * 1e3
     p50, p99 = (float(np.quantile(ok, q)) for q in (0.5, 0.99))
-    figures = Figures(name, calls, int(np.count_nonzero(cause)), p50, p99, cpu)
+    figures = Figures(name, calls, int(np.count_nonzero(cause)), p50, p99, cpu, idle)
     print(
         f"  {name:<24} {calls} calls, {figures.errors} errors  p50 {p50:6.2f} ms  "
-        f"p99 {p99:6.2f} ms  cpu {cpu if cpu is not None else float('nan'):7.1f} µs/call",
+        f"p99 {p99:6.2f} ms  cpu {cpu if cpu is not None else float('nan'):7.1f} µs/call "
+        f"(idle {idle if idle is not None else float('nan'):.1f} ms/s)",
         flush=True,
     )
     return figures
@@ -162,9 +172,9 @@ def main() -> None:
     nginx_cpu = results[1].cpu_us_per_call
     print(
         f"\n| target | calls | errors | p50 ms | p99 ms | CPU µs/call | × nginx CPU "
-        f"| added p50 ms @{args.rate:g}/s | added p99 ms @{args.rate:g}/s |"
+        f"| idle CPU ms/s | added p50 ms @{args.rate:g}/s | added p99 ms @{args.rate:g}/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         r.added_p50_ms = r.p50_ms - direct.p50_ms
         r.added_p99_ms = r.p99_ms - direct.p99_ms
@@ -174,9 +184,10 @@ def main() -> None:
             if r.cpu_us_per_call is not None and nginx_cpu
             else "–"
         )
+        idle = f"{r.idle_cpu_ms_per_s:.1f}" if r.idle_cpu_ms_per_s is not None else "–"
         print(
             f"| {r.target} | {r.calls} | {r.errors} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} "
-            f"| {ratio} | {r.added_p50_ms:.2f} | {r.added_p99_ms:.2f} |"
+            f"| {ratio} | {idle} | {r.added_p50_ms:.2f} | {r.added_p99_ms:.2f} |"
         )
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))

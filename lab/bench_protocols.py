@@ -279,7 +279,7 @@ class _ProtocolRun(_Run):
             cause = _TIMEOUT
         except ConnectionRefusedError:
             cause = _CONNECT
-        except OSError:
+        except (OSError, h2.exceptions.H2Error):  # a refused stream, a closed connection
             cause = _IO
         self.latency[j] = time.monotonic() - intended
         self.status[j] = status

@@ -1,4 +1,4 @@
-"""Emulated gRPC backends: a scenario's `[[backends]]` served by grpcio (bench live --protocol grpc).
+"""Emulated gRPC backends: a scenario's `[[backends]]` served by grpcio, for `--protocol grpc`.
 
 Each backend is an `EmulatedBackend` (same seeded service times, FIFO slots, queue limit, events,
 pauses) whose listener is a `grpc.aio` server instead of aiohttp's: the unary method `CALL`

@@ -418,11 +418,11 @@ INVALID = {
         ">= 1",
     ),
     "too many backends": (
-        edit(("count = 2", "count = [2, 16]")),
+        edit(("count = 2", "count = [2, 1000]")),
         "backends",
-        "more than the maximum 16",
+        "more than the maximum 1000",
     ),
-    "count too large": (edit(("count = 2", "count = 17")), "backends[0].count", "<= 16"),
+    "count too large": (edit(("count = 2", "count = 1001")), "backends[0].count", "<= 1000"),
     "no backends": ("backends = []\n" + BASE.split("[[backends]]")[0], "backends", "no backends"),
     "backends missing": (BASE.split("[[backends]]")[0], "backends", "missing required key"),
     "backends not tables": (

@@ -73,7 +73,9 @@ def register(app: typer.Typer) -> None:
     if any(group.name == _GROUP for group in app.registered_groups):
         return
     scenario_app = typer.Typer(
-        name=_GROUP, help="Validate and list scenario files.", no_args_is_help=True
+        name=_GROUP,
+        help="Scenario files: list, validate, and (from the wings) generate, fit, check.",
+        no_args_is_help=True,
     )
     scenario_app.command("validate")(_validate)
     scenario_app.command("list")(_list)

@@ -8,6 +8,7 @@ proxy without HTTP/2, and the gRPC calls fail on anything but a gRPC backend beh
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import psutil
 import pytest
 
 from lab.bench import bench_scenario, run_live
-from lab.bench_protocols import PROTOCOLS, check_protocol, protocol_flags
+from lab.bench_protocols import PROTOCOLS, check_protocol, protocol_flags, run_protocol_schedule
+from lab.bench_proxy import free_port
 from lab.grpc_backends import CALL, SERVING, GrpcEmulatedPool
 from lab.load_result import CAUSES
 from rl_lb.cli import main
@@ -134,3 +136,17 @@ def test_bench_live_cli_refuses_an_unknown_protocol(capsys: pytest.CaptureFixtur
     )  # fmt: skip
     assert code == 2
     assert "spdy" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("protocol", "cause"), [("h2c", "connect"), ("grpc", "5xx")])
+async def test_calls_to_a_closed_port_are_failures_not_crashes(
+    protocol: str, cause: str, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/"
+    schedule = np.arange(5) * 0.01
+    out = tmp_path / "load.npz"
+    start = time.monotonic() + 0.05
+    await run_protocol_schedule(protocol, [url], schedule, None, start, 2.0, out)
+    with np.load(out) as load:
+        assert [CAUSES[c] for c in load["cause"]] == [cause] * 5
+        assert np.all(np.isfinite(load["latency_s"]))
