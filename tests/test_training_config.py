@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import subprocess
 import tomllib
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from training.config import AlgoConfig, PolicyConfig, TrainConfig, load_config
 
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"
 SHIPPED = CONFIGS / "shipped.toml"
+STAGE3 = CONFIGS / "shipped-stage3.toml"
 FINETUNE = CONFIGS / "shipped-finetune.toml"
 """The two stages of `make policy` (docs/training.md, "Reproduce the shipped policy")."""
 
@@ -45,7 +45,7 @@ def test_the_file_fills_sections_and_flags_override_it(tmp_path: Path) -> None:
     assert config.flat()["algo_params.gamma"] == 1.0
 
 
-@pytest.mark.parametrize("path", [SHIPPED, FINETUNE], ids=["stage 1", "stage 2"])
+@pytest.mark.parametrize("path", [SHIPPED, FINETUNE, STAGE3], ids=["stage 1", "stage 2", "stage 3"])
 def test_both_shipped_configs_load_and_pin_every_hyper_parameter(path: Path) -> None:
     """`make policy` must not change when a default in config.py does."""
     raw = tomllib.loads(path.read_text())
@@ -53,36 +53,48 @@ def test_both_shipped_configs_load_and_pin_every_hyper_parameter(path: Path) -> 
     for section, cls in (("algo_params", AlgoConfig), ("policy", PolicyConfig)):
         assert raw[section].keys() == {f.name for f in dataclasses.fields(cls)}, section
     config = load_config(path)
-    assert config.scenario_paths() == library_scenarios()  # the whole library
+    # The small library, and training copies of the large worlds (20-64 backends: the whole
+    # library would pad every pool to the 210 slots of large-slowdown).
+    paths = config.scenario_paths()
+    small = [p for p in library_scenarios() if not p.name.startswith("large-")]
+    assert paths[: len(small)] == small
+    assert [p.name for p in paths[len(small) :]] == [
+        "train-large-heterogeneous.toml",
+        "train-large-slowdown.toml",
+        "train-large-many-proxies.toml",
+    ]
     assert config.algo == "ppo"
     assert config.seed == 7  # the shipped version is ppo-…-s7@…
     assert set(config.env) <= set(inspect.signature(BackendPoolEnv).parameters)
 
 
-def test_the_shipped_configs_are_the_two_stages_docs_training_describes() -> None:
-    """Stage 1: 300 000 steps with the in-flight p2c picker and the default error price.
-    Stage 2 resumes it for 150 000 more (450 000 in all) with p2c-latency, arrival rates at
-    50-100 % of each scenario's, a failed request priced at 40 instead of 10, and the policy at
-    its end exported; the same network and PPO settings as stage 1."""
-    stage1, stage2 = load_config(SHIPPED), load_config(FINETUNE)
-    assert stage1.timesteps == 300_000
+def test_the_shipped_configs_are_the_three_stages_docs_training_describes() -> None:
+    """Stage 1: 100 000 steps with the in-flight p2c picker and the default error price.
+    Stage 2 resumes it for 50 000 more with p2c-latency, arrival rates at 50-100 % of each
+    scenario's and a failed request priced at 40 instead of 10; stage 3 resumes stage 2 for
+    200 000 more (350 000 in all) with the same settings on four environments, and exports its
+    best evaluation. The same network and PPO settings throughout."""
+    stage1, stage2, stage3 = load_config(SHIPPED), load_config(FINETUNE), load_config(STAGE3)
+    assert stage1.timesteps == 100_000
     assert stage1.picker == "p2c"
     assert "load_scale" not in stage1.env
     assert stage1.env.get("error_weight", ERROR_WEIGHT) == ERROR_WEIGHT == 10.0
-    assert stage2.timesteps - stage1.timesteps == 150_000
-    assert stage2.picker == "p2c-latency"
-    assert stage2.env["load_scale"] == [0.5, 1.0]
-    assert stage2.env["error_weight"] == 40.0
-    assert stage2.eval.every_steps == 150_000  # one evaluation, at the end: the one exported
-    assert stage2.algo_params == stage1.algo_params
-    assert stage2.policy == stage1.policy
+    assert stage2.timesteps - stage1.timesteps == 50_000
+    assert stage3.timesteps - stage2.timesteps == 200_000
+    for later in (stage2, stage3):
+        assert later.picker == "p2c-latency"
+        assert later.env["load_scale"] == [0.5, 1.0]
+        assert later.env["error_weight"] == 40.0
+        assert later.algo_params == stage1.algo_params
+        assert later.policy == stage1.policy
+    assert stage3.n_envs == 4
     shipped = json.loads((SHIPPED_DIR / HEADER_FILE).read_text())
-    assert shipped["picker"] == stage2.picker
-    assert shipped["architecture"]["slot_net"] == stage2.policy.slot_net
-    assert shipped["architecture"]["head_net"] == stage2.policy.head_net
-    assert shipped["activation"] == stage2.policy.activation
-    steps = int(shipped["version"].rpartition("@")[2])  # PPO ends on a whole rollout
-    assert 0 <= steps - stage2.timesteps < stage2.algo_params.n_steps * stage2.n_envs
+    assert shipped["picker"] == stage3.picker
+    assert shipped["architecture"]["slot_net"] == stage3.policy.slot_net
+    assert shipped["architecture"]["head_net"] == stage3.policy.head_net
+    assert shipped["activation"] == stage3.policy.activation
+    steps = int(shipped["version"].rpartition("@")[2])  # an evaluation of stage 3 (PPO rollouts)
+    assert stage2.timesteps < steps < stage3.timesteps + stage3.algo_params.n_steps * stage3.n_envs
 
 
 @pytest.mark.parametrize(
@@ -125,12 +137,13 @@ def test_rl_lb_train_reports_an_unknown_scenario_in_one_line(
 def test_rl_lb_ui_serves_the_training_store_on_localhost_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The MLflow server `rl-lb ui` starts (training/ui_server.py) reads the one tracking store
+    and listens on loopback only."""
+    from training.ui_server import server_command
+
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    launched: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "call", lambda command: launched.append(command) or 0)
-    assert main(["ui", "--port", "5055"]) == 0
-    (command,) = launched
+    command = server_command(5055)
     assert command[command.index("--backend-store-uri") + 1] == uri
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--port") + 1] == "5055"

@@ -104,6 +104,7 @@ def train(
     }
     loaded = load_config(config, overrides)
     use_tracking_uri(tracking_uri)
+    loaded.scenario_paths()  # an unknown scenario is one line now, not after the slow imports
     typer.echo("loading torch, stable-baselines3 and MLflow…", err=True)
     from training.train import run  # torch and SB3: only once the configuration is known good
 
