@@ -26,6 +26,9 @@ from rl_lb.errors import RlLbError
 from rl_lb.policies.learned import LearnedPolicy
 from rl_lb.scenarios import library_scenarios, resolve_scenario
 from training.evaluation import LEARNED, REFERENCE
+from training.heldout import BEGIN as HELDOUT_BEGIN
+from training.heldout import END as HELDOUT_END
+from training.heldout import update_results_page
 
 __all__ = ["main", "render_markdown"]
 
@@ -205,7 +208,13 @@ def main() -> None:
         records = evaluate(scenarios, [LEARNED, UNGUARDED, *HEURISTICS], seeds)
     except RlLbError as error:
         parser.exit(2, f"error: {error}\n")
-    args.out.write_text(render_markdown(records, seeds, args.scenario or ()))
+    page = render_markdown(records, seeds, args.scenario or ())
+    # The held-out section is `training.heldout`'s (its own command and budget): carry it over.
+    old = args.out.read_text(encoding="utf-8") if args.out.exists() else ""
+    args.out.write_text(page)
+    if HELDOUT_BEGIN in old and HELDOUT_END in old:
+        section = old.split(HELDOUT_BEGIN, 1)[1].split(HELDOUT_END, 1)[0].lstrip("\n")
+        update_results_page(args.out, section)
     print(f"wrote {args.out}")
 
 
