@@ -92,7 +92,10 @@ def test_cli_slow_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         b: np.mean([r["p99_ms"] for r in records if r["balancer"] == b])
         for b in ("round-robin", "least-latency")
     }
-    assert p99["least-latency"] < 0.3 * p99["round-robin"]
+    # Round-robin keeps feeding the slow backend its tenth; since slow start ramps a backend back
+    # after each ejection (issue 14) round-robin's p99 is ~270 ms rather than the 1 s timeout,
+    # and least-latency's ~130 ms.
+    assert p99["least-latency"] < 0.6 * p99["round-robin"]
 
 
 def test_cli_invalid_scenario_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,7 @@ from rl_lb.outcome_guard import (
     spread_weights,
 )
 from rl_lb.pickers import make_picker
+from rl_lb.policies import make_policy
 from rl_lb.scenarios import Scenario, load_scenario
 from rl_lb.types import FloatArray, PoolSnapshot
 
@@ -332,9 +333,11 @@ def geomean(values: list[float]) -> float:
 
 def test_the_shift_world_stays_within_10_percent_of_least_latency() -> None:
     """Target: over 5 paired seeds the guarded policy's effective p99 is at most 1.10x
-    least-latency's, where unguarded it is several times worse, and any interval whose p99 is
-    the threshold times least-latency's is followed by the fallback within 5 intervals."""
-    ratios = []
+    least-latency's, and any interval whose p99 is the threshold times least-latency's is
+    followed by the fallback within 5 intervals. The policy retrained for any pool size (4
+    December 2026) no longer breaks here even unguarded (the earlier one was 10-17x worse):
+    both are held to the bar."""
+    guarded_ratios, unguarded_ratios = [], []
     for seed in range(5):
         scenario = sample(SHIFT_WORLD, seed)
         guarded = run_episode(scenario, "learned", seed)
@@ -343,26 +346,33 @@ def test_the_shift_world_stays_within_10_percent_of_least_latency() -> None:
         on, off, reference = (
             summarise(r)["effective_p99_ms"] for r in (guarded, unguarded, fallback)
         )
-        assert off > 3 * reference  # the world does break the policy
         assert reaction_intervals(guarded, fallback) <= 5
-        ratios.append(on / reference)
-    assert geomean(ratios) <= 1.10
+        guarded_ratios.append(on / reference)
+        unguarded_ratios.append(off / reference)
+    assert geomean(guarded_ratios) <= 1.10
+    assert geomean(unguarded_ratios) <= 1.10
+
+
+def _self_confirming() -> Balancer:
+    """A policy the shift breaks for good: weights by measured throughput (`capacity`), which
+    keep sending the fastest backends their share after they turn slow (issue 17's finding)."""
+    return Balancer("capacity", make_policy("capacity"), make_picker("p2c-latency"))
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_without_the_envelope_the_cusum_catches_the_shift(seed: int) -> None:
     """The fallback serves within 5 intervals of the first interval whose p99 is the threshold
-    times least-latency's; the guard takes 2-3 intervals, which leaves a spike, so here at
-    least half of the unguarded policy's effective p99 is saved."""
+    times least-latency's, for a policy the shift does break (the shipped one no longer does)."""
     scenario = sample(SHIFT_WORLD, seed)
     cusum_only = OutcomeGuardSettings(pair_share=0.0)
-    guarded = run_episode(scenario, make_balancer("learned", outcome_guard=cusum_only), seed)
-    unguarded = run_episode(scenario, "learned" + UNGUARDED_SUFFIX, seed)
+    guarded = run_episode(
+        scenario, GuardedBalancer(_self_confirming(), outcome_guard=OutcomeGuard(cusum_only)), seed
+    )
+    unguarded = run_episode(scenario, _self_confirming(), seed)
     fallback = run_episode(scenario, "least-latency", seed)
+    assert summarise(unguarded)["effective_p99_ms"] > 3 * summarise(fallback)["effective_p99_ms"]
     assert first_bad_interval(guarded, fallback) is not None
     assert reaction_intervals(guarded, fallback) <= 5
-    on, off = (summarise(r)["effective_p99_ms"] for r in (guarded, unguarded))
-    assert on <= 0.5 * off
     assert summarise(unguarded)["fallback_share"] == 0.0
     assert 0.0 < summarise(guarded)["fallback_share"] < 1.0
 
