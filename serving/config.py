@@ -351,7 +351,10 @@ class ProxyConfig:
         300.0, "dns-ttl-max", "A DNS answer is re-asked at the latest after this.", 0.01, DISCOVERY
     )
     discovery_file_poll_s: float = duration(
-        1.0, "discovery-file-poll", "How often a file:// source is checked for changes.", 0.01,
+        1.0,
+        "discovery-file-poll",
+        "How often a file:// source is checked for changes.",
+        0.01,
         DISCOVERY,
     )
     tls_cert: str | None = proxy_setting(
@@ -425,8 +428,11 @@ class ProxyConfig:
     record_file_size: int = proxy_setting(
         16 << 20,
         Setting(
-            "record-file-size", "A recording file is closed at this size.", "bytes",
-            minimum=4096, integer=True,
+            "record-file-size",
+            "A recording file is closed at this size.",
+            "bytes",
+            minimum=4096,
+            integer=True,
         ),
         Option(RECORDING),
     )
