@@ -227,7 +227,9 @@ def make_admin_app(target: AdminTarget) -> web.Application:
             installed = await controller.swap_balancer(spec)
         except RlLbError as error:
             return _refused(error)
-        return _json({**policy_info(installed), "mode": controller.mode})
+        return _json(
+            {**policy_info(installed), "mode": controller.mode, "reason": controller.reason}
+        )
 
     async def post_weights(request: web.Request) -> web.Response:
         data = await _body(request)
