@@ -43,11 +43,12 @@ def serve_app() -> typer.Typer:
 
 def changed_spec() -> ControlSpec:
     """A spec with every shared setting off its default (each one doubled, or halved where its
-    double is out of range, as a quantile's), within bounds."""
+    double is out of range, as a quantile's; a default of 0, a switched-off feature, becomes 4),
+    within bounds."""
     bounds = {info.key: info.maximum for _, _, info in spec_settings()}
     return ControlSpec.from_flags(
         {
-            key: 2 * value if 2 * value <= bounds[key] else value / 2
+            key: (2 * value if 2 * value <= bounds[key] else value / 2) if value else 4
             for key, value in ControlSpec().flags().items()
         }
     )

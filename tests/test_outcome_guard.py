@@ -39,7 +39,8 @@ from rl_lb.types import FloatArray, PoolSnapshot
 
 SHIFT_WORLD = Path(__file__).parent / "scenarios" / "fastest-slow.toml"
 COST_BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "outcome_guard_cost.py"
-SETTINGS = OutcomeGuardSettings()
+SETTINGS = OutcomeGuardSettings(pair_share=4.0)
+"""The envelope on (it is off by default) at the multiple these tests were computed for."""
 GOOD = [0.02] * 8
 """Eight backends at 20 ms (p99 60 ms)."""
 
@@ -235,7 +236,7 @@ class FastPair:
 
 def test_the_guarded_balancer_serves_the_spread_weights() -> None:
     primary = Balancer("fast-pair", FastPair(), make_picker("p2c-latency"))
-    guarded = GuardedBalancer(primary, outcome_guard=OutcomeGuard())
+    guarded = GuardedBalancer(primary, outcome_guard=OutcomeGuard(SETTINGS))
     decision = guarded.decide(pool(GOOD), 0.0)
     assert decision.mode == "primary"
     assert max_forced(decision.weights) == pytest.approx(pair_share_bound(8, SETTINGS.pair_share))
@@ -247,7 +248,8 @@ def test_the_guarded_balancer_serves_the_spread_weights() -> None:
 
 
 def test_settings_are_checked_and_in_the_control_spec() -> None:
-    assert ControlSpec().outcome_guard == SETTINGS
+    assert ControlSpec().outcome_guard == OutcomeGuardSettings()
+    assert ControlSpec().outcome_guard.pair_share == 0.0  # the envelope is opt-in
     assert "outcome-guard-threshold" in ControlSpec().flags()
     with pytest.raises(ConfigError, match="outcome-guard-threshold"):
         OutcomeGuardSettings(threshold=1.0)
