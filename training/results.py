@@ -113,7 +113,7 @@ def render_markdown(
     lines = [
         "# Results: the shipped policy against every baseline",
         "",
-        "Regenerate this page (about 2 minutes on 2 cores) with:",
+        "Regenerate this page (about 15 minutes on 2 cores, with the large scenarios) with:",
         "",
         "```",
         COMMAND.format(seeds=len(seeds)) + "".join(f" --scenario {s}" for s in scenarios_given),
