@@ -29,27 +29,8 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore::sqlalchemy.exc.SADeprecationWarning"
 )
 
-SCENARIO = """
-name = "two-speeds"
-description = "Short: one of three backends is three times slower."
-duration_s = 16
-control_interval_s = 1.0
-
-[arrivals]
-process = "poisson"
-load = [0.5, 0.7]
-
-[[backends]]
-name = "fast"
-count = 2
-concurrency = 2
-service = { dist = "exponential", mean_s = 0.010 }
-
-[[backends]]
-name = "slow"
-concurrency = 2
-service = { dist = "exponential", mean_s = 0.030 }
-"""
+SCENARIO = (Path(__file__).parent / "scenarios" / "two-speeds.toml").read_text()
+"""Short: one of three backends is three times slower (shared with the other training test)."""
 
 
 def sweep_file(root: Path, timesteps: int = 256, extra: str = "") -> Path:

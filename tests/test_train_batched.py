@@ -22,27 +22,8 @@ pytestmark = [
     ),
 ]
 
-SCENARIO = """
-name = "two-speeds"
-description = "Short: one of three backends is three times slower."
-duration_s = 16
-control_interval_s = 1.0
-
-[arrivals]
-process = "poisson"
-load = [0.5, 0.7]
-
-[[backends]]
-name = "fast"
-count = 2
-concurrency = 2
-service = { dist = "exponential", mean_s = 0.010 }
-
-[[backends]]
-name = "slow"
-concurrency = 2
-service = { dist = "exponential", mean_s = 0.030 }
-"""
+SCENARIO = (Path(__file__).parent / "scenarios" / "two-speeds.toml").read_text()
+"""Short: one of three backends is three times slower (shared with the other training test)."""
 
 CONFIG = """
 timesteps = 1024
