@@ -3,7 +3,8 @@
 Every setting is declared once. Those the proxy shares with the simulator (metrics window, EWMA,
 error penalty, health, ejection, retries) live in `ProxyConfig.control`, a
 `rl_lb.control.ControlSpec` declared in the core; the proxy's own are declared on the fields
-below (`proxy_setting(default, Setting(...), Option(...))`). From those declarations come the key
+of serving/config_core.py and serving/config_connections.py, which `ProxyConfig` inherits
+(`proxy_setting(default, Setting(...), Option(...))`). From those declarations come the key
 table (`KEYS`), the checks, the `rl-lb serve` flags with their help and defaults
 (serving/proxy_cli.py) and the settings tables of docs/proxy.md (`markdown_table`).
 
