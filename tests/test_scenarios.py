@@ -18,6 +18,7 @@ from rl_lb import control, scenarios
 from rl_lb.control import ControlSpec, EjectionSettings, MetricsSettings, RetrySettings
 from rl_lb.errors import ScenarioError
 from rl_lb.scenarios import (
+    MAX_BACKENDS,
     ScenarioFamily,
     library,
     load_scenario,
@@ -651,7 +652,7 @@ def _accepts_or_rejects_cleanly(factory: Callable[[], ScenarioFamily]) -> None:
         return
     for seed in range(3):
         scenario = outcome.sample(np.random.default_rng(seed))
-        assert 1 <= len(scenario.backends) <= 16
+        assert 1 <= len(scenario.backends) <= MAX_BACKENDS
         assert np.isfinite(scenario.arrivals.rate)
         assert scenario.arrivals.rate > 0
 

@@ -109,6 +109,7 @@ def test_the_sweep_file_of_the_docs_reads(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # ~60 s alone; Ray start-up and two trainings on a busy 2-core box
 def test_two_trials_on_local_ray_are_children_of_one_run_and_the_best_is_registered(
     store: Path,
 ) -> None:
