@@ -25,7 +25,7 @@ from serving.monitor import LATENCY_BUCKETS, STATUS_CLASSES, Monitor
 from serving.proxy import ProxyStats
 from serving.rollout import Rollout
 
-__all__ = ["CONTENT_TYPE", "MODES", "ProxyMetrics"]
+__all__ = ["CONTENT_TYPE", "MODES", "Families", "ProxyMetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MODES = ("primary", "fallback", "external")
@@ -113,13 +113,7 @@ class _PoolCollector(Collector):
             i = b.index
             for code, count in zip(STATUS_CLASSES, b.outcomes, strict=True):
                 requests.add_metric([b.url, code], count)
-            cumulative, buckets = 0, []
-            for bound, count in zip(
-                (*LATENCY_BUCKETS, float("inf")), b.latency_counts, strict=True
-            ):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([b.url], buckets, b.latency_sum)
+            latency.add_metric([b.url], _cumulative(b.latency_counts), b.latency_sum)
             gauges["in_flight"].add_metric([b.url], metrics.in_flight[i])
             gauges["tunnels"].add_metric([b.url], b.pool.tunnels)
             gauges["weight"].add_metric([b.url], weights.get(b.url, 0.0))
@@ -128,6 +122,16 @@ class _PoolCollector(Collector):
         yield requests
         yield latency
         yield from gauges.values()
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus `le` buckets from per-bucket counts over `LATENCY_BUCKETS` (+Inf last)."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+        cumulative += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+    return buckets
 
 
 CLIENT_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "broken")
@@ -147,11 +151,7 @@ def _client_side(stats: ProxyStats) -> Iterator[Metric]:
         "rl_lb_request_duration_seconds",
         "Whole client exchanges: request head received to response complete",
     )
-    cumulative, buckets = 0, []
-    for bound, count in zip((*LATENCY_BUCKETS, float("inf")), stats.duration_counts, strict=True):
-        cumulative += count
-        buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-    duration.add_metric([], buckets, stats.duration_sum)
+    duration.add_metric([], _cumulative(stats.duration_counts), stats.duration_sum)
     yield duration
 
 
@@ -190,13 +190,15 @@ class ProxyMetrics:
 
     def add(self, collect: Callable[[], Iterator[Metric]]) -> None:
         """Expose more families (a part of the proxy with its own counters, e.g. discovery)."""
-        self.registry.register(_Families(collect))
+        self.registry.register(Families(collect))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _Families(Collector):
+class Families(Collector):
+    """A collector of whatever `collect()` yields when the registry is scraped."""
+
     def __init__(self, collect: Callable[[], Iterator[Metric]]) -> None:
         self._collect = collect
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
-from serving.prom import CONTENT_TYPE
+from serving.prom import CONTENT_TYPE, Families
 
 __all__ = ["WORKER_DIR_ENV", "Peers", "fan_out_middleware", "merge_expositions"]
 
@@ -132,16 +131,9 @@ def merge_expositions(parts: dict[int, bytes], up: dict[int, bool]) -> bytes:
     for worker, answered in sorted(up.items()):
         alive.add_metric([str(worker)], float(answered))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed([*families.values(), alive]))
+    exposed = [*families.values(), alive]
+    registry.register(Families(lambda: iter(exposed)))
     return generate_latest(registry)
-
-
-class _Fixed(Collector):
-    def __init__(self, metrics: list[Metric]) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self.metrics)
 
 
 def fan_out_middleware(peers: Peers) -> Any:

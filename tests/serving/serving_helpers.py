@@ -33,8 +33,10 @@ class TestBackend:
 
     __test__ = False
 
-    def __init__(self, name: str = "b") -> None:
+    def __init__(self, name: str = "b", host: str = "127.0.0.1") -> None:
         self.name = name
+        self.host = host
+        """Any loopback address: several backends may share a port, as pods behind one name."""
         self.health_status = 200
         self.fail_status = 0
         self.hits = 0
@@ -45,14 +47,14 @@ class TestBackend:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     async def start(self, port: int = 0) -> TestBackend:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        site = web.TCPSite(self._runner, self.host, port)
         await site.start()
         self.port = self._runner.addresses[0][1]
         return self
