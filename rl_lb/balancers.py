@@ -142,10 +142,16 @@ class GuardedBalancer(Balancer):
         guard = self.outcome_guard
         if guard is not None:
             if guard.observe(snapshot, now, served_by_policy=self.mode == "primary"):
+                last = guard.last
+                assert last is not None, "observe() switched on an interval it compared"
                 log.warning(
-                    "balancer %s: policy regression (%s); %s for %g s",
+                    "balancer %s: policy regression: its traffic cost %.1f ms where %s's "
+                    "would cost %.1f ms (%.2fx); %s for %g s",
                     self.name,
-                    guard.last,
+                    1000 * last.policy_s,
+                    self.fallback.name,
+                    1000 * last.fallback_s,
+                    last.policy_s / last.fallback_s,
                     self.fallback.name,
                     guard.hold_until - now,
                 )
