@@ -76,3 +76,32 @@ def test_tables_hold_one_row_per_scenario_and_balancer(tmp_path: Path) -> None:
     lines = md_path.read_text().splitlines()
     assert lines[0].startswith("| scenario | balancer |")
     assert len(lines) == 2 + 6
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_the_final_table_fits_the_terminal_with_whole_names_and_values(width: int) -> None:
+    """At 80 columns the table takes its compact form; the longest training scenario's name and
+    every value stay on one line, and every short name used is in the legend."""
+    from rich.console import Console
+
+    from training.train import _print_table
+
+    baselines = ["round-robin", "least-latency", "inverse-latency", "p2c", "jsq", "capacity"]
+    scenarios = ["steady", "train-large-heterogeneous", "train-large-many-proxies"]
+    table: Table = {}
+    for k, scenario in enumerate(scenarios):
+        for j, balancer in enumerate([*baselines, "learned"]):
+            p99 = 1000.0 + 111.1 * j if balancer != "inverse-latency" else 123.4 + k
+            table[(scenario, balancer)] = {"effective_p99_ms": p99}
+    console = Console(width=width, record=True, color_system=None)
+    _print_table(console, table, baselines)
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width
+    for k, scenario in enumerate(scenarios):
+        row = next(line for line in lines if line.strip().startswith(scenario))
+        assert f"{123.4 + k:.1f}" in row  # the best heuristic's p99, whole on the same line
+        assert f"{1000.0 + 111.1 * 6:.1f}" in row  # learned's
+    if width == 80:
+        assert "inv-lat = inverse-latency" in text
+        assert "best = the best heuristic" in text

@@ -210,9 +210,9 @@ def _print_table(console: Console, table: Table, baselines: list[str]) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    legend: list[str] = []
+    legend: list[str] = ["best = the best heuristic"] if compact else []
     shown.add_column("scenario", overflow="fold")
-    columns = ["best heuristic", "its p99", LEARNED] if compact else [*baselines, LEARNED]
+    columns = ["best", "its p99", LEARNED] if compact else [*baselines, LEARNED]
     for name in columns:
         header = SHORT_NAMES.get(name, name if len(name) <= 8 or compact else "")
         if not header:
@@ -226,7 +226,10 @@ def _print_table(console: Console, table: Table, baselines: list[str]) -> None:
         p99 = {b: table[(scenario, b)]["effective_p99_ms"] for b in [*baselines, LEARNED]}
         if compact:
             best = min(baselines, key=lambda b: p99[b])
-            cells = [best, f"{p99[best]:.1f}", f"{p99[LEARNED]:.1f}"]
+            short = SHORT_NAMES.get(best, best)
+            if short != best and f"{short} = {best}" not in legend:
+                legend.append(f"{short} = {best}")
+            cells = [short, f"{p99[best]:.1f}", f"{p99[LEARNED]:.1f}"]
         else:
             cells = [f"{p99[b]:.1f}" for b in columns]
         ratios = [f"{scores.vs_reference[scenario]:.3f}", f"{scores.vs_best[scenario]:.3f}"]
