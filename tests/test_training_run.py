@@ -188,3 +188,21 @@ def test_a_resumed_run_follows_its_own_seed(
     first, again, other = resumed(5), resumed(5), resumed(6)
     assert same(first, again), "the same seed repeats the run"
     assert not same(first, other), "another seed is another run (not the checkpoint's seed)"
+
+
+def test_the_progress_bar_ends_where_whole_rollouts_end() -> None:
+    """PPO asked for 100 steps with 64-step rollouts runs 128: the bar says 128/128, not 128/100."""
+    import io
+
+    from rich.console import Console
+    from stable_baselines3 import PPO
+
+    from training.callbacks import ProgressCallback
+
+    model = PPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=32, n_epochs=1, seed=0)
+    out = io.StringIO()
+    progress = ProgressCallback(100, Console(file=out, width=100, color_system=None))
+    model.learn(100, callback=progress)
+    assert model.num_timesteps == 128
+    assert progress.total == 128
+    assert "128/128" in out.getvalue()

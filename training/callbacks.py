@@ -7,6 +7,7 @@ logger (losses, KL, entropy) is bridged by `MlflowWriter` under the names SB3 gi
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,8 +82,14 @@ class ProgressCallback(BaseCallback):
         self.progress.update(self.task, score=score)
 
     def _on_training_start(self) -> None:
+        # On-policy algorithms collect whole rollouts (n_steps per environment) and stop at the
+        # first rollout boundary at or past the target: the bar's total is where they stop, so
+        # a short run does not show 512/256.
+        rollout = int(getattr(self.model, "n_steps", 1)) * self.model.n_envs
+        start, target = self.num_timesteps, self.model._total_timesteps
+        self.total = start + math.ceil(max(target - start, 0) / rollout) * rollout
+        self.progress.update(self.task, total=self.total, completed=start)
         self.progress.start()
-        self.progress.update(self.task, completed=self.num_timesteps)
 
     def _on_step(self) -> bool:
         self.progress.update(self.task, completed=self.num_timesteps)

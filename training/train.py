@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import logging
 import operator
 import shutil
 from collections.abc import Callable, Sequence
@@ -282,7 +283,7 @@ def next_steps(policy_dir: Path, model_version: int | str) -> list[str]:
     return [
         "next steps:",
         f"  rl-lb evaluate --balancer learned --policy {policy_dir}",
-        f"  rl-lb serve --balancer learned --policy {policy_dir} --backend URL",
+        f"  rl-lb serve --balancer learned --policy {policy_dir} \\\n      --backend URL",
         f"  (or from the registry: --policy models:/rl-lb-policy/{model_version})",
     ]
 
@@ -308,6 +309,9 @@ def run(
     eval_scenarios = config.eval.scenarios or scenarios
 
     console.print(f"opening the tracking store {describe_store()}…", highlight=False)
+    # MLflow announces creating and upgrading a new SQLite store's tables at INFO, in its own
+    # log format; the line above already says which store is opened.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     experiment_id = setup_experiment(config.experiment)
     run_name = f"{config.algo}-{datetime.now(UTC):%Y%m%d-%H%M%S}-s{config.seed}"
     run_dir = Path(config.out) / run_name

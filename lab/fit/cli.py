@@ -15,7 +15,7 @@ from rich.table import Table
 
 __all__ = ["register"]
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 
 def _warn(line: str) -> None:

@@ -18,7 +18,7 @@ __all__ = ["register", "summary"]
 _GROUP = "scenario"
 SUBCOMMAND_ENTRY_POINTS = "rl_lb.scenario_commands"
 """Entry points naming a wing's `register(scenario_app: typer.Typer) -> None`."""
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 
 def summary(family: ScenarioFamily) -> str:
