@@ -90,6 +90,10 @@ def _register_wings() -> None:
         _registered.add(entry.name)
 
 
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one red line and exit status 2."""
     _register_wings()
@@ -104,10 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.exit_code or 0)
     except typer.Abort:
         err_console.print("[red]aborted")
-        return 130
+        return INTERRUPTED
     except ClickException as error:
         error.show()
         return error.exit_code
+    if result == INTERRUPTED:  # typer's answer to a Ctrl-C that the command left alone
+        err_console.print("interrupted (Ctrl-C): stopped before the end", highlight=False)
     return result if isinstance(result, int) else 0
 
 

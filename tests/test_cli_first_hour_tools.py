@@ -234,3 +234,30 @@ def test_ui_says_starting_notes_an_empty_store_and_stops_in_one_line(tmp_path: P
     assert lines[-1].startswith(f"ready at http://127.0.0.1:{port}")
     assert rest.strip().splitlines() == ["MLflow UI stopped."]
     assert process.returncode == 0
+
+
+# -- a command stopped by Ctrl-C that has no stop message of its own says so in one line ---------
+
+
+def test_demo_stopped_by_ctrl_c_says_so_in_one_line_with_status_130(tmp_path: Path) -> None:
+    import signal
+
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(TINY)
+    argv = ["demo", "--scenario", str(scenario), "--duration", "30", "--rate-scale", "0.1"]
+    with subprocess.Popen(
+        [sys.executable, "-m", "rl_lb.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "80"},
+    ) as process:
+        try:
+            lines = _lines_until(process, "requests/s for 30 s per balancer")
+        finally:
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=60)
+    assert any("per balancer" in line for line in lines), lines
+    assert process.returncode == 130
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C): stopped before the end"
