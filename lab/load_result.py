@@ -163,10 +163,13 @@ def format_summary(result: LoadResult) -> Sequence[str]:
         return "-" if value is None else f"{value:.2f}"
 
     errors = ", ".join(f"{k} {v}" for k, v in s["errors"].items() if v) or "none"
+    # Short lines: each fits an 80-column terminal with four-digit latencies.
     return [
-        f"{s['requests']} requests to {s['url']} at {s['achieved_rate']:.1f}/s "
-        f"({s['process']}, asked {s['rate']:g}/s for {s['duration_s']:g} s)",
-        f"latency ms: mean {ms('mean_ms')}  p50 {ms('p50_ms')}  p90 {ms('p90_ms')}  "
-        f"p99 {ms('p99_ms')}  p99.9 {ms('p999_ms')}  max {ms('max_ms')}",
-        f"errors: {errors}; generator lag ms: mean {ms('lag_ms')}  max {ms('max_lag_ms')}",
+        f"{s['requests']} requests to {s['url']} in {s['duration_s']:g} s",
+        f"rate /s: sent {s['achieved_rate']:.1f}, asked {s['rate']:g} ({s['process']})",
+        f"latency ms: p50 {ms('p50_ms')}  p90 {ms('p90_ms')}  p99 {ms('p99_ms')}  "
+        f"p99.9 {ms('p999_ms')}  max {ms('max_ms')}",
+        f"mean latency {ms('mean_ms')} ms; generator lag ms: mean {ms('lag_ms')}  "
+        f"max {ms('max_lag_ms')}",
+        f"errors: {errors}",
     ]

@@ -113,3 +113,23 @@ async def test_progress_is_reported_while_running() -> None:
     assert all(0 <= p.answered <= p.sent <= p.total == result.requests for p in seen)
     assert [p.sent for p in seen] == sorted(p.sent for p in seen)
     assert seen[-1].errors == seen[-1].answered  # nothing listens on port 9
+
+
+def test_the_summary_fits_80_columns_with_four_digit_latencies() -> None:
+    from lab.load_result import format_summary
+
+    result = _result(985.0, 1.0, 3, n=10_000)
+    result = LoadResult(
+        **{
+            **result.__dict__,
+            "url": "http://127.0.0.1:8080/",
+            "latency_s": np.linspace(0.5, 9.999, 10_000),
+            "lag_s": np.full(10_000, 0.0125),
+        }
+    )
+    lines = format_summary(result)
+    assert all(len(line) <= 80 for line in lines), [len(line) for line in lines]
+    text = "\n".join(lines)
+    assert "max 9999.00" in text
+    assert lines[-1].startswith("errors: ")
+    assert "none" not in lines[-1]
