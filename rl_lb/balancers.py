@@ -144,7 +144,9 @@ class GuardedBalancer(Balancer):
             if guard.observe(snapshot, now, served_by_policy=self.mode == "primary"):
                 last = guard.last
                 assert last is not None, "observe() switched on an interval it compared"
-                log.warning(
+                # INFO: the proxy's controller warns once per mode change for operators; as a
+                # WARNING this printed every switch of every candidate in training's evaluations.
+                log.info(
                     "balancer %s: policy regression: its traffic cost %.1f ms where %s's "
                     "would cost %.1f ms (%.2fx); %s for %g s",
                     self.name,
