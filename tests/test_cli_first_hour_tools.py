@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from commands import run_then_ctrl_c
 from test_cli_first_hour import TINY
 
 from rl_lb.cli import main
@@ -153,37 +153,13 @@ def _free_port_block(count: int) -> int:
     raise RuntimeError("no free port block")
 
 
-def _lines_until(process: subprocess.Popen[str], marker: str, limit: int = 50) -> list[str]:
-    assert process.stdout is not None
-    lines: list[str] = []
-    while len(lines) < limit:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if marker in line:
-            break
-    return lines
-
-
 def test_backends_print_a_serve_line_and_a_loadgen_line_that_fit(tmp_path: Path) -> None:
-    import signal
-
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     base = _free_port_block(2)
     argv = ["backends", "--scenario", str(scenario), "--base-port", str(base)]
-    with subprocess.Popen(
-        [sys.executable, "-m", "rl_lb.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
-        try:
-            lines = _lines_until(process, "rl-lb loadgen")
-        finally:
-            process.send_signal(signal.SIGINT)
-            _out, err = process.communicate(timeout=30)
+    stopped = run_then_ctrl_c([sys.executable, "-m", "rl_lb.cli", *argv], "rl-lb loadgen")
+    lines, err = stopped.lines, stopped.err
     urls = [f"http://127.0.0.1:{base}", f"http://127.0.0.1:{base + 1}"]
     assert f"  rl-lb serve --backend {urls[0]} --backend {urls[1]}" in lines
     # tiny: 2 backends x 2 slots / 10 ms = 400 rps capacity, load 0.5, 4 s long
@@ -208,24 +184,12 @@ raise SystemExit(main(sys.argv[1:]))
 def test_ui_says_starting_notes_an_empty_store_and_stops_in_one_line(tmp_path: Path) -> None:
     """The UI server is stood in for by `python -m http.server` (MLflow's takes ~10 s): what is
     under test is the command around it."""
-    import signal
-
     port = _free_port_block(1)
     env = {**os.environ, "COLUMNS": "200"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    with subprocess.Popen(
-        [sys.executable, "-c", _FAKE_UI, "ui", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    ) as process:
-        try:
-            lines = _lines_until(process, "Ctrl-C to stop")
-        finally:
-            process.send_signal(signal.SIGINT)
-            rest, _ = process.communicate(timeout=60)
+    argv = [sys.executable, "-c", _FAKE_UI, "ui", "--port", str(port)]
+    stopped = run_then_ctrl_c(argv, "Ctrl-C to stop", cwd=tmp_path, env=env, merge_stderr=True)
+    lines, rest = stopped.lines, stopped.rest
     text = "\n".join(lines)
     store = tmp_path / "mlruns.db"
     assert f"http://127.0.0.1:{port}/#/experiments/" in text
@@ -233,31 +197,22 @@ def test_ui_says_starting_notes_an_empty_store_and_stops_in_one_line(tmp_path: P
     assert f"starting the UI on http://127.0.0.1:{port}" in text
     assert lines[-1].startswith(f"ready at http://127.0.0.1:{port}")
     assert rest.strip().splitlines() == ["MLflow UI stopped."]
-    assert process.returncode == 0
+    assert stopped.returncode == 0
 
 
 # -- a command stopped by Ctrl-C that has no stop message of its own says so in one line ---------
 
 
 def test_demo_stopped_by_ctrl_c_says_so_in_one_line_with_status_130(tmp_path: Path) -> None:
-    import signal
-
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     argv = ["demo", "--scenario", str(scenario), "--duration", "30", "--rate-scale", "0.1"]
-    with subprocess.Popen(
+    stopped = run_then_ctrl_c(
         [sys.executable, "-m", "rl_lb.cli", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        "requests/s for 30 s per balancer",
         env={**os.environ, "COLUMNS": "80"},
-    ) as process:
-        try:
-            lines = _lines_until(process, "requests/s for 30 s per balancer")
-        finally:
-            process.send_signal(signal.SIGINT)
-            _out, err = process.communicate(timeout=60)
-    assert any("per balancer" in line for line in lines), lines
-    assert process.returncode == 130
-    assert "Traceback" not in err
-    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C): stopped before the end"
+    )
+    assert any("per balancer" in line for line in stopped.lines), stopped.lines
+    assert stopped.returncode == 130
+    assert "Traceback" not in stopped.err
+    assert stopped.err.strip().splitlines()[-1] == "interrupted (Ctrl-C): stopped before the end"

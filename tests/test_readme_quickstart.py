@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from commands import read_until
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHORTER = {
@@ -127,19 +128,6 @@ def _ports_free(ports: list[int]) -> bool:
     return True
 
 
-def _read_until(process: subprocess.Popen[str], marker: str, limit: int = 200) -> list[str]:
-    assert process.stdout is not None
-    lines: list[str] = []
-    while len(lines) < limit:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line.rstrip("\n"))
-        if marker in line:
-            break
-    return lines
-
-
 @pytest.fixture
 def stopped_at_the_end() -> Iterator[list[subprocess.Popen[str]]]:
     processes: list[subprocess.Popen[str]] = []
@@ -162,7 +150,7 @@ def test_backends_serve_and_loadgen_run_as_written(
         pytest.skip("a port of the README's example is taken on this machine")
     pool = started(backends, tmp_path)
     stopped_at_the_end.append(pool)
-    printed = _read_until(pool, "rl-lb loadgen")
+    printed = read_until(pool, "rl-lb loadgen")
     # what `rl-lb backends` prints is what README says to run next
     assert f"  {loadgen}" in printed
     expanded = subprocess.run(
@@ -171,7 +159,7 @@ def test_backends_serve_and_loadgen_run_as_written(
     assert f"  {expanded}" in printed
     proxy = started(serve, tmp_path)
     stopped_at_the_end.append(proxy)
-    assert any("proxy on 127.0.0.1:8080" in line for line in _read_until(proxy, "proxy on"))
+    assert any("proxy on 127.0.0.1:8080" in line for line in read_until(proxy, "proxy on"))
     done = bash(loadgen, tmp_path, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -184,7 +172,7 @@ def test_ui_runs_as_written_and_stops_in_one_line(
         pytest.skip("port 5000 (the UI's default) is taken on this machine")
     ui = started(_find("rl-lb ui"), tmp_path)
     stopped_at_the_end.append(ui)
-    lines = _read_until(ui, "Ctrl-C to stop")
+    lines = read_until(ui, "Ctrl-C to stop")
     assert lines[-1].startswith("ready at http://127.0.0.1:5000"), lines
     ui.send_signal(signal.SIGINT)
     rest, _ = ui.communicate(timeout=60)
