@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import gc
 import logging
@@ -22,9 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
-from rl_lb.errors import ConfigError, RlLbError
+from rl_lb.errors import ConfigError
 from serving.admin import AdminTarget, make_admin_app
-from serving.config import ProxyConfig, check_admin, load_config, restart_only_changes
+from serving.config import ProxyConfig, check_admin
 from serving.controller import Controller, balancer_spec, build_balancer
 from serving.discovery import discovery_for, follow
 from serving.grpc_health import GrpcHealth
@@ -34,6 +33,7 @@ from serving.monitor import Monitor
 from serving.prom import ProxyMetrics
 from serving.proxy import Forwarder, ProxyStats
 from serving.registry import ModelRef
+from serving.reload import reload_config
 from serving.rollout import Rollout, first_version, followed_alias
 from serving.tls import HTTP1, ListenerTls, backend_context
 from serving.upstream import UpstreamPool
@@ -320,52 +320,14 @@ class ProxyServer:
     # -- reload -----------------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """Re-read the config file: backends added/drained, balancer swapped; else nothing.
-
-        Settings that need new sockets or pools (addresses, timeouts, limits) are reported and
-        left as they are until a restart.
-        """
-        if self.tls is not None:
-            try:
-                self.tls.reload()
-            except ConfigError as error:
-                log.error("reload: the TLS certificate stays as it was: %s", error)
-        path = self.config.config_path
-        if path is None:
-            log.warning("reload: no config file to re-read (started without --config)")
-            return False
-        try:
-            new = load_config(path, self.flags)
-        except RlLbError as error:
-            log.error("reload refused, the old config stays: %s", error)
-            return False
-        old = self.config
-        spec, new_spec = (
-            balancer_spec(old.balancer, old.policy),
-            balancer_spec(new.balancer, new.policy),
+        """Re-read the TLS certificate and the config file (`serving.reload`); False: the config
+        file was not re-read or was refused, and the old config stays."""
+        config = await reload_config(
+            self.config, self.flags, self.tls, self.controller, self.monitor, self.discovery
         )
-        if new_spec != spec:
-            try:
-                await self.controller.swap_balancer(new_spec)
-            except RlLbError as error:
-                log.error("reload: balancer %s refused, the old one stays: %s", new_spec, error)
-                new = dataclasses.replace(new, balancer=old.balancer, policy=old.policy)
-        for url in new.backends:
-            if self.monitor.find(url) is None:
-                self.monitor.add(url)
-        listed = self.discovery.urls() if self.discovery is not None else set()
-        for url in old.backends:
-            if url not in new.backends and url not in listed and self.monitor.find(url):
-                self.monitor.drain(url)
-        self.config, ignored = restart_only_changes(old, new)
-        if ignored:
-            log.warning(
-                "reload: %s in %s take%s effect only at restart",
-                ", ".join(ignored),
-                path,
-                "s" if len(ignored) == 1 else "",
-            )
-        log.info("reloaded %s", path)
+        if config is None:
+            return False
+        self.config = config
         return True
 
 

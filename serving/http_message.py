@@ -50,7 +50,7 @@ Headers = list[tuple[bytes, bytes, bytes]]
 
 
 class Sink(Protocol):
-    """Where a request's body and fate go (implemented by `serving.proxy.Exchange`)."""
+    """Where a request's body and fate go (implemented by `serving.exchange.Exchange`)."""
 
     def on_request_body(self, data: bytes) -> None: ...
     def on_request_end(self) -> None: ...

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from rl_lb.errors import ConfigError
 
 if TYPE_CHECKING:
-    from serving.http_server import ClientConnection
+    from serving.http_connection import ClientConnection
     from serving.upstream import UpstreamConnection
 
 __all__ = ["Tunnel", "Tunnels", "open_tunnel", "read_upgrades", "upgrade_headers"]

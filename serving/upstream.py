@@ -4,7 +4,7 @@ An `UpstreamPool` per backend keeps idle HTTP/1.1 connections (last in, first ou
 ones are reused and the cold ones age out) up to a limit, and opens new ones in a task only when
 none is idle; the common case, a reused connection, takes no task, no future and no timer. A
 `UpstreamConnection` parses responses with llhttp (`httptools`) and hands the events to the
-`Exchange` that holds it (see `serving.proxy`); timeouts are checked by the pool's `sweep`,
+`Exchange` that holds it (see `serving.exchange`); timeouts are checked by the pool's `sweep`,
 called a few times a second, rather than by one timer per request.
 """
 
