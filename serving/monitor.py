@@ -135,7 +135,8 @@ class Monitor:
         self.backends: list[Backend] = []
         self.view = PoolView(self.metrics)
         self.on_pool_change: Callable[[], object] = lambda: None
-        """Called after a backend is added or removed (the controller re-decides at once)."""
+        """Called after backends are added or removed (the controller re-decides at once)."""
+        self._decision_due = False  # a call of on_pool_change is scheduled: no other needed
         self._closing: set[asyncio.Task[None]] = set()
         self._max_in_flight = config.max_in_flight
         self.recorder: Recorder | None = None
@@ -202,7 +203,22 @@ class Monitor:
         self._changed()
 
     def _changed(self) -> None:
-        """Tell the controller; a failure there must not fail the request that ended a drain."""
+        """Tell the controller once per burst of changes (a reload adds and drains many), as
+        soon as it is over: a decision per change held the loop for 18–30 s when a reload
+        replaced 100 of 1,000 backends. Meanwhile pickers go uniform over the new pool."""
+        if self._decision_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): decide now
+            self._tell_controller()
+            return
+        self._decision_due = True
+        loop.call_soon(self._tell_controller)
+
+    def _tell_controller(self) -> None:
+        """A failure there must not fail the request that ended a drain."""
+        self._decision_due = False
         try:
             self.on_pool_change()
         except Exception:

@@ -1,8 +1,9 @@
 """Prometheus exposition of one proxy worker, in its own `CollectorRegistry`.
 
-The request path only bumps plain integers on `Backend` and `ProxyStats`; this collector turns
-them into metric families when /metrics is scraped, so a scrape costs O(backends) and a request
-costs no prometheus-client lock.
+The request path only bumps plain integers on `Backend` and `ProxyStats`; a scrape turns them
+into metric families, so a scrape costs O(backends) and a request costs no prometheus-client
+lock. The per-backend families, most of a large pool's exposition, are written as text directly
+(`serving.prom_backends`); the rest goes through this registry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from prometheus_client.registry import Collector
 
 from rl_lb.balancers import FALLBACK_REASONS
 from serving.controller import Controller
-from serving.monitor import LATENCY_BUCKETS, STATUS_CLASSES, Monitor
+from serving.monitor import LATENCY_BUCKETS, Monitor
+from serving.prom_backends import backend_exposition
 from serving.proxy import ProxyStats
 from serving.rollout import Rollout
 
@@ -45,7 +47,6 @@ class _PoolCollector(Collector):
         self.rollout = rollout
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._backends()
         controller = self.controller
         mode = GaugeMetricFamily(
             "rl_lb_balancer_mode", "1 for the mode the balancer is in", labels=["mode"]
@@ -86,42 +87,6 @@ class _PoolCollector(Collector):
         for reason, count in sorted(self.stats.errors.items()):
             errors.add_metric([reason], count)
         yield errors
-
-    def _backends(self) -> Iterator[Metric]:
-        labels = ["backend"]
-        requests = CounterMetricFamily(
-            "rl_lb_backend_requests",
-            "Exchanges by outcome (status class, or error: no response)",
-            labels=["backend", "code"],
-        )
-        latency = HistogramMetricFamily(
-            "rl_lb_backend_latency_seconds", "Time to response headers", labels=labels
-        )
-        gauges = {
-            name: GaugeMetricFamily(f"rl_lb_backend_{name}", text, labels=labels)
-            for name, text in (
-                ("in_flight", "Requests sent and not answered yet"),
-                ("tunnels", "Upgraded connections (WebSocket) open, apart from in_flight"),
-                ("weight", "Weight of the current control interval"),
-                ("healthy", "1 when the active health checks pass"),
-                ("ejected", "1 while ejected by the outlier detector"),
-            )
-        }
-        metrics = self.monitor.metrics
-        weights = self.controller.weights
-        for b in self.monitor.backends:
-            i = b.index
-            for code, count in zip(STATUS_CLASSES, b.outcomes, strict=True):
-                requests.add_metric([b.url, code], count)
-            latency.add_metric([b.url], _cumulative(b.latency_counts), b.latency_sum)
-            gauges["in_flight"].add_metric([b.url], metrics.in_flight[i])
-            gauges["tunnels"].add_metric([b.url], b.pool.tunnels)
-            gauges["weight"].add_metric([b.url], weights.get(b.url, 0.0))
-            gauges["healthy"].add_metric([b.url], float(metrics.healthy[i]))
-            gauges["ejected"].add_metric([b.url], float(metrics.ejected[i]))
-        yield requests
-        yield latency
-        yield from gauges.values()
 
 
 def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
@@ -178,6 +143,8 @@ class ProxyMetrics:
         stats: ProxyStats,
         rollout: Rollout | None = None,
     ) -> None:
+        self.monitor = monitor
+        self.controller = controller
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_PoolCollector(monitor, controller, stats, rollout))
         self.inference = Histogram(
@@ -193,7 +160,9 @@ class ProxyMetrics:
         self.registry.register(Families(collect))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The per-backend families (written directly: `serving.prom_backends`), then the rest."""
+        backends = backend_exposition(self.monitor, self.controller.weights)
+        return backends.encode() + generate_latest(self.registry)
 
 
 class Families(Collector):
