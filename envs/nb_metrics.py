@@ -50,6 +50,13 @@ class MetricsState(NamedTuple):
     errors: IntArray
     slot_id: IntArray
     """Absolute sub-window index held in each ring slot (stale slots are cleared on reuse)."""
+    counted: np.ndarray
+    """[proxy, backend, slot]: the slot is in the running window totals below (from its first
+    record until a snapshot finds it expired or a record reuses it)."""
+    window_hist: IntArray
+    """[proxy, backend, bucket]: the histograms of the counted slots, summed."""
+    window_answers: IntArray
+    window_errors: IntArray
     slot_len: float
     tau: float
     penalty: float
@@ -76,6 +83,10 @@ def new_metrics(
         answers=np.zeros((*shape, slots), dtype=np.int64),
         errors=np.zeros((*shape, slots), dtype=np.int64),
         slot_id=np.full((*shape, slots), np.iinfo(np.int64).min, dtype=np.int64),
+        counted=np.zeros((*shape, slots), dtype=np.bool_),
+        window_hist=np.zeros((*shape, BUCKETS), dtype=np.int64),
+        window_answers=np.zeros(shape, dtype=np.int64),
+        window_errors=np.zeros(shape, dtype=np.int64),
         slot_len=window_s / slots,
         tau=ewma_tau_s,
         penalty=error_penalty_s,
@@ -112,15 +123,34 @@ def record(m: MetricsState, p: int, b: int, latency: float, error: bool, now: fl
     slots = m.slot_id.shape[2]
     pos = k % slots
     if m.slot_id[p, b, pos] != k:
+        if m.counted[p, b, pos]:
+            _forget(m, p, b, pos)
         m.slot_id[p, b, pos] = k
         m.hist[p, b, pos, :] = 0
         m.answers[p, b, pos] = 0
         m.errors[p, b, pos] = 0
-    m.hist[p, b, pos, bucket_index(latency)] += 1
+        m.counted[p, b, pos] = True
+    bucket = bucket_index(latency)
+    m.hist[p, b, pos, bucket] += 1
     m.answers[p, b, pos] += 1
     if error:
         m.errors[p, b, pos] += 1
+    if m.counted[p, b, pos]:  # else a snapshot already found this sub-window expired
+        m.window_hist[p, b, bucket] += 1
+        m.window_answers[p, b] += 1
+        if error:
+            m.window_errors[p, b] += 1
     m.last[p, b] = now
+
+
+@jit
+def _forget(m: MetricsState, p: int, b: int, pos: int) -> None:
+    """Subtract ring slot `pos` from the running window totals of (p, b)."""
+    for j in range(BUCKETS):
+        m.window_hist[p, b, j] -= m.hist[p, b, pos, j]
+    m.window_answers[p, b] -= m.answers[p, b, pos]
+    m.window_errors[p, b] -= m.errors[p, b, pos]
+    m.counted[p, b, pos] = False
 
 
 @jit
@@ -193,7 +223,9 @@ def snapshot_columns(
 ) -> None:
     """Fill out[backend, :] with ewma, p50, p95, p99, error rate, throughput, staleness.
 
-    `counts` is scratch space of BUCKETS integers (kernels do not allocate).
+    `counts` is scratch space of BUCKETS integers (kernels do not allocate). Reads the running
+    window totals, after dropping the slots that expired (for good: `now` does not decrease
+    between snapshots) and leaving out any recorded ahead of `now`.
     """
     slots = m.slot_id.shape[2]
     k_now = math.floor(now / m.slot_len)
@@ -201,16 +233,19 @@ def snapshot_columns(
     span = now - max(m.created_at, first * m.slot_len)
     span = max(span, 1e-9)
     for b in range(m.est.shape[1]):
-        counts[:] = 0
-        answers = 0
-        errors = 0
         for pos in range(slots):
-            k = m.slot_id[p, b, pos]
-            if first <= k <= k_now:
+            if m.counted[p, b, pos] and m.slot_id[p, b, pos] < first:
+                _forget(m, p, b, pos)
+        for j in range(BUCKETS):
+            counts[j] = m.window_hist[p, b, j]
+        answers = m.window_answers[p, b]
+        errors = m.window_errors[p, b]
+        for pos in range(slots):
+            if m.counted[p, b, pos] and m.slot_id[p, b, pos] > k_now:
                 for j in range(BUCKETS):
-                    counts[j] += m.hist[p, b, pos, j]
-                answers += m.answers[p, b, pos]
-                errors += m.errors[p, b, pos]
+                    counts[j] -= m.hist[p, b, pos, j]
+                answers -= m.answers[p, b, pos]
+                errors -= m.errors[p, b, pos]
         out[b, 0] = cost(m, p, b, now) if m.has[p, b] else np.nan
         out[b, 1] = _quantile(counts, answers, 0.5)
         out[b, 2] = _quantile(counts, answers, 0.95)

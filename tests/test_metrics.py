@@ -136,6 +136,49 @@ def test_a_long_run_counts_only_the_last_window() -> None:
     assert s.error_rate[0] == pytest.approx(0.2)
 
 
+def test_running_window_totals_equal_a_recount_of_the_window() -> None:
+    """The running totals (added on record, subtracted on expiry or ring reuse) against a
+    recount of every answer whose sub-window is in the window, through idle gaps longer than
+    the window, removed backends and an answer recorded after a snapshot expired its
+    sub-window (which must not count)."""
+    rng = np.random.default_rng(3)
+    m = make(("a", "b", "c", "d"), window_s=2.0, slots=4)
+    answers: list[list[tuple[int, float, bool]]] = [[] for _ in range(4)]
+    t = 0.0
+    for step in range(3000):
+        t += 7.0 if step % 700 == 699 else float(rng.exponential(0.01))
+        i = int(rng.integers(len(m)))
+        latency, error = float(rng.lognormal(-4.0, 1.0)), bool(rng.random() < 0.2)
+        m.record(i, latency, error, now=t)
+        answers[i].append((math.floor(t / m.slot_len), latency, error))
+        if step == 1500:
+            m.remove_backend(1)
+            del answers[1]
+        if step % 97 == 96:
+            s = snap(m, t + float(rng.uniform(0.0, 0.5)))
+            current = math.floor(s.taken_at / m.slot_len)
+            for b, history in enumerate(answers):
+                kept = [(x, e) for k, x, e in history if current - m.slots < k <= current]
+                span = s.taken_at - max(0.0, (current - m.slots + 1) * m.slot_len)
+                assert s.throughput_rps[b] * span == pytest.approx(len(kept))
+                assert s.error_rate[b] == (sum(e for _, e in kept) / len(kept) if kept else 0.0)
+                rank = max(1, math.ceil(0.95 * len(kept)))
+                expected = (
+                    bucket_value(sorted(bucket_index(x) for x, _ in kept)[rank - 1])
+                    if kept
+                    else math.nan
+                )
+                np.testing.assert_equal(s.p95_s[b], expected)
+    # an answer timed in a sub-window that a snapshot already found out of the window
+    k = math.ceil(t / m.slot_len) + 20
+    m.record(0, 0.01, False, now=(k + 0.1) * m.slot_len)
+    assert snap(m, (k + 6) * m.slot_len).throughput_rps[0] == 0.0
+    m.record(0, 5.0, True, now=(k + 0.2) * m.slot_len)
+    after = snap(m, (k + 6) * m.slot_len)
+    assert (after.error_rate[0], after.throughput_rps[0]) == (0.0, 0.0)
+    assert math.isnan(after.p99_s[0])
+
+
 def test_throughput_span_starts_at_creation_and_staleness_counts_from_the_last_answer() -> None:
     m = make(("a",), t=0.0)
     at(m, 3.0).add_backend("late")
@@ -242,4 +285,4 @@ def test_add_and_remove_backends_keep_the_lists_in_place() -> None:
 )
 def test_bad_settings_are_config_errors(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
-        make(**kwargs)
+        make(("a",), **kwargs)

@@ -77,6 +77,7 @@ def test_same_records_same_snapshots(seed: int) -> None:
         1, n, window_s=window, slots=slots, ewma_tau_s=tau, error_penalty_s=penalty
     )
     t = 0.0
+    snapshot_at = 0.0  # snapshots never go back in time (a monotonic clock); records may lag
     for step in range(6000):
         # bursts and gaps longer than the window, so sub-windows expire and get reused
         t += rng.exponential(0.01) if step % 1500 else 7.0
@@ -88,7 +89,8 @@ def test_same_records_same_snapshots(seed: int) -> None:
         nb_metrics.record(nb, 0, i, latency, error, t)
         assert nb_metrics.cost(nb, 0, i, t) == py.cost(i)
         if step % 500 == 499:
-            clock.now = t + float(rng.uniform(0, 2 * window))
+            snapshot_at = max(snapshot_at, t + float(rng.uniform(0, 2 * window)))
+            clock.now = snapshot_at
             _assert_same(py.snapshot(np.ones(n)), _numba_columns(nb, clock.now, n))
             for b in range(n):
                 assert nb_metrics.cost(nb, 0, b, clock.now) == py.cost(b)
