@@ -28,11 +28,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
 
-from serving.prom import CONTENT_TYPE, Families
+from serving.prom import CONTENT_TYPE
+from serving.prom_merge import merge_expositions
 
 __all__ = ["WORKER_DIR_ENV", "Peers", "fan_out_middleware", "merge_expositions"]
 
@@ -110,30 +108,6 @@ class Peers:
             ports = self.ports()
             replies = await asyncio.gather(*(one(port) for port in ports.values()))
         return dict(zip(ports, replies, strict=True))
-
-
-def merge_expositions(parts: dict[int, bytes], up: dict[int, bool]) -> bytes:
-    """One exposition from each worker's: every sample labelled `worker`, families merged, and
-    `rl_lb_worker_up{worker}` saying which workers answered."""
-    families: dict[str, Metric] = {}
-    for worker, text in sorted(parts.items()):
-        for family in text_string_to_metric_families(text.decode()):
-            merged = families.get(family.name)
-            if merged is None:
-                merged = Metric(family.name, family.documentation, family.type, family.unit)
-                families[family.name] = merged
-            for sample in family.samples:
-                labels = {**sample.labels, "worker": str(worker)}
-                merged.samples.append(sample._replace(labels=labels))
-    alive = GaugeMetricFamily(
-        "rl_lb_worker_up", "1 when the worker answered this scrape", labels=["worker"]
-    )
-    for worker, answered in sorted(up.items()):
-        alive.add_metric([str(worker)], float(answered))
-    registry = CollectorRegistry(auto_describe=False)
-    exposed = [*families.values(), alive]
-    registry.register(Families(lambda: iter(exposed)))
-    return generate_latest(registry)
 
 
 def fan_out_middleware(peers: Peers) -> Any:

@@ -102,3 +102,32 @@ async def test_the_proxy_exposes_backend_and_pool_families_once_each() -> None:
         assert text.count(f"# TYPE {name} ") == 1, name
     assert text.count("# TYPE rl_lb_balancer_mode gauge") == 1
     assert text.count('rl_lb_backend_weight{backend="http://127.0.0.1:9102"}') == 1
+
+
+async def test_merged_workers_parse_back_to_every_sample_with_its_worker_label() -> None:
+    """The text-level merge of worker 0 (serving/prom_merge.py), read back by prometheus_client's
+    own parser: every family once, every worker's every sample there with `worker` added."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from serving.prom_merge import merge_expositions
+
+    texts = {}
+    for worker, n in ((0, 3), (1, 2)):
+        monitor = _monitor(n)
+        for b in monitor.backends:
+            b.observe(0.01 * (b.index + 1), 1)
+        controller = Controller(monitor.config, monitor, make_balancer("least-latency"))
+        controller.decide()
+        texts[worker] = ProxyMetrics(monitor, controller, ProxyStats()).render()
+    merged = list(
+        text_string_to_metric_families(merge_expositions(texts, {0: True, 1: False}).decode())
+    )
+    names = [family.name for family in merged]
+    assert len(names) == len(set(names))
+    got = {(s.name, tuple(sorted(s.labels.items())), s.value) for f in merged for s in f.samples}
+    for worker, text in texts.items():
+        for family in text_string_to_metric_families(text.decode()):
+            for s in family.samples:
+                labels = tuple(sorted({**s.labels, "worker": str(worker)}.items()))
+                assert (s.name, labels, s.value) in got, (s.name, labels)
+    assert ("rl_lb_worker_up", (("worker", "1"),), 0.0) in got
