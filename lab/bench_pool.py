@@ -100,7 +100,7 @@ def pool(
             typer.echo(f"seed {seed} {spec}: p99 {p99[spec][-1]:.1f} ms", err=True)
     table = Table(title=f"{len(backend)} backends, {rate:g} requests/s, {duration:g} s x {seeds}")
     for column in ("balancer", "p50 ms", "p99 ms (per seed)", "errors %", "primary %"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # wrap: per-seed figures are never cut
     for spec in balancers:
         table.add_row(
             spec, _cell(p50[spec]), _cell(p99[spec]), _cell(errors[spec]), _cell(primary[spec])
