@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -136,6 +137,12 @@ def measure(name: str, port: int, pid: int | None, args: argparse.Namespace) -> 
     return figures
 
 
+def _load_average() -> str:
+    """The machine's 1/5/15-minute load: on shared cores, latency figures are only read with it."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} / {fifteen:.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per target")
@@ -159,7 +166,7 @@ def main() -> None:
                 wait_port(port)
             print(
                 f"backends: {BACKENDS} grpcio servers; open loop {args.rate:g} calls/s "
-                f"for {args.duration:g} s per target"
+                f"for {args.duration:g} s per target; {_load_average()} before"
             )
             results.append(measure("direct", backends[0], None, args))
             conf = nginx_grpc_conf(workdir, proxy_port, backends)
@@ -168,6 +175,7 @@ def main() -> None:
             command = rl_lb_grpc(proxy_port, admin_port, backends, args.balancer)
             with process(command, proxy_port) as p:
                 results.append(measure(f"rl-lb ({args.balancer})", proxy_port, p.pid, args))
+    print(f"{_load_average()} after")
     direct = results[0]
     nginx_cpu = results[1].cpu_us_per_call
     print(

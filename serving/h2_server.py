@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from typing import cast
 
@@ -45,13 +45,14 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError
+from h2.exceptions import ProtocolError, TooManyStreamsError
 from h2.settings import SettingCodes, Settings
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from serving.config import ProxyConfig
 from serving.grpc_settings import GRPC_CODES
 from serving.h2_http1 import Http1Pool
+from serving.h2_output import ACK_BATCH, H2ClientOutput
 from serving.h2_stream import H2Stream
 from serving.h2_upstream import H2UpstreamPool, Headers, StreamPool
 from serving.monitor import Backend
@@ -63,13 +64,7 @@ log = logging.getLogger("rl_lb.serving.h2")
 
 _MAX_CONTROL_FRAMES = 100
 """SETTINGS or PING frames a client may send in one second (gRPC keepalive sends a few a minute)."""
-_MAX_WRITE_BUFFER = 4 << 20
-"""Bytes waiting for a client that does not read, past which its connection is dropped."""
 _IDLE_S = 300.0
-_ACK_BATCH = 16 << 10
-"""Request bytes returned to a client's windows at once. A stream's window (64 KiB) reopens as
-its bytes go on to the backend, the connection's as soon as they arrive: the streams' windows
-bound the memory, and a stream whose backend is slow never holds up the client's others."""
 """An HTTP/2 connection without a stream this long is closed (GOAWAY NO_ERROR)."""
 
 
@@ -182,26 +177,28 @@ class H2Server:
         yield goaways
 
 
-class H2ClientConnection(asyncio.Protocol):
-    """One HTTP/2 client connection."""
+class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
+    """One HTTP/2 client connection (what its streams send: `serving.h2_output`)."""
 
     def __init__(self, server: H2Server) -> None:
-        self.server = server
-        self.h2 = H2Connection(
-            H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        # Response headers from an h2 backend were validated on receipt (H2UpstreamConnection),
+        # so checking them again on the way out is skipped; an HTTP/1.1 backend's are checked.
+        config = H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=not server.h2c,
         )
-        self.transport: asyncio.Transport | None = None
+        super().__init__(H2Connection(config), server.loop, server.goaways)
+        self.server = server
         self.streams: dict[int, H2Stream] = {}
         self.peer = "unknown"
         self.window_start = 0.0
         self.resets = 0
         self.control_frames = 0
         self.active = 0.0
-        self.batching = False
         self.returned = 0
         """Request bytes received and not yet returned to the connection's window."""
-        self.unacked: dict[int, int] = {}
-        """Per stream: request bytes passed on and not yet returned to its window."""
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -235,31 +232,25 @@ class H2ClientConnection(asyncio.Protocol):
                 if isinstance(error.error_code, ErrorCodes)
                 else ErrorCodes.PROTOCOL_ERROR
             )
-            log.info("HTTP/2 client %s: %s (GOAWAY %s)", self.peer, error, code.name)
+            # a stream past MAX_CONCURRENT_STREAMS is refused by h2 itself: the limit is one of
+            # the initial values (connection_made), in force before the client's acknowledgement
+            level = logging.WARNING if isinstance(error, TooManyStreamsError) else logging.INFO
+            log.log(level, "HTTP/2 client %s: %s (GOAWAY %s)", self.peer, error, code.name)
             self.goaway(code)
             return
         now = self.server.loop.time()
         self.active = now
         if now - self.window_start >= 1.0:
             self.window_start, self.resets, self.control_frames = now, 0, 0
-        self.batching = True
-        try:
-            for event in events:
-                self._event(event)
-                if self.transport is None:
-                    return
-        finally:
-            self.batching = False
+        for event in events:
+            self._event(event)
+            if self.transport is None:
+                return
         self.flush()
 
     def _event(self, event: object) -> None:
         if isinstance(event, RequestReceived):
             sid = event.stream_id or 0
-            if self.h2.open_inbound_streams > self.server.max_streams:
-                # h2 applies our limit only once the client acknowledged our SETTINGS
-                log.warning("HTTP/2 client %s: over the stream limit (GOAWAY)", self.peer)
-                self.goaway(ErrorCodes.PROTOCOL_ERROR)
-                return
             if self.server.stopping:
                 self.h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
                 return
@@ -269,8 +260,8 @@ class H2ClientConnection(asyncio.Protocol):
             new.start()
         elif isinstance(event, DataReceived):
             flow = event.flow_controlled_length or 0
-            self.returned += flow  # the connection's window reopens at once: see _ACK_BATCH
-            if self.returned >= _ACK_BATCH:
+            self.returned += flow  # the connection's window reopens at once: see ACK_BATCH
+            if self.returned >= ACK_BATCH:
                 self.h2.increment_flow_control_window(self.returned)
                 self.returned = 0
             stream = self.streams.get(event.stream_id or 0)
@@ -330,90 +321,6 @@ class H2ClientConnection(asyncio.Protocol):
         for stream in streams.values():
             stream.on_client_gone()
 
-    # -- what a stream sends --------------------------------------------------------------------
-
-    def ack(self, stream_id: int, size: int) -> None:
-        """`size` request bytes of the stream went on: its window reopens (batched)."""
-        if size <= 0 or self.transport is None:
-            return
-        held = self.unacked.get(stream_id, 0) + size
-        if held < _ACK_BATCH:
-            self.unacked[stream_id] = held
-            return
-        self.unacked.pop(stream_id, None)
-        try:
-            self.h2.increment_flow_control_window(held, stream_id=stream_id)
-        except ProtocolError:  # the stream closed meanwhile
-            return
-        self.flush()
-
-    def send_headers(self, stream_id: int, headers: Headers, end: bool) -> None:
-        try:
-            self.h2.send_headers(stream_id, headers, end_stream=end)
-        except ProtocolError:
-            return
-        self.flush()
-
-    def send_data(self, stream_id: int, out: deque[tuple[bytes, int]]) -> int:
-        """Send from `out` what the client's windows admit; returns the bytes sent."""
-        h2, sent = self.h2, 0
-        try:
-            while out:
-                window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
-                if window <= 0:
-                    break
-                data, size = out.popleft()
-                if size > window:
-                    out.appendleft((data[window:], size - window))
-                    data, size = data[:window], window
-                h2.send_data(stream_id, data)
-                sent += size
-        except ProtocolError:  # the client closed the stream meanwhile
-            out.clear()
-        self.flush()
-        return sent
-
-    def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
-        try:
-            if trailers:
-                self.h2.send_headers(stream_id, trailers, end_stream=True)
-            else:
-                self.h2.end_stream(stream_id)
-        except ProtocolError:
-            pass
-        self.flush()
-
-    def reset_stream(self, stream_id: int, code: ErrorCodes) -> None:
-        with contextlib.suppress(ProtocolError):
-            self.h2.reset_stream(stream_id, code)
-        self.flush()
-
-    def send_error(self, stream_id: int, status: int, reason: str, message: str) -> None:
-        body = message.encode() + b"\n"
-        headers = [
-            (b":status", str(status).encode()),
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-rl-lb-error", reason.encode()),
-        ]
-        try:
-            self.h2.send_headers(stream_id, headers)
-            self.h2.send_data(stream_id, body, end_stream=True)  # far under any window
-        except ProtocolError:
-            pass
-        self.flush()
-
-    def flush(self) -> None:
-        transport = self.transport
-        if self.batching or transport is None:
-            return
-        data = self.h2.data_to_send()
-        if data:
-            transport.write(data)
-            if transport.get_write_buffer_size() > _MAX_WRITE_BUFFER:
-                self.server.goaways["write-buffer"] += 1
-                transport.abort()
-
     # -- lifecycle ------------------------------------------------------------------------
 
     def live_streams(self) -> int:
@@ -441,8 +348,7 @@ class H2ClientConnection(asyncio.Protocol):
             self.h2.clear_outbound_data_buffer()
         with contextlib.suppress(ProtocolError):
             self.h2.close_connection(error_code=code)
-        self.batching = False
-        self.flush()
+        self.flush_now()
         self.transport = None
         self._forget_streams()
         transport.close()

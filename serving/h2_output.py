@@ -1,0 +1,156 @@
+"""What leaves an HTTP/2 connection: frames coalesced into one socket write per event-loop turn.
+
+A unary gRPC call through the proxy queues half a dozen frames on each side (HEADERS, DATA,
+trailers, WINDOW_UPDATEs), each from a different callback. Writing each at once cost one
+`transport.write` (one `send` system call) per frame — about half the proxy's CPU per call
+(docs/benchmarks.md, "gRPC through the proxy"). Here a connection only marks itself dirty, and
+one callback scheduled with `loop.call_soon` hands everything h2 queued meanwhile
+(`data_to_send()` concatenates it) to the transport in one write. Closing paths write at once
+(`flush_now`), so a GOAWAY is out before the transport closes.
+
+`H2ClientOutput` adds what a client stream (`serving.h2_stream.H2Stream`) sends on its
+connection: headers, data within the client's windows, trailers, resets, the proxy's own errors,
+and the batched return of request bytes to the client's windows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, deque
+
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import ProtocolError
+
+__all__ = ["ACK_BATCH", "MAX_WRITE_BUFFER", "CoalescedOutput", "H2ClientOutput", "Headers"]
+
+Headers = list[tuple[bytes, bytes]]
+
+MAX_WRITE_BUFFER = 4 << 20
+"""Bytes waiting for a client that does not read, past which its connection is dropped."""
+ACK_BATCH = 16 << 10
+"""Request bytes returned to a client's windows at once. A stream's window (64 KiB) reopens as
+its bytes go on to the backend, the connection's as soon as they arrive: the streams' windows
+bound the memory, and a stream whose backend is slow never holds up the client's others."""
+
+
+class CoalescedOutput:
+    """An h2 connection's outgoing bytes, written once per event-loop turn."""
+
+    def __init__(self, h2: H2Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self.h2 = h2
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.flush_due = False
+        """A `flush_now` is scheduled: frames queued until it runs leave with it."""
+
+    def flush(self) -> None:
+        """Have what h2 queued written before the loop waits for the sockets again."""
+        if self.flush_due or self.transport is None:
+            return
+        self.flush_due = True
+        self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Write what h2 queued, now (the scheduled flush, and closing paths)."""
+        self.flush_due = False
+        transport = self.transport
+        if transport is None:
+            return
+        data = self.h2.data_to_send()
+        if data:
+            transport.write(data)
+            self.wrote(transport)
+
+    def wrote(self, transport: asyncio.Transport) -> None:
+        """Called after each write (a subclass may check the transport's buffer)."""
+
+
+class H2ClientOutput(CoalescedOutput):
+    """The frames a client connection's streams send, and the client's windows reopened."""
+
+    def __init__(
+        self, h2: H2Connection, loop: asyncio.AbstractEventLoop, goaways: Counter[str]
+    ) -> None:
+        super().__init__(h2, loop)
+        self.goaways = goaways
+        """The listener's count of connections dropped, by reason (`write-buffer` here)."""
+        self.unacked: dict[int, int] = {}
+        """Per stream: request bytes passed on and not yet returned to its window."""
+
+    def wrote(self, transport: asyncio.Transport) -> None:
+        if transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            self.goaways["write-buffer"] += 1
+            transport.abort()
+
+    def ack(self, stream_id: int, size: int) -> None:
+        """`size` request bytes of the stream went on: its window reopens (batched)."""
+        if size <= 0 or self.transport is None:
+            return
+        held = self.unacked.get(stream_id, 0) + size
+        if held < ACK_BATCH:
+            self.unacked[stream_id] = held
+            return
+        self.unacked.pop(stream_id, None)
+        try:
+            self.h2.increment_flow_control_window(held, stream_id=stream_id)
+        except ProtocolError:  # the stream closed meanwhile
+            return
+        self.flush()
+
+    def send_headers(self, stream_id: int, headers: Headers, end: bool) -> None:
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end)
+        except ProtocolError:
+            return
+        self.flush()
+
+    def send_data(self, stream_id: int, out: deque[tuple[bytes, int]]) -> int:
+        """Send from `out` what the client's windows admit; returns the bytes sent."""
+        h2, sent = self.h2, 0
+        try:
+            while out:
+                window = min(h2.local_flow_control_window(stream_id), h2.max_outbound_frame_size)
+                if window <= 0:
+                    break
+                data, size = out.popleft()
+                if size > window:
+                    out.appendleft((data[window:], size - window))
+                    data, size = data[:window], window
+                h2.send_data(stream_id, data)
+                sent += size
+        except ProtocolError:  # the client closed the stream meanwhile
+            out.clear()
+        self.flush()
+        return sent
+
+    def end_stream(self, stream_id: int, trailers: Headers | None) -> None:
+        try:
+            if trailers:
+                self.h2.send_headers(stream_id, trailers, end_stream=True)
+            else:
+                self.h2.end_stream(stream_id)
+        except ProtocolError:
+            pass
+        self.flush()
+
+    def reset_stream(self, stream_id: int, code: ErrorCodes) -> None:
+        with contextlib.suppress(ProtocolError):
+            self.h2.reset_stream(stream_id, code)
+        self.flush()
+
+    def send_error(self, stream_id: int, status: int, reason: str, message: str) -> None:
+        body = message.encode() + b"\n"
+        headers = [
+            (b":status", str(status).encode()),
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"x-rl-lb-error", reason.encode()),
+        ]
+        try:
+            self.h2.send_headers(stream_id, headers)
+            self.h2.send_data(stream_id, body, end_stream=True)  # far under any window
+        except ProtocolError:
+            pass
+        self.flush()
