@@ -1,6 +1,6 @@
 """The client side of HTTP/2: h2c with prior knowledge and h2 over TLS (ALPN), via the `h2` library.
 
-`serving.http_server.ClientConnection` hands a connection over when its first bytes are the
+`serving.http_connection.ClientConnection` hands a connection over when its first bytes are the
 HTTP/2 preface (or its TLS client picked `h2`): from then on an `H2ClientConnection` owns the
 transport, and every stream becomes an `serving.h2_stream.H2Stream`, balanced on its own.
 
