@@ -14,11 +14,12 @@ What is written (nothing else: no request URL, header, body or client address):
 * `intervals-w<worker>-<n>.parquet`, one row per control decision: the snapshot the policy saw
   (list columns, one entry per backend), the weights decided, the mode and the balancer.
 
-The request path only appends a tuple to a list (`dispatched`, `answered`); each control step
-hands the list to a background thread (`flush`), which converts and writes it. Files rotate at
-`record-file-size` bytes; this worker deletes its oldest files once its own files exceed its
-share (`record-max-bytes / workers`) of the bound. pyarrow is imported here only, and this
-module only when recording is on.
+The request path only appends numbers to typed arrays, one per column (`dispatched`,
+`answered`): no object per request for the garbage collector to track. Each control step hands
+the arrays to a background thread (`flush`), which converts them to Arrow in bulk and writes
+them. Files rotate at `record-file-size` bytes; this worker deletes its oldest files once its
+own files exceed its share (`record-max-bytes / workers`) of the bound. pyarrow is imported here
+only, and this module only when recording is on.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ import queue
 import re
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa  # type: ignore[import-untyped]  # no type information shipped
 import pyarrow.parquet as pq  # type: ignore[import-untyped]  # no type information shipped
 
@@ -80,6 +83,10 @@ INTERVAL_SCHEMA = pa.schema(
 SAMPLE_KEY = "rl_lb.record_sample"
 """Schema metadata of the requests files: 1 in how many requests they hold."""
 _FILE_NAME = re.compile(r"^(requests|intervals)-w(\d+)-(\d{6})\.parquet$")
+_OUTCOME_VALUES = pa.array(OUTCOME_NAMES, pa.string())
+_INTERVAL_SHIFT = 32
+_IN_FLIGHT_MASK = (1 << _INTERVAL_SHIFT) - 1
+"""A dispatch's interval and in-flight count travel as one int: (interval << 32) + in-flight."""
 _PENDING_LIMIT = 100_000
 """Dispatched requests waiting for their answer beyond which the oldest are forgotten (requests
 the client abandoned never get one)."""
@@ -137,6 +144,48 @@ class _Writer:
             log.info("recording: %s deleted (record-max-bytes reached)", path.name)
 
 
+class _RequestColumns:
+    """One interval's sampled requests, a typed array per column. Appending a number to an
+    `array.array` allocates no Python object (a tuple per row did, kept alive until the writer
+    thread took it), and the writer thread turns each column into Arrow in one call over its
+    buffer instead of converting row by row under the GIL the event loop needs."""
+
+    __slots__ = ("arrival", "backend", "latency", "outcome", "packed")
+
+    def __init__(self) -> None:
+        self.arrival = array("d")
+        """Monitor-clock dispatch times (`Recorder.to_unix` added at conversion)."""
+        self.backend = array("I")
+        """Index into the recorder's backend names."""
+        self.latency = array("d")
+        self.outcome = array("B")
+        """Index into OUTCOME_NAMES."""
+        self.packed = array("q")
+        """(interval << _INTERVAL_SHIFT) + in_flight, both at dispatch."""
+
+    def __len__(self) -> int:
+        return len(self.arrival)
+
+    def table(self, names: list[str], to_unix: float) -> Any:
+        """The Arrow table of these rows (REQUEST_SCHEMA, without its metadata)."""
+        packed = np.frombuffer(self.packed, dtype=np.int64)
+        backend = pa.DictionaryArray.from_arrays(
+            pa.array(np.frombuffer(self.backend, dtype=np.uint32)), pa.array(names, pa.string())
+        )
+        outcome = pa.DictionaryArray.from_arrays(
+            pa.array(np.frombuffer(self.outcome, dtype=np.uint8)), _OUTCOME_VALUES
+        )
+        columns = [
+            pa.array(np.frombuffer(self.arrival, dtype=np.float64) + to_unix),
+            backend.cast(pa.string()),
+            pa.array(np.frombuffer(self.latency, dtype=np.float64)),
+            outcome.cast(pa.string()),
+            pa.array((packed & _IN_FLIGHT_MASK).astype(np.int32)),
+            pa.array(packed >> _INTERVAL_SHIFT),
+        ]
+        return pa.Table.from_arrays(columns, schema=REQUEST_SCHEMA)
+
+
 class Recorder:
     """Collects rows on the event loop, writes them from one background thread."""
 
@@ -161,8 +210,13 @@ class Recorder:
         self.to_unix = time.time() - time.monotonic()
         """Added to monitor-clock times (time.monotonic) to give Unix seconds."""
         self._seen = 0
-        self._pending: dict[float, tuple[int, int]] = {}
-        self._rows: list[tuple[float, str, float, str, int, int]] = []
+        self._interval_key = 0
+        """`interval << _INTERVAL_SHIFT`, added to a dispatch's in-flight count."""
+        self._pending: dict[float, int] = {}
+        """Dispatch time -> packed (interval, in-flight) of the sampled requests not answered."""
+        self._backend_ids: dict[str, int] = {}
+        self._backend_names: list[str] = []
+        self._columns = _RequestColumns()
         self._intervals: list[dict[str, Any]] = []
         requests = REQUEST_SCHEMA.with_metadata({SAMPLE_KEY: str(sample)})
         budget = max(max_bytes // (2 * workers), 1)  # requests and intervals share the bound
@@ -170,7 +224,7 @@ class Recorder:
             "requests": _Writer(path, "requests", worker, requests, file_size, budget),
             "intervals": _Writer(path, "intervals", worker, INTERVAL_SCHEMA, file_size, budget),
         }
-        self._queue: queue.Queue[tuple[str, list[Any]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="rl-lb-recorder", daemon=True)
         self._thread.start()
 
@@ -180,22 +234,23 @@ class Recorder:
         """A request went to a backend holding `in_flight` open exchanges (this one counted)."""
         self._seen += 1
         if self._seen % self.sample == 0:
-            self._pending[started] = (in_flight, self.interval)
+            self._pending[started] = self._interval_key + in_flight
 
     def answered(self, started: float, backend: str, latency_s: float, outcome: int) -> None:
         """Its response head (or its failure) came back: a row if it was sampled."""
-        pending = self._pending.pop(started, None)
-        if pending is not None:
-            self._rows.append(
-                (
-                    started + self.to_unix,
-                    backend,
-                    latency_s,
-                    OUTCOME_NAMES[outcome],
-                    pending[0],
-                    pending[1],
-                )
-            )
+        packed = self._pending.pop(started, None)
+        if packed is None:
+            return
+        backend_id = self._backend_ids.get(backend)
+        if backend_id is None:
+            backend_id = self._backend_ids[backend] = len(self._backend_names)
+            self._backend_names.append(backend)
+        columns = self._columns
+        columns.arrival.append(started)
+        columns.backend.append(backend_id)
+        columns.latency.append(latency_s)
+        columns.outcome.append(outcome)
+        columns.packed.append(packed)
 
     # -- once per control interval ----------------------------------------------------------
 
@@ -216,12 +271,14 @@ class Recorder:
             row[f"seen_{column}"] = getattr(snapshot, column).tolist()
         self._intervals.append(row)
         self.interval += 1
+        self._interval_key = self.interval << _INTERVAL_SHIFT
         self.flush()
 
     def flush(self) -> None:
-        if self._rows:
-            self._queue.put(("requests", self._rows))
-            self._rows = []
+        if len(self._columns):
+            # the names list is copied: the event loop may append a new backend meanwhile
+            self._queue.put(("requests", (self._columns, list(self._backend_names))))
+            self._columns = _RequestColumns()
         if self._intervals:
             self._queue.put(("intervals", self._intervals))
             self._intervals = []
@@ -243,7 +300,7 @@ class Recorder:
             try:
                 self._writers[kind].write(self._table(kind, rows))
             except Exception:  # a full disk must not stop the proxy: the batch is lost, logged
-                log.exception("recording: writing %d %s rows failed", len(rows), kind)
+                log.exception("recording: writing %d %s rows failed", self._count(rows), kind)
         for writer in self._writers.values():
             try:
                 writer.close()
@@ -251,11 +308,11 @@ class Recorder:
                 log.exception("recording: closing %s failed", writer.path)
 
     @staticmethod
-    def _table(kind: str, rows: list[Any]) -> Any:
+    def _count(rows: Any) -> int:
+        return len(rows[0]) if isinstance(rows, tuple) else len(rows)
+
+    def _table(self, kind: str, rows: Any) -> Any:
         if kind == "intervals":
             return pa.Table.from_pylist(rows, schema=INTERVAL_SCHEMA)
-        columns = list(zip(*rows, strict=True))
-        return pa.Table.from_arrays(
-            [pa.array(c, type=f.type) for c, f in zip(columns, REQUEST_SCHEMA, strict=True)],
-            schema=REQUEST_SCHEMA,
-        )
+        columns, names = rows
+        return columns.table(names, self.to_unix)
