@@ -9,15 +9,19 @@ starts Ray the same way (training/sweep.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from rl_lb.errors import ConfigError
 
-__all__ = ["LOCAL", "init_ray", "run_on_ray"]
+__all__ = ["LOCAL", "LOOPBACK", "init_ray", "run_on_ray"]
 
 LOCAL = "local"
 """The address that starts Ray on this machine rather than joining a cluster."""
+
+LOOPBACK = "127.0.0.1"
+"""The only address local Ray listens on: nothing it starts is reachable from other machines."""
 
 
 def init_ray(address: str = LOCAL) -> bool:
@@ -40,14 +44,43 @@ def init_ray(address: str = LOCAL) -> bool:
                 "--ray-address", f"cannot join Ray at {address}: {reason}", "check the address"
             ) from error
         return True
-    ray.init(
-        num_cpus=len(os.sched_getaffinity(0)),
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    with _node_on_loopback():
+        ray.init(
+            num_cpus=len(os.sched_getaffinity(0)),
+            include_dashboard=False,
+            _node_ip_address=LOOPBACK,
+            log_to_driver=False,
+            configure_logging=False,
+        )
     return True
+
+
+@contextmanager
+def _node_on_loopback() -> Iterator[None]:
+    """Keep a local Ray node on 127.0.0.1 while `ray.init` starts it.
+
+    `_node_ip_address="127.0.0.1"` alone is not enough: Ray swaps a loopback node address for
+    the machine's reachable one, and its gRPC servers (GCS, raylet, each worker) then listen on
+    all interfaces. Ray keeps a node on loopback, and binds those servers to 127.0.0.1, where it
+    treats the machine as unable to join clusters: `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read
+    once when Ray is imported. So the variable goes to the processes `ray.init` starts, and the
+    constant it set is overridden in this process, which imported Ray already; both are put back
+    afterwards so that a later `--ray-address` in this process joins a cluster as usual.
+    """
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            del os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR]
+        else:
+            os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = saved_env
 
 
 def run_on_ray(

@@ -1,5 +1,6 @@
 """`rl-lb sweep` on local Ray: two trials as MLflow children of one parent, the best
-registered; a bad sweep file is one error line; Ctrl-C leaves no process behind.
+registered, nothing of Ray's listening beyond loopback; a bad sweep file is one error line;
+Ctrl-C leaves no process behind.
 
 Ray, torch and a tiny scenario make each trial a minute or so on two busy cores: the sweep
 tests are `slow` (they still run in `make test`).
@@ -11,9 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 import mlflow
 import psutil
@@ -65,6 +68,47 @@ checkpoint_every_steps = 128
     return path
 
 
+LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
+"""Listening addresses that other machines cannot reach (Ray's gRPC servers take the mapped one)."""
+
+
+class Listeners:
+    """Every TCP socket listening in this process and its descendants (Ray's GCS and raylet, its
+    agents, the trials' workers), sampled twice a second while a sweep runs: local Ray must not
+    be reachable from other machines, and Ray's gRPC servers bind all interfaces by default."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[str, str, int]] = set()  # (process name, address, port)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> Listeners:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _watch(self) -> None:
+        root = psutil.Process()
+        while not self._stop.wait(0.5):
+            for process in [root, *root.children(recursive=True)]:
+                try:
+                    name = process.name()
+                    sockets = process.net_connections(kind="tcp")
+                except psutil.Error:  # gone, or a zombie, since children() listed it
+                    continue
+                for socket in sockets:
+                    if socket.status == psutil.CONN_LISTEN:
+                        self.seen.add((name, socket.laddr.ip, socket.laddr.port))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Path]:
     uri = f"sqlite:///{tmp_path}/mlruns.db"
@@ -114,7 +158,11 @@ def test_two_trials_on_local_ray_are_children_of_one_run_and_the_best_is_registe
     store: Path,
 ) -> None:
     path = sweep_file(store)
-    assert main(["sweep", "--config", str(path), "--out", str(store / "sweeps")]) == 0
+    with Listeners() as listeners:
+        assert main(["sweep", "--config", str(path), "--out", str(store / "sweeps")]) == 0
+    assert {"gcs_server", "raylet"} <= {name for name, _, _ in listeners.seen}, listeners.seen
+    reachable = {listener for listener in listeners.seen if listener[1] not in LOOPBACK}
+    assert not reachable, f"local Ray listens beyond loopback: {sorted(reachable)}"
     runs = mlflow.search_runs(experiment_names=["rl-lb"], output_format="list")
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
