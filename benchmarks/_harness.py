@@ -20,6 +20,7 @@ __all__ = [
     "PROXY_PORT",
     "RL_LB",
     "backends_conf",
+    "drive_with_wrk",
     "ensure_tools",
     "nginx_conf",
     "process",
@@ -112,3 +113,18 @@ def rl_lb_serve(balancer: str, *extra: str) -> list[str]:
         balancer,
         *extra,
     ]
+
+
+def drive_with_wrk(requests: int, port: int = PROXY_PORT) -> int:
+    """At least `requests` requests through 127.0.0.1:`port` with wrk (10 s runs of 32
+    connections until enough were sent); how many were sent."""
+    sent = 0
+    while sent < requests:
+        out = subprocess.run(
+            ["wrk", "-t1", "-c32", "-d10s", f"http://127.0.0.1:{port}/"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        sent += int(out.split(" requests in")[0].split()[-1])
+    return sent

@@ -18,7 +18,15 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-from _harness import PROXY_PORT, backends_conf, ensure_tools, process, rl_lb_serve, wait_port
+from _harness import (
+    PROXY_PORT,
+    backends_conf,
+    drive_with_wrk,
+    ensure_tools,
+    process,
+    rl_lb_serve,
+    wait_port,
+)
 
 
 def time_to_ready(cmd: list[str]) -> tuple[float, float, subprocess.Popen[bytes]]:
@@ -74,15 +82,7 @@ def main() -> None:
                 rss = psutil.Process(proc.pid)
                 time.sleep(1.0)
                 before = rss.memory_info().rss / 2**20
-                sent = 0
-                while sent < args.requests:
-                    out = subprocess.run(
-                        ["wrk", "-t1", "-c32", "-d10s", f"http://127.0.0.1:{PROXY_PORT}/"],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    ).stdout
-                    sent += int(out.split(" requests in")[0].split()[-1])
+                sent = drive_with_wrk(args.requests)
                 after = rss.memory_info().rss / 2**20
                 print(
                     f"resident memory: {before:.1f} MiB at start, {after:.1f} MiB after "

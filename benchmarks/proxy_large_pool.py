@@ -22,7 +22,15 @@ import urllib.request
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # no types-psutil in the venv
-from _harness import ADMIN_PORT, PROXY_PORT, RL_LB, ensure_tools, nginx_conf, process
+from _harness import (
+    ADMIN_PORT,
+    PROXY_PORT,
+    RL_LB,
+    drive_with_wrk,
+    ensure_tools,
+    nginx_conf,
+    process,
+)
 
 FIRST_PORT = 19000
 RSS_TARGET_MIB = 150
@@ -51,20 +59,6 @@ def admin_get(path: str) -> bytes:
 def listed_ports() -> set[int]:
     state = json.loads(admin_get("/admin/state"))
     return {int(b["url"].rsplit(":", 1)[1]) for b in state["backends"] if not b.get("draining")}
-
-
-def drive(requests: int) -> int:
-    """At least `requests` requests through the proxy with wrk (32 connections); how many."""
-    sent = 0
-    while sent < requests:
-        out = subprocess.run(
-            ["wrk", "-t1", "-c32", "-d10s", f"http://127.0.0.1:{PROXY_PORT}/"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        sent += int(out.split(" requests in")[0].split()[-1])
-    return sent
 
 
 def scrape_figures(scrapes: int) -> tuple[int, int, int, float]:
@@ -114,7 +108,7 @@ def main() -> None:
             memory = psutil.Process(proc.pid)
             time.sleep(1.0)
             before = memory.memory_info().rss / 2**20
-            sent = drive(args.requests)
+            sent = drive_with_wrk(args.requests)
             after = memory.memory_info().rss / 2**20
             series, per_backend, size, scrape = scrape_figures(args.scrapes)
             reload = reload_seconds(conf, args.balancer, pool, proc)
