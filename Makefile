@@ -36,14 +36,16 @@ test: lint typecheck pytest
 demo: setup
 	$(BIN)/rl-lb demo
 
-# Reproduces the shipped policy (fixed seeds and configs, three stages; see docs/training.md).
+# Reproduces the shipped policy (fixed seeds and configs, four stages; see docs/training.md).
 policy: setup
-	rm -rf runs/shipped-stage1 runs/shipped-stage2 runs/shipped-stage3
+	rm -rf runs/shipped-stage1 runs/shipped-stage2 runs/shipped-stage3 runs/shipped-stage4
 	$(BIN)/rl-lb train --config training/configs/shipped.toml --out runs/shipped-stage1
 	$(BIN)/rl-lb train --config training/configs/shipped-finetune.toml --out runs/shipped-stage2 \
 		--resume "$$(ls runs/shipped-stage1/*/best.zip)"
 	$(BIN)/rl-lb train --config training/configs/shipped-stage3.toml --out runs/shipped-stage3 \
-		--resume "$$(ls runs/shipped-stage2/*/best.zip)" --export rl_lb/policies/shipped
+		--resume "$$(ls runs/shipped-stage2/*/best.zip)"
+	$(BIN)/rl-lb train --config training/configs/shipped-worlds.toml --out runs/shipped-stage4 \
+		--resume "$$(ls runs/shipped-stage3/*/best.zip)" --export rl_lb/policies/shipped
 
 results: setup
 	$(BIN)/python -m training.results --seeds 10

@@ -20,6 +20,7 @@ from training.config import AlgoConfig, PolicyConfig, TrainConfig, load_config
 CONFIGS = Path(__file__).parents[1] / "training" / "configs"
 SHIPPED = CONFIGS / "shipped.toml"
 STAGE3 = CONFIGS / "shipped-stage3.toml"
+WORLDS = STAGE3.with_name("shipped-worlds.toml")
 FINETUNE = CONFIGS / "shipped-finetune.toml"
 """The two stages of `make policy` (docs/training.md, "Reproduce the shipped policy")."""
 
@@ -45,7 +46,9 @@ def test_the_file_fills_sections_and_flags_override_it(tmp_path: Path) -> None:
     assert config.flat()["algo_params.gamma"] == 1.0
 
 
-@pytest.mark.parametrize("path", [SHIPPED, FINETUNE, STAGE3], ids=["stage 1", "stage 2", "stage 3"])
+@pytest.mark.parametrize(
+    "path", [SHIPPED, FINETUNE, STAGE3, WORLDS], ids=["stage 1", "stage 2", "stage 3", "stage 4"]
+)
 def test_both_shipped_configs_load_and_pin_every_hyper_parameter(path: Path) -> None:
     """`make policy` must not change when a default in config.py does."""
     raw = tomllib.loads(path.read_text())
@@ -108,6 +111,8 @@ def test_the_shipped_configs_are_the_three_stages_docs_training_describes() -> N
         ("algo = 'sac'\n", "unknown algorithm 'sac'"),
         ("[eval\n", "invalid TOML"),
         ("policy = 3\n", "[policy] should be a table"),
+        ("worlds_seed = 1000000\n", "generator seed 1000000 is not a training seed"),
+        ("worlds = -1\n", "-1 generated worlds"),
     ],
 )
 def test_a_bad_file_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:

@@ -16,6 +16,7 @@ import torch
 from stable_baselines3 import PPO
 
 from rl_lb.cli import main
+from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import LearnedPolicy
 from training.config import load_config
 from training.train import RunResult, run
@@ -170,6 +171,22 @@ def test_a_run_resumes_from_its_checkpoint(
         m.step for m in mlflow.MlflowClient().get_metric_history(resumed.run_id, "eval/best_score")
     ]
     assert min(steps) > 128, "the step count carries on from the checkpoint"
+
+
+def test_a_run_resumes_onto_generated_worlds_of_larger_pools(
+    result: RunResult, store: Path, files: dict[str, Path]
+) -> None:
+    """The checkpoint saw pools of 3; generated world 0 of seed 1 has 26 backends, so the
+    environments pad to more slots than the checkpoint's spaces, and the set network resumes."""
+    overrides = {"worlds": 1, "worlds_seed": 1, "timesteps": 192, "out": str(store / "worlds")}
+    config = load_config(files["config"], {"scenarios": [str(files["scenario"])], **overrides})
+    resumed = run(config, resume=result.run_dir / "latest.zip")
+    written = sorted(p.name for p in (resumed.run_dir / "worlds").iterdir())
+    assert written == ["gen-1-0000.toml"]
+    model = PPO.load(resumed.run_dir / "latest.zip")
+    assert model.observation_space.shape == (26, FeatureEncoder().n_features)
+    artifacts = mlflow.MlflowClient().list_artifacts(resumed.run_id, "scenarios/worlds")
+    assert [Path(a.path).name for a in artifacts] == written
 
 
 def test_a_resumed_run_follows_its_own_seed(

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from envs.worlds import HELDOUT_SEED, MAX_COUNT
 from rl_lb.errors import ConfigError
 from rl_lb.policies.learned import DEFAULT_PICKER
 from rl_lb.scenarios import library_scenarios, resolve_scenario
@@ -82,6 +83,12 @@ class EvalConfig:
 class TrainConfig:
     scenarios: list[str] = field(default_factory=list)
     """Scenario files or library names; empty means the whole library (`scenarios/`)."""
+    worlds: int = 0
+    """Also train on this many generated worlds (`rl-lb scenario generate --seed worlds_seed`),
+    written into the run's folder and logged with the run. Evaluations use the named scenarios
+    only (or `[eval] scenarios`): the worlds are many, and the held-out ones are never trained."""
+    worlds_seed: int = 1
+    """The generator seed of those worlds; below `HELDOUT_SEED`, which is the held-out set's."""
     algo: str = "ppo"
     timesteps: int = 200_000
     n_envs: int = 2
@@ -175,6 +182,14 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if config.vec not in VEC_ENVS:
         raise ConfigError(
             "vec", f"unknown vectorisation {config.vec!r}", f"use {' or '.join(VEC_ENVS)}"
+        )
+    if not 0 <= config.worlds <= MAX_COUNT:
+        raise ConfigError("worlds", f"{config.worlds} generated worlds", f"give 0 to {MAX_COUNT}")
+    if not 0 <= config.worlds_seed < HELDOUT_SEED:
+        raise ConfigError(
+            "worlds_seed",
+            f"generator seed {config.worlds_seed} is not a training seed",
+            f"give 0 to {HELDOUT_SEED - 1}: seeds from {HELDOUT_SEED} on are the held-out worlds",
         )
     if config.n_envs < 1 or config.timesteps < 1:
         raise ConfigError("config", "n_envs and timesteps must be at least 1")

@@ -26,7 +26,7 @@ from typing import Any
 
 from envs.cli import check_output_path
 from envs.evaluate import evaluate
-from envs.worlds import World, generate_worlds
+from envs.worlds import HELDOUT_SEED, World, generate_worlds
 from rl_lb.balancers import BALANCER_NAMES, UNGUARDED_SUFFIX
 from rl_lb.errors import ConfigError, RlLbError
 from training.evaluation import LEARNED, REFERENCE
@@ -47,8 +47,6 @@ __all__ = [
     "write_csv",
 ]
 
-HELDOUT_SEED = 1_000_000
-"""The generator seed of the held-out worlds; training draws worlds from seeds below it only."""
 SELECTION_SEEDS = (40_001, 40_002, 40_003)
 EVALUATION_SEEDS = (40_004, 40_005, 40_006)
 """Simulator seeds, above training's (10_001…, 20_001…) and docs/results.md's (30_001…)."""

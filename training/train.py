@@ -34,6 +34,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
+from envs.worlds import write_worlds
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import DEFAULT_PICKER, RUN_POLICY_FOLDERS
@@ -113,7 +114,11 @@ def _build_model(config: TrainConfig, venv: VecEnv, resume: Path | None) -> Base
     if resume is not None:
         if not resume.is_file():
             raise ConfigError(str(resume), "no such checkpoint", "give a latest.zip or best.zip")
-        model = algo.load(resume, env=venv, device="cpu")
+        # The policy's parameters do not depend on the pool size (training/policy.py), so a
+        # checkpoint resumes on environments padded to more slots (e.g. generated worlds of
+        # hundreds of backends): its spaces are replaced by the environments'.
+        spaces = {"observation_space": venv.observation_space, "action_space": venv.action_space}
+        model = algo.load(resume, env=venv, device="cpu", custom_objects=spaces)
         # SB3 reseeds a loaded model with the checkpoint's seed; a resumed run follows its own.
         model.set_random_seed(config.seed)
         return model
@@ -322,6 +327,16 @@ def run(
         mlflow.set_tags({**git_state(), "resumed_from": str(resume or "")})
         for path in scenario_paths:
             mlflow.log_artifact(str(path), artifact_path="scenarios")
+        if config.worlds:
+            worlds_dir = run_dir / "worlds"
+            written = write_worlds(config.worlds_seed, config.worlds, worlds_dir)
+            scenarios = scenarios + [str(p) for p in written]  # evaluations keep the named ones
+            mlflow.log_artifacts(str(worlds_dir), artifact_path="scenarios/worlds")
+            console.print(
+                f"generated {len(written)} worlds of generator seed {config.worlds_seed} "
+                f"into {worlds_dir}",
+                highlight=False,
+            )
         (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
         mlflow.log_artifact(str(run_dir / "config.json"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from envs.worlds.generator import (
     ARRIVAL_KINDS,
+    HELDOUT_SEED,
     MAX_COUNT,
     World,
     generate_world,
@@ -22,6 +23,7 @@ from envs.worlds.trouble import TROUBLE_KINDS
 
 __all__ = [
     "ARRIVAL_KINDS",
+    "HELDOUT_SEED",
     "MAX_COUNT",
     "MAX_POOL",
     "MIX_KINDS",

@@ -25,6 +25,7 @@ from rl_lb.scenarios import ScenarioFamily
 __all__ = [
     "ARRIVAL_KINDS",
     "DURATION_S",
+    "HELDOUT_SEED",
     "MAX_COUNT",
     "World",
     "generate_world",
@@ -47,6 +48,9 @@ DELAYED_METRICS, MANY_PROXIES, OLD_PICKER_VIEW = 0.3, 0.25, 0.15
 """How often a world has stale metrics, several proxy replicas, and a picker with an old view."""
 MAX_COUNT = 100_000
 """Worlds one `rl-lb scenario generate` may write."""
+HELDOUT_SEED = 1_000_000
+"""The first generator seed of the held-out worlds (`training.heldout`): training draws its
+worlds from seeds below it only, so no held-out world is ever trained on."""
 
 
 @dataclass(frozen=True)
