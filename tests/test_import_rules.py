@@ -30,6 +30,7 @@ CORE_THIRD_PARTY: dict[str, str] = {
     "numpy": "metrics, features, policies and pickers compute on arrays",
     "typer": "the `rl-lb` command itself (rl_lb/cli.py) and the core's `scenario` commands",
     "rich": "the command's one-line red error on stderr (rl_lb/cli.py)",
+    "threadpoolctl": "the policy's forward pass on one BLAS thread (rl_lb/policies/learned.py)",
 }
 SERVING_FORBIDDEN: dict[str, str] = {
     "envs": "the simulator is not the proxy",
