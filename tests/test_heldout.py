@@ -89,6 +89,25 @@ def _result(world: World, learned: float, unguarded: float, vs_reference: float)
     )
 
 
+def test_the_selection_is_kept_and_reused_for_the_same_worlds_and_seeds(
+    tiny_run: tuple[list[WorldResult], Path],
+) -> None:
+    results, out = tiny_run
+    worlds, cache = [r.world for r in results], out / "selection.json"
+    kept = cache.read_text()
+    lines: list[str] = []
+    again = run_heldout(
+        worlds, out, selection_seeds=(1,), workers=1, log=lines.append, selection_only=True
+    )
+    assert again == []
+    assert lines == [f"selection: reusing {cache} (same worlds, seeds and heuristics)"]
+    assert cache.read_text() == kept
+    lines.clear()
+    run_heldout(worlds, out, selection_seeds=(4,), workers=1, log=lines.append, selection_only=True)
+    assert not any("reusing" in line for line in lines), "other seeds: selected again"
+    assert cache.read_text() != kept
+
+
 def test_summary_figures_guard_on_and_off() -> None:
     worlds = [generate_world(1_000_000, i) for i in range(3)]
     results = [

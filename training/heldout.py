@@ -10,12 +10,19 @@ the learned policy (guard on, and off: `learned~no-outcome-guard`), that heurist
 least-latency. A world's ratio is the mean over the evaluation seeds of the paired ratios, so
 neither side is flattered by the minimum of many noisy runs. Writes `heldout.csv` (one row per
 world), `heldout.md` (the summary) and the worlds' files under `OUT/worlds/`.
+
+The selection runs heuristics only, so it does not depend on the policy: its records are kept in
+`OUT/selection.json` with the worlds' texts and seeds they were made for, and a later run on the
+same worlds and seeds (another policy, or after `--selection-only`) reuses them instead of
+running them again. Delete the file after a change of the simulator.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import math
 import sys
 from collections import defaultdict
@@ -60,6 +67,7 @@ TARGETS = (
     ("geometric mean vs the best heuristic", "geomean_vs_best", "<=", 1.0),
     ("geometric mean vs least-latency", "geomean_vs_reference", "<=", 0.90),
 )
+SELECTION_FILE = "selection.json"
 BEGIN, END = "<!-- heldout:begin -->", "<!-- heldout:end -->"
 """Markers of the held-out section in docs/results.md, which this module rewrites alone."""
 WORST_SHOWN = 10
@@ -126,8 +134,12 @@ def run_heldout(
     evaluation_seeds: Sequence[int] = EVALUATION_SEEDS,
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
+    selection_only: bool = False,
 ) -> list[WorldResult]:
     """Select each world's best heuristic, then measure learned against it; files under `out`.
+
+    With `selection_only`, stop after the selection (kept in `out/selection.json`) and return
+    no results: the policy-independent part of a long run, done ahead of the policy.
 
     `log` receives a line at every tenth of each stage (a full run takes tens of minutes).
     """
@@ -140,16 +152,30 @@ def run_heldout(
         path = folder / world.file_name
         path.write_text(world.text, encoding="utf-8")
         families[world.name] = world.family(path)
-    selection = _by_world(
-        evaluate(
+    key = {
+        "worlds": {w.name: hashlib.sha256(w.text.encode()).hexdigest() for w in worlds},
+        "seeds": list(selection_seeds),
+        "heuristics": list(HEURISTICS),
+    }
+    cache = out / SELECTION_FILE
+    saved = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    if saved.get("key") == key:
+        if log is not None:
+            log(f"selection: reusing {cache} (same worlds, seeds and heuristics)")
+        records = saved["records"]
+    else:
+        records = evaluate(
             list(families.values()),
             HEURISTICS,
             selection_seeds,
             workers=workers,
             progress=_progress(log, "selection"),
         )
-    )
+        cache.write_text(json.dumps({"key": key, "records": records}, default=float), "utf-8")
+    selection = _by_world(records)
     best = {name: _pick_best(selection[name]) for name in families}
+    if selection_only:
+        return []
     measured: dict[str, dict[str, dict[int, float]]] = {}
     fallback: dict[str, list[float]] = defaultdict(list)
     for heuristic in sorted(set(best.values())):
@@ -334,6 +360,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", default=None, help="a trained model (default: the shipped)")
     parser.add_argument("--out", type=Path, default=Path("heldout"))
     parser.add_argument("--results", type=Path, default=None, help="e.g. docs/results.md")
+    parser.add_argument(
+        "--selection-only",
+        action="store_true",
+        help="run only the policy-independent selection (kept for the next run)",
+    )
     parser.add_argument("--mlflow", default=None, metavar="EXPERIMENT", help="log the CSV there")
     args = parser.parse_args(argv)
     if args.worlds < 1:
@@ -343,8 +374,15 @@ def main(argv: list[str] | None = None) -> None:
     check_output_path(args.results, "--results")
     worlds = generate_worlds(args.seed, args.worlds)
     results = run_heldout(
-        worlds, args.out, policy=args.policy, log=lambda line: print(line, flush=True)
+        worlds,
+        args.out,
+        policy=args.policy,
+        log=lambda line: print(line, flush=True),
+        selection_only=args.selection_only,
     )
+    if args.selection_only:
+        print(f"selection kept in {args.out / SELECTION_FILE}")
+        return
     command = f".venv/bin/python -m training.heldout --worlds {args.worlds}"
     if args.policy:
         command += f" --policy {args.policy}"
