@@ -3,8 +3,10 @@
 The budget is 3 µs per pick on one core for every p2c-family picker at every pool size (issue
 15: a pick draws two backends, whatever N; `jsq` scans all N and grows with it).
 Run: `.venv/bin/python benchmarks/pickers.py [--backends 16 100 1000]`.
-Prints two cases per picker: every backend available (the fast path) and two unavailable
-(the cached table for that availability pattern).
+Prints two cases per picker: every backend available (the table of the full pool) and two
+unavailable (the cached table for that availability pattern). The view is `PoolMetrics`, whose
+`available` is an `Availability` list, as in the simulator and (through `PoolView`) the proxy:
+the picker sees that it has not changed in O(1), so the p2c family costs the same at every N.
 """
 
 from __future__ import annotations

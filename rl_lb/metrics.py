@@ -2,7 +2,7 @@
 
 The equations here are a contract: the simulator's numba kernels (`envs/nb_metrics.py`) reproduce
 them bit for bit, so a policy reads the same numbers in simulation and behind the proxy. That is
-why the histogram constants and `bucket_index` are module-level and importable.
+why the histogram (`rl_lb.histogram`, re-exported here) is module-level and importable.
 
 State is stored struct-of-arrays: the request path touches one scalar per column, which is
 several times cheaper in plain Python lists and `array.array`s than in numpy arrays. The
@@ -25,8 +25,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rl_lb.availability import Availability
 from rl_lb.control import MetricsSettings
 from rl_lb.errors import ConfigError
+from rl_lb.histogram import BUCKETS, GROWTH, LOWEST, bucket_index, bucket_value, window_quantiles
 from rl_lb.types import BoolArray, Clock, FloatArray, IntArray, PoolSnapshot
 
 __all__ = [
@@ -41,12 +43,6 @@ __all__ = [
     "bucket_value",
 ]
 
-LOWEST = 1e-5
-"""Lower edge of histogram bucket 0, in seconds; anything faster lands in bucket 0."""
-GROWTH = 2.0 ** (1.0 / 8.0)
-"""Ratio of consecutive bucket edges: a bucket's midpoint is within 4.4% of any value in it."""
-BUCKETS = 256
-"""LOWEST × GROWTH**256 ≈ 11.9 h: the last bucket catches everything slower."""
 DEFAULT_WINDOW_S = MetricsSettings().window_s
 """Sliding window of the quantiles, error rate and throughput (proxy and scenarios alike)."""
 DEFAULT_EWMA_TAU_S = MetricsSettings().ewma_tau_s
@@ -54,50 +50,11 @@ DEFAULT_EWMA_TAU_S = MetricsSettings().ewma_tau_s
 DEFAULT_ERROR_PENALTY_S = MetricsSettings().error_penalty_s
 """The latency an error counts as in the peak-EWMA: a fast-failing backend must look slow."""
 
-_LOG_GROWTH = math.log(GROWTH)
 _NEVER = -(2**62)
 """Sub-window id of a ring entry that was never used: outside every window."""
 _QUANTILES = (0.5, 0.95, 0.99)
 _COUNT = "q"
 """`array` typecode of the rings and histograms: int64, numpy's `np.int64` without a copy."""
-
-
-def bucket_index(x: float) -> int:
-    """Histogram bucket of a latency of x seconds: clamp(floor(log(x/LOWEST)/log(GROWTH)))."""
-    if x <= 0.0:
-        return 0
-    if x == math.inf:
-        return BUCKETS - 1
-    k = math.floor(math.log(x / LOWEST) / _LOG_GROWTH)
-    if k < 0:
-        return 0
-    return min(k, BUCKETS - 1)
-
-
-def bucket_value(k: int) -> float:
-    """The latency a quantile reports for bucket k: its geometric midpoint."""
-    return LOWEST * math.pow(GROWTH, k + 0.5)
-
-
-_BUCKET_VALUES = np.array([bucket_value(k) for k in range(BUCKETS)] + [math.nan])
-"""`bucket_value` by index (the same floats), then NaN for an empty window."""
-
-
-def _quantiles(running: IntArray, totals: IntArray, before: IntArray, q: float) -> FloatArray:
-    """Per backend, the smallest bucket whose cumulative count reaches max(1, ceil(q·total));
-    NaN when the window is empty.
-
-    `running` is the cumulative sum of all the histograms end to end (backend-major), so one
-    binary search serves every backend: backend i's counts start after `before[i]` answers of
-    the earlier ones, and its bucket is where `running` first reaches before[i] + need[i]
-    (need ≤ total, so that lies inside backend i's histogram).
-    """
-    need = np.maximum(np.ceil(q * totals), 1).astype(np.int64)
-    position = np.searchsorted(running, before + need, side="left")
-    index = position - np.arange(len(totals)) * BUCKETS
-    index[totals == 0] = BUCKETS
-    values: FloatArray = _BUCKET_VALUES[index]
-    return values
 
 
 class PoolMetrics:
@@ -141,7 +98,7 @@ class PoolMetrics:
         self.in_flight: list[int] = []
         self.healthy: list[bool] = []
         self.ejected: list[bool] = []
-        self.available: list[bool] = []
+        self.available: list[bool] = Availability()  # an `Availability`: pickers check it in O(1)
         self._est: list[float] = []
         self._stamp: list[float] = []
         self._has: list[bool] = []
@@ -327,7 +284,7 @@ class PoolMetrics:
         self._expire(first)
         answers, errors, running = self._window_running(current)
         before = np.cumsum(answers) - answers
-        p50, p95, p99 = (_quantiles(running, answers, before, q) for q in _QUANTILES)
+        p50, p95, p99 = (window_quantiles(running, answers, before, q) for q in _QUANTILES)
         with np.errstate(invalid="ignore", divide="ignore"):
             error_rate = np.where(answers > 0, errors / answers, 0.0)
         created = np.array(self._created, dtype=np.float64)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import permutations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from rl_lb.availability import Availability
 from rl_lb.errors import ConfigError
 from rl_lb.metrics import PoolMetrics
 from rl_lb.pickers import PICKER_NAMES, make_picker
@@ -58,7 +62,7 @@ def view(
     )
 
 
-def picker(name: str, weights: Sequence[float] | None = None, seed: int = 1) -> Picker:
+def picker(name: str, weights: npt.ArrayLike | None = None, seed: int = 1) -> Picker:
     chosen = make_picker(name, random.Random(seed))
     if weights is not None:
         chosen.update(np.asarray(weights, dtype=np.float64))
@@ -262,3 +266,90 @@ def test_jsq_picks_the_shortest_queue_per_unit_of_weight() -> None:
 def test_jsq_breaks_ties_uniformly() -> None:
     got = shares(picker("jsq", [1.0] * 5), view(5, in_flight=[0, 0, 5, 0, 1]), 60_000)
     np.testing.assert_allclose(got, [1 / 3, 1 / 3, 0.0, 1 / 3, 0.0], atol=0.01)
+
+
+@pytest.mark.parametrize("name", SHARE_PICKERS)
+def test_the_next_pick_sees_every_change_of_availability(name: str) -> None:
+    """The table chosen for one pick is reused while the view's availability has not changed:
+    each change below must reach the very next pick. The second step keeps one backend down but
+    a different one, so a cache keyed on the number unavailable would also be stale there."""
+    metrics = PoolMetrics([f"b{i}" for i in range(4)], lambda: 0.0)
+    p = picker(name, [0.0, 0.0, 1.0, 1.0])
+    assert p.pick(metrics) in {2, 3}
+    metrics.set_health(2, False)
+    assert p.pick(metrics) == 3
+    metrics.set_health(2, True)
+    metrics.set_ejected(3, True)
+    assert p.pick(metrics) == 2
+    metrics.available[2] = False  # a write straight into the list, as the proxy's view does
+    assert p.pick(metrics) in {0, 1}  # every positive weight is out: uniform over the rest
+    metrics.available[2] = True
+    assert p.pick(metrics) == 2
+    metrics.set_ejected(3, False)
+    assert {p.pick(metrics) for _ in range(200)} == {2, 3}
+    metrics.remove_backend(2)  # now [0, 0, 1] misaligned: uniform over the 3 until an update
+    assert {p.pick(metrics) for _ in range(200)} == {0, 1, 2}
+    p.update(np.array([1.0, 0.0, 0.0]))
+    assert p.pick(metrics) == 0
+
+
+@pytest.mark.parametrize("name", SHARE_PICKERS)
+def test_a_cached_table_picks_as_a_fresh_scan_does(name: str) -> None:
+    """Twin pickers on one pool, one reading `PoolMetrics` (tables reused between changes), one
+    a plain-list copy (scanned every pick), make the same picks through changes of availability,
+    in-flight and weights."""
+    rng = random.Random(11)
+    metrics = PoolMetrics([f"b{i}" for i in range(12)], lambda: 0.0)
+    for i in range(12):
+        metrics.record(i, rng.uniform(0.001, 0.1), error=False, now=0.0)
+    costs = [metrics.cost(i) for i in range(12)]
+    weights = [rng.uniform(0.0, 2.0) for _ in range(12)]
+    cached, scanned = picker(name, weights, seed=5), picker(name, weights, seed=5)
+    for k in range(3000):
+        if k % 97 == 0:
+            i = rng.randrange(12)
+            metrics.set_health(i, not metrics.healthy[i])
+        if k % 500 == 0:
+            weights = [rng.uniform(0.0, 2.0) for _ in range(12)]
+            cached.update(np.array(weights))
+            scanned.update(np.array(weights))
+        metrics.in_flight[rng.randrange(12)] = rng.randrange(5)
+        plain = view(12, in_flight=metrics.in_flight, costs=costs)
+        plain.available = list(metrics.available)
+        assert type(plain.available) is list
+        assert cached.pick(metrics) == scanned.pick(plain)
+
+
+def test_availability_counts_its_changes() -> None:
+    available = Availability([True, True, False])
+    assert available == [True, True, False]
+    version = available.version
+    available[0] = True  # the same value: the pattern did not change
+    assert available.version == version
+    changes: list[Callable[[Availability], object]] = [
+        lambda a: a.__setitem__(0, False),
+        lambda a: a.__setitem__(slice(0, 2), [True, True]),
+        lambda a: a.append(False),
+        lambda a: a.extend([True]),
+        lambda a: a.insert(0, False),
+        lambda a: a.pop(),
+        lambda a: a.remove(False),
+        lambda a: a.__delitem__(0),
+        lambda a: a.__iadd__([True]),
+        lambda a: a.__imul__(2),
+        lambda a: a.reverse(),
+        lambda a: a.sort(),
+        lambda a: a.clear(),
+    ]
+    for change in changes:
+        version = available.version
+        change(available)
+        assert available.version > version, change
+    for copied in (
+        copy.deepcopy(Availability([False, True])),
+        pickle.loads(pickle.dumps(Availability([False, True]))),
+    ):
+        assert type(copied) is Availability
+        assert copied == [False, True]
+        copied.append(True)
+        assert copied.version == 1
