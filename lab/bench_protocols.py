@@ -12,6 +12,11 @@ The load generators here fill the same arrays as `lab.loadgen.run_schedule` (sen
 an HTTP-like status and a cause), so the records and tables of a run do not depend on the
 protocol. A gRPC call that ends in an error status is recorded as a 503 (`5xx`), one that runs
 out of its deadline as a timeout, one that could not connect as a connect failure.
+
+A run is bounded whatever the other side does (a GOAWAY, a peer gone silent, grpcio's own
+deadline not coming back): each call by its deadline plus `CALL_SLACK_S`, the run by the last
+call's deadline plus `RUN_SLACK_S` (calls still out then are recorded as timeouts), and closing
+the connections by `STOP_GRACE_S`. The records are written before the connections are closed.
 """
 
 from __future__ import annotations
@@ -53,6 +58,12 @@ H2_CONNECTIONS = 8
 streams first); the proxy's `h2-max-concurrent-streams` bounds each one's streams."""
 GRPC_UNAVAILABLE_STATUS = 503
 """The HTTP-like status a failed gRPC call is recorded with (it counts as a 5xx)."""
+CALL_SLACK_S = 1.0
+"""How long past its deadline a call may stay out before the generator gives it up itself."""
+RUN_SLACK_S = 5.0
+"""How long past the last call's deadline a run waits for the calls still out."""
+STOP_GRACE_S = 2.0
+"""How long giving up the calls still out, and closing the connections, may take."""
 
 
 def check_protocol(protocol: str) -> str:
@@ -267,7 +278,8 @@ class _ProtocolRun(_Run):
             if self.protocol == "grpc":
                 grpc = _grpc()
                 try:
-                    await self.calls[target](b"", timeout=self.timeout)
+                    async with asyncio.timeout(self.timeout + CALL_SLACK_S):
+                        await self.calls[target](b"", timeout=self.timeout)
                     status = 200
                 except grpc.aio.AioRpcError as error:
                     status, cause = _grpc_outcome(error.code())
@@ -285,11 +297,33 @@ class _ProtocolRun(_Run):
         self.status[j] = status
         self.cause[j] = cause
 
+    async def finish(self, start: float, give_up_at: float) -> None:
+        """Wait for the calls still out until `give_up_at` (monotonic); those still out then are
+        cancelled and recorded as timeouts, their latency running from their intended send time
+        (`start` + schedule) to the moment given up."""
+        if self.pending:
+            await asyncio.wait(set(self.pending), timeout=max(give_up_at - time.monotonic(), 0))
+        await self.cancel()
+        unanswered = np.isnan(self.latency)
+        self.latency[unanswered] = time.monotonic() - (start + self.schedule[unanswered])
+        self.cause[unanswered] = _TIMEOUT
+
+    async def cancel(self) -> None:
+        """Cancel the calls still out, waiting `STOP_GRACE_S` at most for them to go."""
+        for task in self.pending:
+            task.cancel()
+        if self.pending:
+            await asyncio.wait(set(self.pending), timeout=STOP_GRACE_S)
+
     async def close(self) -> None:
+        """Close the connections (grpcio cancels what is still on them), `STOP_GRACE_S` at most."""
         for client in self.h2_clients:
             client.close()
-        for channel in self.channels:
-            await channel.close()
+        closing = [asyncio.ensure_future(channel.close()) for channel in self.channels]
+        if closing:
+            _, late = await asyncio.wait(closing, timeout=STOP_GRACE_S)
+            for task in late:
+                task.cancel()
 
 
 def _grpc_outcome(code: Any) -> tuple[int, int]:
@@ -312,20 +346,20 @@ async def run_protocol_schedule(
     if targets is None:
         targets = np.zeros(len(schedule), dtype=np.int64)
     run = _ProtocolRun(urls, targets, schedule, protocol, timeout)
+    last_due = float(schedule[-1]) if len(schedule) else 0.0
     try:
         last = await run.dispatch(start_at)
-        while run.pending:
-            await asyncio.gather(*list(run.pending))
+        await run.finish(start_at, start_at + last_due + timeout + CALL_SLACK_S + RUN_SLACK_S)
+        np.savez(
+            out,
+            sent_s=schedule,
+            latency_s=run.latency,
+            lag_s=run.lag,
+            status=run.status,
+            cause=run.cause,
+            meta=np.array([start_at, last - start_at]),
+        )
     finally:
         await run.cancel()
         with contextlib.suppress(Exception):
             await run.close()
-    np.savez(
-        out,
-        sent_s=schedule,
-        latency_s=run.latency,
-        lag_s=run.lag,
-        status=run.status,
-        cause=run.cause,
-        meta=np.array([start_at, last - start_at]),
-    )

@@ -10,7 +10,8 @@ one callback scheduled with `loop.call_soon` hands everything h2 queued meanwhil
 
 `H2ClientOutput` adds what a client stream (`serving.h2_stream.H2Stream`) sends on its
 connection: headers, data within the client's windows, trailers, resets, the proxy's own errors,
-and the batched return of request bytes to the client's windows.
+and the batched return of request bytes to the client's windows. `streams_to_resume` says which
+streams, of either side's connections, a WINDOW_UPDATE lets send again.
 """
 
 from __future__ import annotations
@@ -18,14 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 
-__all__ = ["ACK_BATCH", "MAX_WRITE_BUFFER", "CoalescedOutput", "H2ClientOutput", "Headers"]
+__all__ = [
+    "ACK_BATCH",
+    "MAX_WRITE_BUFFER",
+    "CoalescedOutput",
+    "H2ClientOutput",
+    "Headers",
+    "streams_to_resume",
+]
 
 Headers = list[tuple[bytes, bytes]]
+Stream = TypeVar("Stream")
 
 MAX_WRITE_BUFFER = 4 << 20
 """Bytes waiting for a client that does not read, past which its connection is dropped."""
@@ -33,6 +44,18 @@ ACK_BATCH = 16 << 10
 """Request bytes returned to a client's windows at once. A stream's window (64 KiB) reopens as
 its bytes go on to the backend, the connection's as soon as they arrive: the streams' windows
 bound the memory, and a stream whose backend is slow never holds up the client's others."""
+
+
+def streams_to_resume(
+    streams: Mapping[int, Stream], stream_id: int | None, waiting: Callable[[Stream], bool]
+) -> list[Stream]:
+    """The streams a WINDOW_UPDATE on `stream_id` lets send again: that stream, or every stream
+    of the connection for the connection's window (`stream_id` 0), of those `waiting` to send.
+    A list, so that sending may open or close streams meanwhile."""
+    if stream_id:
+        stream = streams.get(stream_id)
+        return [stream] if stream is not None and waiting(stream) else []
+    return [stream for stream in streams.values() if waiting(stream)]
 
 
 class CoalescedOutput:

@@ -6,8 +6,14 @@ transport, and every stream becomes an `serving.h2_stream.H2Stream`, balanced on
 
 Hostile input is bounded here, each case ending the connection with the GOAWAY code the RFCs
 name while the other connections carry on:
-- rapid reset (CVE-2023-44487): more than `h2-max-resets` stream resets in a second →
-  ENHANCE_YOUR_CALM;
+- rapid reset (CVE-2023-44487): premature resets past a burst of `h2-max-concurrent-streams`
+  plus `h2-max-resets` a second (a token bucket) → ENHANCE_YOUR_CALM. A reset is premature when
+  the client resets a stream not yet answered, younger than `_PREMATURE_S` (Envoy's lifetime)
+  or, for a gRPC call, half its `grpc-timeout` (not under `_PREMATURE_FLOOR_S`). The attack
+  resets streams as it opens them, escaping the stream limit. A grpcio client whose calls expire
+  under load resets hundreds at once too, but those lived out their deadline; the calls that
+  waited for their slots go out and are reset at once, one stream limit's worth per wave at
+  most, which the burst absorbs (one already past its deadline reaches no backend: `H2Stream`);
 - SETTINGS and PING floods: more than `_MAX_CONTROL_FRAMES` a second → ENHANCE_YOUR_CALM; and
   reading stops while the client does not read our acknowledgements;
 - oversized header blocks: the HPACK decoder's header list limit (the HTTP/1.1 head limit,
@@ -52,7 +58,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from serving.config import ProxyConfig
 from serving.grpc_settings import GRPC_CODES
 from serving.h2_http1 import Http1Pool
-from serving.h2_output import ACK_BATCH, H2ClientOutput
+from serving.h2_output import ACK_BATCH, H2ClientOutput, streams_to_resume
 from serving.h2_stream import H2Stream
 from serving.h2_upstream import H2UpstreamPool, Headers, StreamPool
 from serving.monitor import Backend
@@ -66,6 +72,10 @@ _MAX_CONTROL_FRAMES = 100
 """SETTINGS or PING frames a client may send in one second (gRPC keepalive sends a few a minute)."""
 _IDLE_S = 300.0
 """An HTTP/2 connection without a stream this long is closed (GOAWAY NO_ERROR)."""
+_PREMATURE_S = 1.0
+"""A stream reset younger than this, before its answer began, counts toward `h2-max-resets`."""
+_PREMATURE_FLOOR_S = 0.05
+"""The shortest a gRPC call's `grpc-timeout` makes that age: a tiny timeout excuses no flood."""
 
 
 class H2Server:
@@ -93,6 +103,8 @@ class H2Server:
         """gRPC streaming calls open per backend, apart from in-flight."""
         self.goaways: Counter[str] = Counter()
         """Connections we closed with a GOAWAY error code, by code name."""
+        self.client_resets: Counter[str] = Counter()
+        """Streams the clients reset: `premature` (counted toward `h2-max-resets`) or `late`."""
         self.connections: set[H2ClientConnection] = set()
         self.stopping = False
 
@@ -175,6 +187,14 @@ class H2Server:
         for code, count in sorted(self.goaways.items()):
             goaways.add_metric([code], count)
         yield goaways
+        resets = CounterMetricFamily(
+            "rl_lb_h2_client_resets",
+            "HTTP/2 streams reset by the clients; premature ones count toward h2-max-resets",
+            labels=["kind"],
+        )
+        for kind in ("premature", "late"):
+            resets.add_metric([kind], self.client_resets[kind])
+        yield resets
 
 
 class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
@@ -194,8 +214,10 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.peer = "unknown"
         self.window_start = 0.0
-        self.resets = 0
         self.control_frames = 0
+        self.reset_tokens = float(server.max_resets + server.max_streams)
+        """Premature resets the client may still send (refilled at `h2-max-resets` a second)."""
+        self.tokens_at = 0.0
         self.active = 0.0
         self.returned = 0
         """Request bytes received and not yet returned to the connection's window."""
@@ -208,7 +230,7 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         server.connections.add(self)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else "unknown"
-        self.active = self.window_start = server.loop.time()
+        self.active = self.window_start = self.tokens_at = server.loop.time()
         h2 = self.h2
         # given as initial values, the first SETTINGS frame carries them (by assignment they
         # would wait for an acknowledgement that was never asked for)
@@ -241,7 +263,7 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         now = self.server.loop.time()
         self.active = now
         if now - self.window_start >= 1.0:
-            self.window_start, self.resets, self.control_frames = now, 0, 0
+            self.window_start, self.control_frames = now, 0
         for event in events:
             self._event(event)
             if self.transport is None:
@@ -274,14 +296,19 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         elif isinstance(event, TrailersReceived):
             pass  # request trailers are not forwarded (gRPC clients send none); END_STREAM follows
         elif isinstance(event, StreamReset):
-            self.resets += 1
-            if self.resets > self.server.max_resets:
+            sid = event.stream_id or 0
+            stream = self.streams.get(sid)
+            if stream is None:
+                return  # refused or long over: it cost the proxy nothing
+            now = self.server.loop.time()
+            premature = _premature(stream, now)
+            self.server.client_resets["premature" if premature else "late"] += 1
+            if premature and not self._take_reset_token(now):
                 log.warning("HTTP/2 client %s: rapid reset (GOAWAY ENHANCE_YOUR_CALM)", self.peer)
                 self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
                 return
-            gone = self.streams.pop(event.stream_id or 0, None)
-            if gone is not None:
-                gone.on_client_gone()
+            del self.streams[sid]
+            stream.on_client_gone()
         elif isinstance(event, PingReceived | RemoteSettingsChanged):
             self.control_frames += 1
             if self.control_frames > _MAX_CONTROL_FRAMES:
@@ -290,18 +317,23 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
                 )
                 self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
         elif isinstance(event, WindowUpdated):
-            targets = (
-                list(self.streams.values())
-                if not event.stream_id
-                else [s for s in (self.streams.get(event.stream_id),) if s is not None]
-            )
-            for stream in targets:
-                if stream.out or stream.out_ended:
-                    stream.pump()
+            for stream in streams_to_resume(self.streams, event.stream_id, _has_output):
+                stream.pump()
         elif isinstance(event, ConnectionTerminated):
             self._forget_streams()
             if self.transport is not None:
                 self.transport.close()
+
+    def _take_reset_token(self, now: float) -> bool:
+        """Charge one premature reset to the client's bucket; False once it is empty."""
+        server = self.server
+        burst = server.max_resets + server.max_streams
+        refill = (now - self.tokens_at) * server.max_resets
+        self.reset_tokens, self.tokens_at = min(burst, self.reset_tokens + refill), now
+        if self.reset_tokens < 1.0:
+            return False
+        self.reset_tokens -= 1.0
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -352,3 +384,17 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         self.transport = None
         self._forget_streams()
         transport.close()
+
+
+def _premature(stream: H2Stream, now: float) -> bool:
+    """Whether the client's reset of `stream` is of the rapid-reset kind (module docstring)."""
+    if stream.headed or stream.closed:
+        return False  # answered, or being answered: the client read what it asked for
+    allowed = stream.deadline - stream.received_at  # the call's grpc-timeout, inf without one
+    young = min(_PREMATURE_S, max(_PREMATURE_FLOOR_S, allowed / 2))
+    return now - stream.received_at < young
+
+
+def _has_output(stream: H2Stream) -> bool:
+    """Response bytes or its end wait for the client's window."""
+    return bool(stream.out) or stream.out_ended

@@ -85,6 +85,11 @@ class H2Stream:
                 405, "connect", "CONNECT is refused: rl-lb is a reverse proxy", "UNIMPLEMENTED"
             )
             return
+        if self.deadline <= self.server.loop.time():
+            # grpcio sends a call that waited for a free stream past its deadline with
+            # `grpc-timeout: 1n` (and resets it at once): no backend could answer it in time
+            self.expired()
+            return
         self.server.forwarder.budget.request()
         self._attempt(self.server.forwarder.pick(()))
 

@@ -30,7 +30,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
-from serving.h2_output import CoalescedOutput, Headers
+from serving.h2_output import CoalescedOutput, Headers, streams_to_resume
 
 if TYPE_CHECKING:
     from serving.h2_upstream import H2UpstreamPool, StreamListener
@@ -234,14 +234,8 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
                 stream.listener.on_upstream_error("upstream-reset", message, refused)
             self.pool.serve_waiting()
         elif isinstance(event, WindowUpdated):
-            targets = (
-                list(self.streams.values())
-                if not event.stream_id
-                else [s for s in (self.streams.get(event.stream_id),) if s is not None]
-            )
-            for stream in targets:
-                if stream.pending or stream.ended:
-                    self.pump(stream)
+            for stream in streams_to_resume(self.streams, event.stream_id, _has_request_left):
+                self.pump(stream)
         elif isinstance(event, RemoteSettingsChanged):
             self.pool.serve_waiting()
         elif isinstance(event, ConnectionTerminated):
@@ -286,6 +280,11 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
             except ProtocolError:
                 pass
             self.transport.close()
+
+
+def _has_request_left(stream: UpstreamStream) -> bool:
+    """Request bytes or its end wait for the backend's window."""
+    return bool(stream.pending) or stream.ended
 
 
 def _status(headers: Headers) -> int:
