@@ -56,6 +56,8 @@ LEADS_S = (3.0, 6.0, 12.0)
 generator start in between (the backends' events are shifted by as much). They take ~1.5 s on
 2 idle cores; a start slower than the lead (a busy machine) is retried with the next one."""
 START_MARGIN_S = 0.1
+LOAD_SLACK_S = 30.0
+"""How long after its last call's deadline the load generator may take to exit."""
 REFRESH_S = 0.25
 """How often the admin API is polled for the live table and the weights over time."""
 MAX_DURATION_S = 600.0
@@ -251,7 +253,17 @@ async def _run_one(
                 async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=REFRESH_S * 4)
                 ) as admin:
+                    # Bounded: a child that hangs (say in grpcio's shutdown) after its last
+                    # call's deadline is stopped, with an error, rather than waited for.
+                    give_up = start_at + scenario.duration_s + 2 * scenario.timeout_s
+                    give_up += LOAD_SLACK_S
                     while not load.done():
+                        if time.monotonic() > give_up:
+                            raise RuntimeError(
+                                f"the load generator was still running {LOAD_SLACK_S:.0f} s "
+                                "after its last call's deadline: stopped (see its stderr in "
+                                f"{workdir})"
+                            )
                         # Proxy 0's view, as the simulator records proxy 0's decisions.
                         state = await read_state(admin, f"{proxies[0].admin_url}/state")
                         elapsed = time.monotonic() - start_at

@@ -211,8 +211,9 @@ class ConnectionSettings(CoreSettings):
         200,
         Setting(
             "h2-max-resets",
-            "Stream resets a client may send per second before its connection is closed "
-            "(GOAWAY ENHANCE_YOUR_CALM; the HTTP/2 rapid reset attack).",
+            "Premature stream resets (before any answer, on a young stream) a client may send "
+            "per second before its connection is closed (GOAWAY ENHANCE_YOUR_CALM; the HTTP/2 "
+            "rapid reset attack).",
             "resets/s",
             minimum=1,
             integer=True,
