@@ -15,7 +15,7 @@ from serving.config_values import (
     read_switch,
     read_text,
 )
-from serving.discovery import read_sources
+from serving.discovery_sources import read_sources
 from serving.grpc_settings import (
     DEFAULT_ERROR_CODES,
     read_backend_protocol,

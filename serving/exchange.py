@@ -11,18 +11,18 @@ backend judged) and either hands the client connection on to its next request or
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import Protocol
 
+from rl_lb.retry_budget import RetryBudget
+from serving.backend import Backend
 from serving.http_connection import ClientConnection
 from serving.http_message import Request, request_head, response_head
-from serving.monitor import Backend
-from serving.tunnel import open_tunnel, upgrade_headers
-from serving.upstream import UpstreamConnection
+from serving.monitor import Monitor
+from serving.tunnel import Tunnels, open_tunnel, upgrade_headers
+from serving.upstream_conn import UpstreamConnection
 
-if TYPE_CHECKING:
-    from serving.proxy import Forwarder  # it makes the exchanges: imported for the type only
-
-__all__ = ["IDEMPOTENT", "Exchange"]
+__all__ = ["IDEMPOTENT", "Exchange", "ExchangeHost", "PathCounters"]
 
 log = logging.getLogger("rl_lb.serving.proxy")
 """The request path's logger: the name the proxy's log settings know (`serving.proxy`'s)."""
@@ -33,6 +33,47 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_BODY = (204, 304)
 _INLINE = 1 << 14
 """Response head and first body chunk leave in one write below this size (one segment)."""
+
+
+class PathCounters(Protocol):
+    """The request path's counters an exchange adds to (`ProxyStats`, serving/proxy.py)."""
+
+    retries: int
+    errors: Counter[str]
+
+
+class ExchangeHost(Protocol):
+    """What an exchange uses of the `Forwarder` that made it (serving/proxy.py): the forwarder
+    imports this module to make exchanges, so this one names what it needs instead of importing
+    that one back."""
+
+    monitor: Monitor
+    budget: RetryBudget
+    tunnels: Tunnels
+    retries: int
+    max_body: int
+    total_timeout: float
+    preserve_host: bool
+    proto: bytes
+    stopping: bool
+
+    @property
+    def stats(self) -> PathCounters: ...  # read-only: `ProxyStats` counts more than this
+
+    def pick(self, tried: list[Backend]) -> Backend | None: ...
+
+    def unavailable(self, conn: ClientConnection) -> None: ...
+
+    def fail(
+        self,
+        conn: ClientConnection,
+        status: int,
+        reason: str,
+        message: str,
+        backend: str | None = None,
+        *,
+        close: bool = False,
+    ) -> None: ...
 
 
 class Exchange:
@@ -57,7 +98,7 @@ class Exchange:
         "up",
     )
 
-    def __init__(self, forwarder: Forwarder, conn: ClientConnection, request: Request) -> None:
+    def __init__(self, forwarder: ExchangeHost, conn: ClientConnection, request: Request) -> None:
         self.forwarder = forwarder
         self.conn = conn
         self.request = request

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from typing import TYPE_CHECKING, cast
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 
 from serving.http_message import Headers, Request, error_response
 
-if TYPE_CHECKING:
-    from serving.http_server import HttpServer
-
-__all__ = ["ClientConnection"]
+__all__ = ["ClientConnection", "ConnectionHost"]
 
 log = logging.getLogger("rl_lb.serving.http")
 
@@ -44,10 +42,30 @@ class _HeadTooLargeError(Exception):
     pass
 
 
+class ConnectionHost(Protocol):
+    """What a connection uses of the listening socket's shared state: `HttpServer`
+    (serving/http_server.py), which makes the connections and so imports this module; this one
+    names what it needs instead of importing that one back."""
+
+    handler: Callable[[ClientConnection, Request], None]
+    errors: Counter[str]
+    max_connections: int
+    max_header_bytes: int
+    max_head_bytes: int
+    header_timeout: float
+    on_answered: Callable[[int, float], None] | None
+    loop: asyncio.AbstractEventLoop
+    connections: set[ClientConnection]
+    stopping: bool
+    alpn_handoff: dict[str, Callable[[asyncio.Transport], asyncio.Protocol]]
+
+    def answered(self, request: Request) -> None: ...
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection; `queue[0]` is the request being answered, later ones pipelined."""
 
-    def __init__(self, server: HttpServer) -> None:
+    def __init__(self, server: ConnectionHost) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.parser = HttpRequestParser(self)

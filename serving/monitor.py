@@ -16,17 +16,18 @@ import asyncio
 import logging
 import math
 import time
-from bisect import bisect_left
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
 
+from rl_lb.availability import Availability
 from rl_lb.errors import ConfigError
 from rl_lb.health import HealthChecker, OutlierDetector
 from rl_lb.metrics import PoolMetrics
 from rl_lb.slow_start import SlowStart
 from rl_lb.types import Clock
+from serving.backend import LATENCY_BUCKETS, STATUS_CLASSES, Backend  # re-exported
 from serving.config import ProxyConfig, normalise_backend
 from serving.failure_reasons import describe_failure, describe_status
 from serving.upstream import UpstreamPool
@@ -45,50 +46,8 @@ __all__ = [
 
 log = logging.getLogger("rl_lb.serving.monitor")
 
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-"""Upper bounds (s) of the exported latency histogram; a last bucket takes the rest."""
-STATUS_CLASSES: tuple[str, ...] = ("1xx", "2xx", "3xx", "4xx", "5xx", "error")
-"""Exported request outcomes; "error" is a connection failure or a timeout (no status)."""
 HEALTH_CHECK_BURST = 50
 """Health checks sent at the same moment at most; larger pools are checked in spread groups."""
-
-
-class Backend:
-    """One upstream: its URL, its connection pool, and counters for the exported metrics."""
-
-    __slots__ = (
-        "active",
-        "draining",
-        "failure",
-        "index",
-        "latency_counts",
-        "latency_sum",
-        "outcomes",
-        "pool",
-        "url",
-    )
-
-    def __init__(self, url: str, index: int, pool: UpstreamPool) -> None:
-        self.url = url
-        self.index = index
-        """Position in the trackers' lists; -1 once removed."""
-        self.pool = pool
-        self.active = 0
-        """Exchanges open (request sent, response not fully relayed yet)."""
-        self.draining = False
-        self.failure: str | None = None
-        """Why the last health check failed (DNS, refused, timeout, TLS, status); None once one
-        passes. `/admin/state` shows it and the log gives it when the backend turns unhealthy."""
-        self.outcomes = [0] * len(STATUS_CLASSES)
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-
-    def observe(self, latency_s: float, outcome: int) -> None:
-        self.outcomes[outcome] += 1
-        self.latency_counts[bisect_left(LATENCY_BUCKETS, latency_s)] += 1
-        self.latency_sum += latency_s
 
 
 class PoolView:
@@ -96,7 +55,7 @@ class PoolView:
 
     def __init__(self, metrics: PoolMetrics) -> None:
         self.in_flight = metrics.in_flight
-        self.available: list[bool] = []
+        self.available: list[bool] = Availability()  # the picker sees its changes in O(1)
         self.cost = metrics.cost
 
 

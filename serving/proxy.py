@@ -19,12 +19,13 @@ from collections import Counter
 
 from rl_lb.retry_budget import RetryBudget
 from rl_lb.types import NoBackendAvailable
+from serving.backend import LATENCY_BUCKETS, Backend
 from serving.config import ProxyConfig
 from serving.controller import Controller
 from serving.exchange import Exchange
 from serving.http_connection import ClientConnection
 from serving.http_message import Request, error_response, origin_form
-from serving.monitor import LATENCY_BUCKETS, Backend, Monitor
+from serving.monitor import Monitor
 from serving.tunnel import Tunnels
 
 __all__ = ["Forwarder", "ProxyStats"]

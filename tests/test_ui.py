@@ -6,6 +6,7 @@ printed by `rl-lb ui` must land on the rl-lb experiment's runs in the model-trai
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import psutil  # type: ignore[import-untyped]  # no type information shipped
 import pytest
 
 from training.tracking import (
@@ -72,12 +74,44 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _session_groups(session: int) -> set[int]:
+    """The process groups with a live (not zombie) process in `session`.
+
+    `rl-lb ui` runs in a session of its own and starts MLflow (uvicorn, job runners, huey
+    consumers) in a second process group of that session: killing the command's group alone
+    would leave the server holding its port, as it once did for the rest of a suite."""
+    groups: set[int] = set()
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(process.pid) == session and process.info["status"] != psutil.STATUS_ZOMBIE:
+                groups.add(os.getpgid(process.pid))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return groups
+
+
+def _end_session(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to every group of the command's session, SIGKILL to what is left after a bounded
+    wait; the command itself is reaped on the way. Anything alive after that fails the test."""
+    session = process.pid
+    for signum, wait_s in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 10.0)):
+        for group in _session_groups(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signum)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            process.poll()
+            if not _session_groups(session):
+                return
+            time.sleep(0.2)
+    left = _session_groups(session)
+    assert not left, f"process groups {sorted(left)} of `rl-lb ui` outlived SIGKILL"
+
+
 @pytest.fixture
 def ui_process(store: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """`rl-lb ui` in its own process group, stopped as Ctrl-C stops it (SIGINT to the group).
-
-    MLflow starts uvicorn and job-runner children; SIGTERM to the command alone would orphan them.
-    """
+    """`rl-lb ui` on a free port in a session of its own, everything in that session stopped
+    however the test ends (it fails, it is interrupted, the command ignores its signal)."""
     port = _free_port()
     with subprocess.Popen(
         [sys.executable, "-m", "rl_lb.cli", "ui", "--port", str(port)],
@@ -91,25 +125,7 @@ def ui_process(store: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[st
         try:
             yield process, port
         finally:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-            _reap_group(process.pid)
-
-
-def _reap_group(group: int) -> None:
-    """Children of the group may outlive the command by a few seconds; kill any left after 30 s."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    os.killpg(group, signal.SIGKILL)
+            _end_session(process)
 
 
 def _experiment_from_server(port: int, experiment_id: str) -> dict[str, Any]:
@@ -142,3 +158,35 @@ def test_rl_lb_ui_prints_the_runs_page_of_the_experiment_it_serves(
     assert experiment["name"] == "rl-lb"
     tags = {tag["key"]: tag["value"] for tag in experiment["tags"]}
     assert tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+
+def _wait_until_answering(port: int) -> None:
+    url = f"http://127.0.0.1:{port}/health"
+    deadline = time.monotonic() + 180  # as in _experiment_from_server
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_to_rl_lb_ui_alone_stops_the_server_it_started(
+    ui_process: tuple[subprocess.Popen[str], int], signum: signal.Signals
+) -> None:
+    """`kill` or Ctrl-C to the command (not to its group): the MLflow processes go with it, and
+    the port is free once it has exited."""
+    process, port = ui_process
+    _wait_until_answering(port)
+    assert len(_session_groups(process.pid)) == 2  # the command's group and the server's
+
+    os.kill(process.pid, signum)
+    assert process.wait(timeout=60) == 0  # its own bounds: 15 s SIGTERM, then 5 s SIGKILL
+    assert _session_groups(process.pid) == set()
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted UI would
+        probe.bind(("127.0.0.1", port))  # fails while anything still listens there
