@@ -223,7 +223,9 @@ async def test_a_watched_file_is_followed_and_a_bad_one_keeps_the_last_set(
             assert discovery is not None
             await eventually(lambda: discovery.states[0].errors >= 1, 0.1 + SLACK_S)
             path.unlink()
-            await asyncio.sleep(0.3)
+            await eventually(
+                lambda: "no such file" in (discovery.states[0].last_error or ""), 0.1 + SLACK_S
+            )
         urls = sorted(b.url for b in proxy.monitor.backends)
         assert urls == sorted([pool[1].url, pool[2].url]), "the static backend must stay"
         assert "no such file" in (discovery.states[0].last_error or "")
