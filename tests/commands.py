@@ -6,13 +6,18 @@ waits for the line a user waits for, stops it with SIGINT and checks what it sai
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Stopped", "read_until", "run_then_ctrl_c"]
+import psutil  # type: ignore[import-untyped]  # no type information shipped
+
+__all__ = ["Stopped", "end_session", "read_until", "run_then_ctrl_c", "session_groups"]
 
 
 def read_until(process: subprocess.Popen[str], marker: str, limit: int = 200) -> list[str]:
@@ -71,3 +76,38 @@ def run_then_ctrl_c(
                 process.communicate(timeout=10)
                 raise
     return Stopped(lines, rest, err or "", process.returncode)
+
+
+def session_groups(session: int) -> set[int]:
+    """The process groups with a live (not zombie) process in `session`.
+
+    A command started with `start_new_session=True` leads its own session; `rl-lb ui` starts
+    MLflow (uvicorn, job runners, huey consumers) in a second process group of it: killing the
+    command's group alone would leave the server holding its port, as it once did for the rest
+    of a suite."""
+    groups: set[int] = set()
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(process.pid) == session and process.info["status"] != psutil.STATUS_ZOMBIE:
+                groups.add(os.getpgid(process.pid))
+        except (ProcessLookupError, PermissionError):
+            continue
+    return groups
+
+
+def end_session(process: subprocess.Popen[str]) -> None:
+    """SIGTERM to every group of the command's session, SIGKILL to what is left after a bounded
+    wait; the command itself is reaped on the way. Anything alive after that fails the test."""
+    session = process.pid
+    for signum, wait_s in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 10.0)):
+        for group in session_groups(session):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signum)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            process.poll()
+            if not session_groups(session):
+                return
+            time.sleep(0.2)
+    left = session_groups(session)
+    assert not left, f"process groups {sorted(left)} of the command outlived SIGKILL"

@@ -8,6 +8,7 @@ trio runs on the README's own ports, so it is skipped when one of them is taken.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from commands import read_until
+from commands import end_session, read_until
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHORTER = {
@@ -79,6 +80,7 @@ def started(command: str, cwd: Path) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -135,11 +137,9 @@ def stopped_at_the_end() -> Iterator[list[subprocess.Popen[str]]]:
     for process in reversed(processes):
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate(timeout=10)
+        end_session(process)  # what outlived Ctrl-C (rl-lb ui's MLflow server, say) goes too
 
 
 def test_backends_serve_and_loadgen_run_as_written(

@@ -6,7 +6,6 @@ printed by `rl-lb ui` must land on the rl-lb experiment's runs in the model-trai
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import psutil  # type: ignore[import-untyped]  # no type information shipped
 import pytest
+from commands import end_session, session_groups
 
 from training.tracking import (
     EXPERIMENT_KIND_TAG,
@@ -74,40 +73,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _session_groups(session: int) -> set[int]:
-    """The process groups with a live (not zombie) process in `session`.
-
-    `rl-lb ui` runs in a session of its own and starts MLflow (uvicorn, job runners, huey
-    consumers) in a second process group of that session: killing the command's group alone
-    would leave the server holding its port, as it once did for the rest of a suite."""
-    groups: set[int] = set()
-    for process in psutil.process_iter(["status"]):
-        try:
-            if os.getsid(process.pid) == session and process.info["status"] != psutil.STATUS_ZOMBIE:
-                groups.add(os.getpgid(process.pid))
-        except (ProcessLookupError, PermissionError):
-            continue
-    return groups
-
-
-def _end_session(process: subprocess.Popen[str]) -> None:
-    """SIGTERM to every group of the command's session, SIGKILL to what is left after a bounded
-    wait; the command itself is reaped on the way. Anything alive after that fails the test."""
-    session = process.pid
-    for signum, wait_s in ((signal.SIGTERM, 60.0), (signal.SIGKILL, 10.0)):
-        for group in _session_groups(session):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signum)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            process.poll()
-            if not _session_groups(session):
-                return
-            time.sleep(0.2)
-    left = _session_groups(session)
-    assert not left, f"process groups {sorted(left)} of `rl-lb ui` outlived SIGKILL"
-
-
 @pytest.fixture
 def ui_process(store: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """`rl-lb ui` on a free port in a session of its own, everything in that session stopped
@@ -125,7 +90,7 @@ def ui_process(store: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[st
         try:
             yield process, port
         finally:
-            _end_session(process)
+            end_session(process)
 
 
 def _experiment_from_server(port: int, experiment_id: str) -> dict[str, Any]:
@@ -182,11 +147,11 @@ def test_a_stop_signal_to_rl_lb_ui_alone_stops_the_server_it_started(
     the port is free once it has exited."""
     process, port = ui_process
     _wait_until_answering(port)
-    assert len(_session_groups(process.pid)) == 2  # the command's group and the server's
+    assert len(session_groups(process.pid)) == 2  # the command's group and the server's
 
     os.kill(process.pid, signum)
     assert process.wait(timeout=60) == 0  # its own bounds: 15 s SIGTERM, then 5 s SIGKILL
-    assert _session_groups(process.pid) == set()
+    assert session_groups(process.pid) == set()
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted UI would
         probe.bind(("127.0.0.1", port))  # fails while anything still listens there
