@@ -4,15 +4,25 @@ The model is the simulator's (envs/): `concurrency` servers and a FIFO queue. A 
 dispatched while n exchanges are open at the backend (itself counted) starts at once when
 n <= c; otherwise it waits for n - c of the requests ahead to finish, each finishing at rate
 c / mean, so its expected latency is mean × (1 + (n - c) / c). `fit_concurrency` fits that
-broken line to the mean latency per in-flight count and keeps the c of least gamma deviance;
-the low-load latencies (n <= c) are then service times, whose distribution is chosen by
-likelihood among the simulator's (`fit_service`), and the mean is taken over every request
-divided by its queue factor (`_queue_mean`).
+broken line to the mean latency per in-flight count and keeps the c of least gamma deviance.
+
+Given c, when the recording holds every request, each request's service time is read off the
+departures (`service_times`): in a FIFO queue of c servers a request starts when it arrives or
+when the c-th latest of the earlier requests finishes, whichever is later, so its service time
+is its finish minus that start. Those of the requests that queued (`_busy_service`) are the
+server's occupancy while it is busy; their distribution is chosen by likelihood among the
+simulator's (`fit_service`) and their mean sets the backend's capacity, to which a replay at
+the recipe's peak load (the pool's capacity) is as sensitive as a queue at load 1 is: on the
+gunicorn pool a mean 2 % low replayed the pool p99 40 % low. The queue factor
+1 + (n - c) / c (`_queue_mean`) is the fallback for a sampled recording, whose departures are
+not all known: it takes the request in service to have a whole service left, so it reads a
+near-constant service time up to 8 % low.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -30,6 +40,8 @@ __all__ = [
     "fit_backend",
     "fit_concurrency",
     "fit_service",
+    "refine_concurrency",
+    "service_times",
 ]
 
 MIN_BIN = 20
@@ -40,6 +52,14 @@ CHANGE_WINDOW_S = 5.0
 """Width of the windows of mean low-load latency that change points are looked for in."""
 CHANGE_RATIO = 1.3
 """A segment whose mean latency differs from the backend's usual by more than this is a change."""
+MIN_QUEUED = 100
+"""Queued requests from which the service time is measured (`_busy_service`); below, all."""
+FIFO_SLACK = 0.01
+"""Share of requests that may finish before a FIFO queue lets them start (the timestamps'
+jitter) for a concurrency to be read as consistent with the departures (`refine_concurrency`)."""
+MAX_OVERTAKEN = 0.05
+"""Share of requests finishing before a FIFO queue lets them start beyond which the departures
+are not read as a FIFO queue's (the service times then come from the queue factor)."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,9 @@ def _queue_mean(
     """The mean service time from every request, queued ones included: latency over the
     queue model's factor 1 + (n - c) / c (the gamma GLM's estimate). Queued requests are most
     of a loaded backend's, so this mean is several times better measured than the low-load
-    one; the distribution's shape (dist, cv) still comes from the low-load requests. (Correcting
+    one; the distribution's shape (dist, cv) still comes from the low-load requests. It is biased
+    low for a service time less variable than the exponential (the request in service has less
+    than a whole service left): the fallback when `service_times` cannot be used. (Correcting
     the first wait for the cv, a residual of (1 + cv²) / 2 means, was tried: on gunicorn, cv
     0.15, it raised the means to 108-111 ms where low-load medians were 103-104 ms, and the
     replayed pool p99 from -6% to +94%.)"""
@@ -168,6 +190,98 @@ def _queue_mean(
     return dataclasses.replace(
         service, mean_s=mean, mean_range=(max(mean - half, 1e-6), mean + half)
     )
+
+
+def service_times(arrival_s: FloatArray, latency_s: FloatArray, concurrency: int) -> FloatArray:
+    """Each request's service time in a FIFO queue of `concurrency` servers, from every request's
+    arrival and latency (in arrival order): it started at its arrival or, if later, when the
+    `concurrency`-th latest finish among the requests before it came (until then every server
+    was busy with an earlier request), and served until its own finish. Why: the queued
+    requests, most of a loaded backend's, then measure the service time as the low-load ones
+    do, whatever its distribution, and their sum over a busy period is its length, so the mean
+    is the backend's throughput when busy. A value at or below zero says a request overtook
+    the queue (not FIFO, or a request missing from the recording)."""
+    finish = arrival_s + latency_s
+    latest: list[float] = []  # min-heap of the `concurrency` latest finishes so far
+    service = np.empty(len(finish))
+    for i, (arrived, done) in enumerate(zip(arrival_s.tolist(), finish.tolist(), strict=True)):
+        full = len(latest) == concurrency
+        service[i] = done - (max(arrived, latest[0]) if full else arrived)
+        if not full:
+            heapq.heappush(latest, done)
+        elif done > latest[0]:
+            heapq.heapreplace(latest, done)
+    return service
+
+
+def _level_deviance(service: FloatArray, in_flight: IntArray, concurrency: int) -> float:
+    """How far the mean service time per in-flight count strays from the overall mean (gamma
+    deviance per request): near zero when the service time does not depend on the queue, as
+    with the right concurrency; a wrong one leaves waits in, or takes work out of, some counts."""
+    positive = service > 0
+    x, level = service[positive], np.minimum(in_flight[positive], 4 * concurrency)
+    overall = float(x.mean())
+    counts = np.bincount(level)
+    sums = np.bincount(level, weights=x)
+    seen = counts >= 3
+    means = sums[seen] / counts[seen]
+    return float(
+        np.sum(counts[seen] * ((means - overall) / overall - np.log(means / overall))) / len(x)
+    )
+
+
+def refine_concurrency(
+    arrival_s: FloatArray, latency_s: FloatArray, in_flight: IntArray, concurrency: int
+) -> int:
+    """`concurrency`, or one less when the departures cannot tell the two apart.
+
+    Why: on a loaded machine every latency carries the machine's delay, which blurs the knee
+    `fit_concurrency` looks for, and it has answered c + 1 (never c - 1 in the runs seen); the
+    service times read off the departures with c + 1 carry a share of the wait (+50 % seen).
+    With one server less, a variable service time makes requests finish before the queue would
+    let them start (a near-constant one does not), and a wrong count makes the service time
+    depend on the in-flight count; c - 1 is kept when neither shows (`FIFO_SLACK`, and a level
+    deviance at most twice c's)."""
+    if concurrency <= 1:
+        return concurrency
+    fewer = service_times(arrival_s, latency_s, concurrency - 1)
+    if float(np.mean(fewer <= 0)) > FIFO_SLACK:
+        return concurrency
+    current = service_times(arrival_s, latency_s, concurrency)
+    deviance = _level_deviance(current, in_flight, concurrency)
+    if _level_deviance(fewer, in_flight, concurrency - 1) <= 2 * deviance + 1e-4:
+        return concurrency - 1
+    return concurrency
+
+
+def _busy_service(
+    arrival_s: FloatArray,
+    latency_s: FloatArray,
+    in_flight: IntArray,
+    concurrency: int,
+    notes: list[str],
+) -> FloatArray | None:
+    """The service times (`service_times`) of the requests that queued, or of all when fewer
+    than `MIN_QUEUED` did; None (and a note) when the departures are not a FIFO queue's.
+
+    Why the queued ones: they start the moment a server frees, so their service time is the
+    server's occupancy alone, the backend's capacity that sets how long its queue grows. A
+    request served at once also carries what happens outside the server (the proxy, the
+    loopback, connecting: on emulated backends sharing the load generator's loop their low-load
+    service read 1-11 % above the queued ones), and a server on a shared machine is slower
+    while busy (gunicorn: 103 ms with a few requests open in the pool, 106 ms with 20-80)."""
+    service = service_times(arrival_s, latency_s, concurrency)
+    if len(service) < MIN_SERVICE:
+        return None
+    overtaken = float(np.mean(service <= 0))
+    if overtaken > MAX_OVERTAKEN:
+        notes.append(
+            f"{overtaken:.0%} of the requests finished before a FIFO queue of {concurrency} "
+            "would let them start: service time from the queue factor"
+        )
+        return None
+    queued = service[(in_flight > concurrency) & (service > 0)]
+    return queued if len(queued) >= MIN_QUEUED else service[service > 0]
 
 
 def change_points(
@@ -221,11 +335,16 @@ def fit_backend(
     failed: np.ndarray,
     in_flight: IntArray,
     duration_s: float,
+    complete: bool = True,
 ) -> BackendFit:
-    """Everything the scenario says of one backend, with notes where the data are too thin."""
+    """Everything the scenario says of one backend, with notes where the data are too thin.
+    `complete`: the recording holds every request (not 1 in k), so the departures are known
+    and the service times are read off them (`service_times`)."""
     notes: list[str] = []
     ok = ~failed
     concurrency, seen = fit_concurrency(in_flight[ok], latency_s[ok])
+    if concurrency is not None and complete:
+        concurrency = refine_concurrency(arrival_s[ok], latency_s[ok], in_flight[ok], concurrency)
     if concurrency is None:
         notes.append(
             f"cannot tell the concurrency: latency never climbed with in-flight up to {seen}; "
@@ -240,7 +359,15 @@ def fit_backend(
         low = np.ones_like(ok)
     service = fit_service(latency_s[low])
     if concurrency is not None:
-        service = _queue_mean(service, latency_s[ok], in_flight[ok], concurrency)
+        busy = (
+            _busy_service(arrival_s[ok], latency_s[ok], in_flight[ok], concurrency, notes)
+            if complete
+            else None
+        )
+        if busy is not None:
+            service = fit_service(busy)
+        else:
+            service = _queue_mean(service, latency_s[ok], in_flight[ok], concurrency)
     errors = int(failed.sum())
     error_rate = errors / len(failed) if len(failed) else 0.0
     error_latency = float(np.median(latency_s[failed])) if errors else 0.001

@@ -72,7 +72,11 @@ def rate_profile(
     return first, tuple(steps)
 
 
-def fit_world(recording: Recording, name: str, control_interval_s: float = 1.0) -> FittedWorld:
+def fit_world(
+    recording: Recording, name: str, control_interval_s: float = 1.0, departures: bool = True
+) -> FittedWorld:
+    """`departures=False` takes every service time from the queue factor, as for a sampled
+    recording (lab/fit/backend_fit.py), to compare the two on one recording."""
     duration = max(recording.duration_s, 1.0)
     fits = []
     for i, url in enumerate(recording.names):
@@ -85,6 +89,7 @@ def fit_world(recording: Recording, name: str, control_interval_s: float = 1.0) 
                 recording.failed[mine],
                 recording.in_flight[mine],
                 duration,
+                complete=departures and recording.sample == 1,
             )
         )
     rate, profile = rate_profile(recording.arrival_s, duration, recording.sample)

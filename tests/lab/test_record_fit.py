@@ -219,6 +219,7 @@ def test_emulated_pool_recorded_fitted_and_replayed(tmp_path: Path) -> None:
     fits = {fit.name: fit for fit in world.backends}
     for url, spec in zip(run.urls, truth.backends, strict=True):
         fit = fits[backend_name(url)]
+        assert fit.concurrency is not None, fit
         assert abs(fit.concurrency - spec.concurrency) <= 1, (spec, fit)
         # The machine's delays only add to a service time: the fit may not fall below the truth
         # by more than its sampling error, and above it by at most what a busy machine adds
