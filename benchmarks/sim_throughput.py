@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/sim_throughput.py [--seconds 300] [--backends 16 100 1000]
 
 The target is the same at every N (1,000,000 requests/s, goal 3,000,000): a p2c pick draws
-two backends whatever N; only the per-interval work (snapshot, features) is O(N). The
-simulated time is scaled down with N so that each run simulates about as many requests.
+two backends whatever N (two binary searches of the proxy's draw table, `envs.nb_pickers`);
+only the per-interval work (snapshot, features, a table rebuilt after new weights) is O(N).
+The simulated time is scaled down with N so that each run simulates about as many requests.
 
 Rates are per second of this process's CPU time (pinned to one core), so that other work on
 the machine slows them less than wall-clock rates. JIT compilation (or loading the numba cache)

@@ -14,7 +14,7 @@ import numpy as np
 
 from envs import kernel
 from envs.nb_metrics import MetricsState, new_metrics
-from envs.nb_pickers import PICKER_CODES
+from envs.nb_pickers import PICKER_CODES, new_tables
 from envs.nb_prequal import new_prequal
 from envs.nb_retry_budget import new_budget
 from envs.nb_state import Spec, State
@@ -217,6 +217,7 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
         ramp_since=np.full(pn, NOT_RAMPING),  # the pool at t = 0 does not ramp
         avail_before=np.ones(pn, dtype=np.bool_),
         pq=new_prequal(proxies, n, scenario.control.prequal),
+        picks=new_tables(proxies, n),
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from envs.jit import jit
 from envs.nb_health import expire, on_check, on_health_check, on_result, set_avail
 from envs.nb_metrics import cost, record, restart_estimate
-from envs.nb_pickers import PREQUAL, pick
+from envs.nb_pickers import PREQUAL, invalidate, pick
 from envs.nb_prequal import add as add_probe_answer
 from envs.nb_prequal import latency_estimate, record_latency, targets
 from envs.nb_prequal import pick as prequal_pick
@@ -154,6 +154,13 @@ def _resolve(st: State, r: int, outcome: int, latency: float) -> None:
 
 
 @jit
+def _on_result(sp: Spec, st: State, p: int, b: int, failed: bool, t: float) -> None:
+    """`nb_health.on_result`; an ejection changes p's availability, so its draw table."""
+    if on_result(sp, st, p, b, failed, t):
+        invalidate(st.picks, p)
+
+
+@jit
 def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     """The proxy receives the answer of request r (if it has not timed out already)."""
     if st.r_outcome[r] != PENDING:
@@ -162,7 +169,7 @@ def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     latency = t - st.r_arrival[r]
     st.inflight[p, b] -= 1
     record(st.m, p, b, latency, error, t)
-    on_result(sp, st, p, b, error, t)
+    _on_result(sp, st, p, b, error, t)
     _resolve(st, r, ERROR if error else OK, latency)
 
 
@@ -194,6 +201,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
                 t,
                 st.board_cost[p],
                 sp.refresh_s > 0.0,
+                st.picks,
                 rng,
             )
         if b < 0:
@@ -210,10 +218,11 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
         _, err_prob, err_lat, down = _conditions(sp, b, t)
         if down:
             record(st.m, p, b, 0.0, True, t)
-            on_result(sp, st, p, b, True, t)
+            _on_result(sp, st, p, b, True, t)
             if attempt < sp.max_retries:
                 tried[attempt] = b
                 st.avail[p, b] = False
+                invalidate(st.picks, p)
                 continue
             _resolve(st, r, ERROR, 0.0)
             break
@@ -222,7 +231,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             _push(st, t + err_lat, r, _ERROR_ANSWER)
         elif st.busy[b] >= sp.concurrency[b] and st.q_len[b] >= sp.queue_limit[b]:
             record(st.m, p, b, 0.0, True, t)
-            on_result(sp, st, p, b, True, t)
+            _on_result(sp, st, p, b, True, t)
             _resolve(st, r, REJECTED, 0.0)
             break
         else:
@@ -249,6 +258,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     for b in tried:
         if b >= 0:
             set_avail(st, p, b)
+            invalidate(st.picks, p)
 
 
 @jit
@@ -316,6 +326,8 @@ def _health_checks(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             on_health_check(st, p, b, passed, t)
     for p in range(sp.proxies):
         for b in range(n):
+            if st.avail[p, b] != st.avail_before[p, b]:
+                invalidate(st.picks, p)
             if st.avail[p, b] and not st.avail_before[p, b]:
                 restart_estimate(st.m, p, b, st.avail_before[p], t)
                 ramp_from(st.ramp_since, p, b, t, sp.slow_start_window_s)
@@ -382,7 +394,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
             p, b = st.r_proxy[r], st.r_backend[r]
             st.inflight[p, b] -= 1
             record(st.m, p, b, sp.group_timeout[g], True, t)
-            on_result(sp, st, p, b, True, t)
+            _on_result(sp, st, p, b, True, t)
             _resolve(st, r, TIMEOUT, sp.group_timeout[g])
         elif t_check == t:
             _health_checks(sp, st, t, rng)

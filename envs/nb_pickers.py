@@ -7,9 +7,14 @@ makes the same choice as its Python reference, because it consumes the draws the
 for `random`, two for the power-of-two-choices unless a single backend is left, one for a `jsq`
 tie) and maps them with the same arithmetic (cumulative sums in backend order, load × 1/weight).
 tests/test_sim_pickers.py replays one stream of draws into both and compares every pick.
+As the Python pickers keep a `_Table` per weight update, the sums live in `PickTables`, one row
+per proxy rebuilt only when its weights or availability change, so a weighted draw is a binary
+search and a p2c-family pick costs O(log N), not O(N).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,7 +31,11 @@ __all__ = [
     "PREQUAL",
     "RANDOM",
     "ROUND_ROBIN",
+    "STALE",
     "TWIN_OF",
+    "PickTables",
+    "invalidate",
+    "new_tables",
     "pick",
 ]
 
@@ -44,6 +53,45 @@ PICKER_CODES: dict[str, int] = {
 }
 
 
+STALE = -1
+"""`PickTables.size` of a row to rebuild."""
+
+
+class PickTables(NamedTuple):
+    """Every proxy's draw table: the backends a weighted draw can return and their running
+    total of shares, so a draw is a binary search rather than scans of the pool (a p2c pick
+    must not cost O(N), issue 15). Row p is rebuilt at p's next pick after `invalidate(p)`,
+    which every change of p's weights or availability calls (`Simulator.set_decision`, the
+    kernel on ejections, health checks and a retry's excluded backends)."""
+
+    order: IntArray
+    """[proxy, backend]: the first size[p] entries of row p are the candidates (available, share
+    > 0), in backend order."""
+    cum: FloatArray
+    """[proxy, backend]: cum[p, k] = shares of order[p, 0..k], added left to right as
+    `rl_lb.pickers` does (bit for bit the running sums of a linear scan)."""
+    size: IntArray
+    """[proxy]: candidates in row p; STALE when the row must be rebuilt before its next pick."""
+    flat: np.ndarray
+    """[proxy]: every available backend has weight 0, so each counts as 1."""
+
+
+def new_tables(proxies: int, backends: int) -> PickTables:
+    """Tables for a fresh state: every row stale, so the first pick builds it."""
+    return PickTables(
+        order=np.zeros((proxies, backends), dtype=np.int64),
+        cum=np.zeros((proxies, backends)),
+        size=np.full(proxies, STALE, dtype=np.int64),
+        flat=np.zeros(proxies, dtype=np.bool_),
+    )
+
+
+@jit
+def invalidate(tables: PickTables, p: int) -> None:
+    """Proxy p's weights or availability changed: rebuild its row before its next pick."""
+    tables.size[p] = STALE
+
+
 @jit
 def _all_zero(w: FloatArray, avail: np.ndarray) -> bool:
     # a loop, not all(<generator>): numba does not compile generators inside all()
@@ -54,72 +102,66 @@ def _all_zero(w: FloatArray, avail: np.ndarray) -> bool:
 
 
 @jit
-def _draw(w: FloatArray, avail: np.ndarray, flat: bool, rng: np.ndarray) -> int:
-    """One candidate drawn by weight, as `WeightedRandom`: the first whose cumulative weight
-    exceeds u × total (the last one catches the rest); -1 if there is none."""
+def _build(tables: PickTables, p: int, w: FloatArray, avail: np.ndarray) -> None:
+    """Row p from the weights and availability: O(N), once per change instead of per pick."""
+    flat = _all_zero(w, avail)
+    count = 0
     total = 0.0
-    last = -1
     for b in range(w.shape[0]):
         share = (1.0 if flat else w[b]) if avail[b] else 0.0
         if share > 0.0:
             total += share
-            last = b
-    if last < 0:
-        return -1
-    x = _uniform(rng) * total
-    running = 0.0
-    for b in range(last):
-        share = (1.0 if flat else w[b]) if avail[b] else 0.0
-        if share > 0.0:
-            running += share
-            if running > x:
-                return b
-    return last
+            tables.order[p, count] = b
+            tables.cum[p, count] = total
+            count += 1
+    tables.flat[p] = flat
+    tables.size[p] = count
 
 
 @jit
-def _draw_two(w: FloatArray, avail: np.ndarray, flat: bool, rng: np.ndarray) -> tuple[int, int]:
+def _first_above(cum: FloatArray, x: float, hi: int) -> int:
+    """The first k < hi with cum[k] > x, else hi (`bisect_right` of x in the sorted cum[:hi])."""
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if cum[mid] > x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@jit
+def _draw(tables: PickTables, p: int, rng: np.ndarray) -> int:
+    """One candidate drawn by weight, as `WeightedRandom`: the first whose cumulative weight
+    exceeds u × total (the last one catches the rest); -1 if there is none."""
+    count = tables.size[p]
+    if count == 0:
+        return -1
+    cum = tables.cum[p]
+    x = _uniform(rng) * cum[count - 1]
+    return int(tables.order[p, _first_above(cum, x, count - 1)])
+
+
+@jit
+def _draw_two(tables: PickTables, p: int, w: FloatArray, rng: np.ndarray) -> tuple[int, int]:
     """`rl_lb.pickers._draw_two`: two distinct candidates, the second by weight without the
     first; (c, -1) when c is the only candidate (no draw), (-1, -1) when there is none."""
-    total = 0.0
-    count = 0
-    last = -1
-    for b in range(w.shape[0]):
-        share = (1.0 if flat else w[b]) if avail[b] else 0.0
-        if share > 0.0:
-            total += share
-            count += 1
-            last = b
+    count = tables.size[p]
     if count < 2:
-        return last, -1
-    x = _uniform(rng) * total
-    first = last
-    start = 0.0  # the cumulative weight before `first`
-    running = 0.0
-    for b in range(last):
-        share = (1.0 if flat else w[b]) if avail[b] else 0.0
-        if share > 0.0:
-            if running + share > x:
-                first = b
-                start = running
-                break
-            running += share
-    else:
-        start = running
-    weight = 1.0 if flat else w[first]
-    u = _uniform(rng) * (start if first == last else total - weight)
+        return (int(tables.order[p, 0]) if count == 1 else -1), -1
+    cum, order = tables.cum[p], tables.order[p]
+    total = cum[count - 1]
+    k = _first_above(cum, _uniform(rng) * total, count - 1)
+    first = order[k]
+    start = cum[k - 1] if k > 0 else 0.0  # the cumulative weight before `first`
+    weight = 1.0 if tables.flat[p] else w[first]
+    u = _uniform(rng) * (start if k == count - 1 else total - weight)
     if u >= start:
-        u += weight
-    running = 0.0
-    second = last
-    for b in range(last):
-        share = (1.0 if flat else w[b]) if avail[b] else 0.0
-        if share > 0.0:
-            running += share
-            if b != first and running > u:
-                second = b
-                break
-    return first, second
+        u += weight  # now u >= start + weight = cum[k] (rounding is monotonic): past `first`
+    # so the search never stops at k, as the scan's `b != first` (but for k = count - 1 with u
+    # rounded up to start, where both end on the last candidate, `first` itself)
+    return int(first), int(order[_first_above(cum, u, count - 1)])
 
 
 @jit
@@ -134,16 +176,21 @@ def pick(
     now: float,
     board_cost: FloatArray,
     use_board: bool,
+    tables: PickTables,
     rng: np.ndarray,
 ) -> int:
     """Backend index for one request of proxy p; -1 when no backend is available.
 
+    `w` and `avail` are p's rows, which `tables` row p reflects (rebuilt here when stale).
     `load` is the in-flight count the picker sees (live, or the bulletin board when the
     scenario refreshes it only every `picker_refresh_s`); `board_cost` likewise for costs.
+    `round-robin` and `jsq` visit every backend: O(N) per pick (docs/benchmarks.md).
     """
-    flat = _all_zero(w, avail)
+    if tables.size[p] == STALE:
+        _build(tables, p, w, avail)
+    flat = tables.flat[p]
     if kind == RANDOM:
-        return _draw(w, avail, flat, rng)
+        return _draw(tables, p, rng)
     if kind == ROUND_ROBIN:
         total = 0.0
         best = -1
@@ -186,7 +233,7 @@ def pick(
                         return b
                     k -= 1
         return best
-    first, second = _draw_two(w, avail, flat, rng)
+    first, second = _draw_two(tables, p, w, rng)
     if second < 0:
         return first
     # scores as in `PowerOfTwo(Latency).pick`: [cost ×] (in-flight + 1) × 1/weight, left to right

@@ -11,6 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from envs.nb_metrics import MetricsState
+from envs.nb_pickers import PickTables
 from envs.nb_prequal import PrequalState
 from envs.nb_retry_budget import BudgetState
 from rl_lb.types import FloatArray, IntArray
@@ -127,3 +128,5 @@ class State(NamedTuple):
     """Requests in flight at its backend when the request arrived there (Prequal's estimate)."""
     pq: PrequalState
     """Every proxy's Prequal probe pool, every backend's latency ring (`envs.nb_prequal`)."""
+    picks: PickTables
+    """Every proxy's weighted-draw table; whatever changes `weights` or `avail` invalidates it."""

@@ -16,7 +16,7 @@ import numpy as np
 from envs import kernel
 from envs.build import grow_state, make_spec, new_state
 from envs.nb_metrics import BUCKETS, snapshot_columns
-from envs.nb_pickers import PICKER_CODES
+from envs.nb_pickers import PICKER_CODES, invalidate
 from envs.nb_random import new_rng
 from envs.nb_slow_start import scale as scale_for_slow_start
 from rl_lb.errors import ConfigError
@@ -105,6 +105,7 @@ class Simulator:
             sp.slow_start_min_percent,
         )
         st.picker[proxy] = PICKER_CODES[picker]
+        invalidate(st.picks, proxy)
 
     def run_until(self, t: float) -> None:
         """Process every event before time t."""
