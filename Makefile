@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck pytest demo policy results bench docs clean
+.PHONY: setup test lint typecheck pytest demo policy policy-worlds results bench docs clean
 
 setup: $(STAMP)
 
@@ -36,16 +36,21 @@ test: lint typecheck pytest
 demo: setup
 	$(BIN)/rl-lb demo
 
-# Reproduces the shipped policy (fixed seeds and configs, four stages; see docs/training.md).
+# Reproduces the shipped policy (fixed seeds and configs, three stages; see docs/training.md).
 policy: setup
-	rm -rf runs/shipped-stage1 runs/shipped-stage2 runs/shipped-stage3 runs/shipped-stage4
+	rm -rf runs/shipped-stage1 runs/shipped-stage2 runs/shipped-stage3
 	$(BIN)/rl-lb train --config training/configs/shipped.toml --out runs/shipped-stage1
 	$(BIN)/rl-lb train --config training/configs/shipped-finetune.toml --out runs/shipped-stage2 \
 		--resume "$$(ls runs/shipped-stage1/*/best.zip)"
 	$(BIN)/rl-lb train --config training/configs/shipped-stage3.toml --out runs/shipped-stage3 \
-		--resume "$$(ls runs/shipped-stage2/*/best.zip)"
+		--resume "$$(ls runs/shipped-stage2/*/best.zip)" --export rl_lb/policies/shipped
+
+# The retrain on generated worlds (issue 17), on top of `make policy`'s stage 3: tried on
+# 4 December 2026 and not shipped (docs/training.md says why); nothing is exported.
+policy-worlds: setup
+	rm -rf runs/shipped-stage4
 	$(BIN)/rl-lb train --config training/configs/shipped-worlds.toml --out runs/shipped-stage4 \
-		--resume "$$(ls runs/shipped-stage3/*/best.zip)" --export rl_lb/policies/shipped
+		--resume "$$(ls runs/shipped-stage3/*/best.zip)"
 
 results: setup
 	$(BIN)/python -m training.results --seeds 10
