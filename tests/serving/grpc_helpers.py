@@ -18,6 +18,18 @@ SLOW = "/test.Echo/Slow"
 BLOBS = "/test.Echo/Blobs"
 
 
+def call_headers(path: str) -> list[tuple[bytes, bytes]]:
+    """The request headers of a gRPC call to `path`, as a raw h2 client sends them."""
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"proxy"),
+        (b":path", path.encode()),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]
+
+
 class GrpcBackend:
     """A grpcio server (its own threads) answering with its name; `fail` makes it UNAVAILABLE,
     `tls` (a trustme leaf certificate) makes it serve h2 over TLS."""

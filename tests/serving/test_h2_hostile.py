@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
-from grpc_helpers import BLOBS, SLOW, UNARY, GrpcBackend, as_bytes
+from grpc_helpers import BLOBS, SLOW, UNARY, GrpcBackend, as_bytes, call_headers
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -34,14 +34,7 @@ from serving_helpers import eventually, proxy_config
 from serving.app import ProxyServer
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-REQUEST = [
-    (b":method", b"POST"),
-    (b":scheme", b"http"),
-    (b":authority", b"proxy"),
-    (b":path", UNARY.encode()),
-    (b"content-type", b"application/grpc"),
-    (b"te", b"trailers"),
-]
+REQUEST = call_headers(UNARY)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
-from grpc_helpers import SLOW, UNARY, GrpcBackend, as_bytes
+from grpc_helpers import SLOW, UNARY, GrpcBackend, as_bytes, call_headers
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -32,14 +32,7 @@ MAX_STREAMS = 100
 CALLS = 200
 """Calls sent at once: `MAX_STREAMS` of them on the wire, reset when the deadline passes."""
 FLOOD = 400
-REQUEST = [
-    (b":method", b"POST"),
-    (b":scheme", b"http"),
-    (b":authority", b"proxy"),
-    (b":path", SLOW.encode()),
-    (b"content-type", b"application/grpc"),
-    (b"te", b"trailers"),
-]
+REQUEST = call_headers(SLOW)
 
 
 @pytest.fixture
