@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -78,6 +79,12 @@ def student_t(df: int) -> float:
     return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
 
 
+def _ignore_ctrl_c() -> None:
+    """Worker initializer: a Ctrl-C in the terminal reaches every process of its group; the
+    parent alone handles it (one line), the workers finish their episode and get no more."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _job(scenario: Scenario, balancer: str, seed: int) -> dict[str, Any]:
     result = run_episode(scenario, balancer, seed)
     return {"scenario": scenario.name, "balancer": balancer, "seed": seed, **summarise(result)}
@@ -126,12 +133,16 @@ def evaluate(
                 progress(i + 1, len(jobs))
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_ctrl_c) as pool:
             futures = {pool.submit(_job, *job): i for i, job in enumerate(jobs)}
-            for done, future in enumerate(as_completed(futures), start=1):
-                records[futures[future]] = future.result()
-                if progress is not None:
-                    progress(done, len(jobs))
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    records[futures[future]] = future.result()
+                    if progress is not None:
+                        progress(done, len(jobs))
+            except BaseException:  # Ctrl-C or a failed job: drop the queued ones, not run them
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     return [r for r in records if r is not None]
 
 

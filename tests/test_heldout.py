@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from commands import end_session, read_until, session_groups
 from random_policy import ENCODER, make_policy
 
 from envs.worlds import World, generate_world, generate_worlds
@@ -163,3 +168,28 @@ def test_the_csv_is_logged_to_mlflow_as_an_artifact(
     metrics = client.get_run(run_id).data.metrics
     assert metrics["heldout/worlds"] == 3
     assert metrics["heldout/share_within"] == summarise(results)["share_within"]
+
+
+def test_ctrl_c_in_a_terminal_stops_the_run_and_its_workers_in_one_line(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches the whole process group, the evaluation's worker processes
+    too: the workers ignore it and finish their episode, the queued ones are dropped, and the
+    command says one line and exits 130, with no traceback and nothing left behind."""
+    argv = [sys.executable, "-m", "training.heldout", "--worlds", "6", "--out", str(tmp_path)]
+    with subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            read_until(process, "selection: ")
+        finally:
+            os.killpg(process.pid, signal.SIGINT)
+            try:
+                _, err = process.communicate(timeout=120)  # one episode per worker at most
+            finally:
+                end_session(process)
+    assert process.returncode == 130
+    assert err.strip() == "interrupted (Ctrl-C): stopped before the end"
+    assert session_groups(process.pid) == set()

@@ -406,3 +406,6 @@ if __name__ == "__main__":
     except RlLbError as error:  # one line, exit 2, as the `rl-lb` command does
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:  # one line, exit 130, as the `rl-lb` command does
+        print("interrupted (Ctrl-C): stopped before the end", file=sys.stderr)
+        raise SystemExit(130) from None
