@@ -26,9 +26,9 @@ from rl_lb.errors import RlLbError
 from rl_lb.policies.learned import LearnedPolicy
 from rl_lb.scenarios import library_scenarios, resolve_scenario
 from training.evaluation import LEARNED, REFERENCE
-from training.heldout import BEGIN as HELDOUT_BEGIN
-from training.heldout import END as HELDOUT_END
-from training.heldout import update_results_page
+from training.heldout_report import BEGIN as HELDOUT_BEGIN
+from training.heldout_report import END as HELDOUT_END
+from training.heldout_report import update_results_page
 
 __all__ = ["main", "render_markdown"]
 
