@@ -154,13 +154,6 @@ def _resolve(st: State, r: int, outcome: int, latency: float) -> None:
 
 
 @jit
-def _on_result(sp: Spec, st: State, p: int, b: int, failed: bool, t: float) -> None:
-    """`nb_health.on_result`; an ejection changes p's availability, so its draw table."""
-    if on_result(sp, st, p, b, failed, t):
-        invalidate(st.picks, p)
-
-
-@jit
 def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     """The proxy receives the answer of request r (if it has not timed out already)."""
     if st.r_outcome[r] != PENDING:
@@ -169,7 +162,7 @@ def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     latency = t - st.r_arrival[r]
     st.inflight[p, b] -= 1
     record(st.m, p, b, latency, error, t)
-    _on_result(sp, st, p, b, error, t)
+    on_result(sp, st, p, b, error, t)
     _resolve(st, r, ERROR if error else OK, latency)
 
 
@@ -218,7 +211,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
         _, err_prob, err_lat, down = _conditions(sp, b, t)
         if down:
             record(st.m, p, b, 0.0, True, t)
-            _on_result(sp, st, p, b, True, t)
+            on_result(sp, st, p, b, True, t)
             if attempt < sp.max_retries:
                 tried[attempt] = b
                 st.avail[p, b] = False
@@ -231,7 +224,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             _push(st, t + err_lat, r, _ERROR_ANSWER)
         elif st.busy[b] >= sp.concurrency[b] and st.q_len[b] >= sp.queue_limit[b]:
             record(st.m, p, b, 0.0, True, t)
-            _on_result(sp, st, p, b, True, t)
+            on_result(sp, st, p, b, True, t)
             _resolve(st, r, REJECTED, 0.0)
             break
         else:
@@ -258,7 +251,6 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     for b in tried:
         if b >= 0:
             set_avail(st, p, b)
-            invalidate(st.picks, p)
 
 
 @jit
@@ -326,8 +318,6 @@ def _health_checks(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             on_health_check(st, p, b, passed, t)
     for p in range(sp.proxies):
         for b in range(n):
-            if st.avail[p, b] != st.avail_before[p, b]:
-                invalidate(st.picks, p)
             if st.avail[p, b] and not st.avail_before[p, b]:
                 restart_estimate(st.m, p, b, st.avail_before[p], t)
                 ramp_from(st.ramp_since, p, b, t, sp.slow_start_window_s)
@@ -394,7 +384,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
             p, b = st.r_proxy[r], st.r_backend[r]
             st.inflight[p, b] -= 1
             record(st.m, p, b, sp.group_timeout[g], True, t)
-            _on_result(sp, st, p, b, True, t)
+            on_result(sp, st, p, b, True, t)
             _resolve(st, r, TIMEOUT, sp.group_timeout[g])
         elif t_check == t:
             _health_checks(sp, st, t, rng)

@@ -13,6 +13,7 @@ decision and value.
 from __future__ import annotations
 
 from envs.jit import jit
+from envs.nb_pickers import invalidate
 from envs.nb_state import Spec, State
 
 __all__ = ["TWIN_OF", "expire", "on_check", "on_health_check", "on_result", "set_avail"]
@@ -22,7 +23,12 @@ TWIN_OF = "rl_lb.health"
 
 @jit
 def set_avail(st: State, p: int, b: int) -> None:
-    st.avail[p, b] = st.healthy[p, b] and not st.ejected[p, b]
+    """The one writer of availability (a retry's brief exclusion aside): a change also marks
+    proxy p's draw table stale, as `rl_lb.availability.Availability` bumps its version."""
+    avail = st.healthy[p, b] and not st.ejected[p, b]
+    if st.avail[p, b] != avail:
+        st.avail[p, b] = avail
+        invalidate(st.picks, p)
 
 
 @jit
