@@ -94,6 +94,8 @@ class H2Server:
         self.error_numbers = frozenset(GRPC_CODES[name] for name in config.grpc_error_codes)
         self.max_streams = config.h2_max_concurrent_streams
         self.max_resets = config.h2_max_resets
+        self.reset_burst = float(self.max_resets + self.max_streams)
+        """Premature resets a connection may send at once: a stream limit's worth of late calls."""
         self.max_header_list = 8 * config.max_header_bytes
         self.h2c = config.backend_protocol == "h2c"
         self.pools: dict[str, H2UpstreamPool] = {}
@@ -215,7 +217,7 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         self.peer = "unknown"
         self.window_start = 0.0
         self.control_frames = 0
-        self.reset_tokens = float(server.max_resets + server.max_streams)
+        self.reset_tokens = server.reset_burst
         """Premature resets the client may still send (refilled at `h2-max-resets` a second)."""
         self.tokens_at = 0.0
         self.active = 0.0
@@ -327,9 +329,9 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
     def _take_reset_token(self, now: float) -> bool:
         """Charge one premature reset to the client's bucket; False once it is empty."""
         server = self.server
-        burst = server.max_resets + server.max_streams
         refill = (now - self.tokens_at) * server.max_resets
-        self.reset_tokens, self.tokens_at = min(burst, self.reset_tokens + refill), now
+        self.reset_tokens = min(server.reset_burst, self.reset_tokens + refill)
+        self.tokens_at = now
         if self.reset_tokens < 1.0:
             return False
         self.reset_tokens -= 1.0
