@@ -292,7 +292,7 @@ def pick(
         return -1
     chosen = _choose(pq, p, now)
     if chosen < 0:
-        chosen = pq.order[int(uniform(rng) * count)]
+        chosen = pq.order[_draw_index(pq, w, 0, count, rng)]
     return int(chosen)
 
 
@@ -306,6 +306,31 @@ def targets(pq: PrequalState, w: FloatArray, avail: np.ndarray, rng: np.ndarray)
         probes += 1
     probes = min(probes, count)
     for k in range(probes):
-        j = k + int(uniform(rng) * (count - k))
+        j = _draw_index(pq, w, k, count, rng)
         pq.order[k], pq.order[j] = pq.order[j], pq.order[k]
     return probes
+
+
+@jit
+def _draw_index(pq: PrequalState, w: FloatArray, start: int, count: int, rng: np.ndarray) -> int:
+    """`PrequalPicker._draw_index`: an index in order[start:count] from one draw, uniformly when
+    their weights are equal, else in proportion to them (summed left to right)."""
+    u = uniform(rng)
+    first = w[pq.order[start]]
+    equal = True
+    for k in range(start + 1, count):
+        if w[pq.order[k]] != first:
+            equal = False
+            break
+    if equal:
+        return start + int(u * (count - start))
+    total = 0.0
+    for k in range(start, count):
+        total += w[pq.order[k]]
+    x = u * total
+    acc = 0.0
+    for k in range(start, count):
+        acc += w[pq.order[k]]
+        if x < acc:
+            return k
+    return count - 1

@@ -21,6 +21,7 @@ from envs.nb_random import new_rng
 from envs.nb_slow_start import scale as scale_for_slow_start
 from rl_lb.errors import ConfigError
 from rl_lb.scenarios import Scenario
+from rl_lb.slow_start import RAMPS_ITSELF
 from rl_lb.types import FloatArray, IntArray, PoolSnapshot
 
 __all__ = ["ControlLoop", "Records", "Simulator"]
@@ -88,6 +89,7 @@ class Simulator:
 
         Backends in slow start get their weight scaled down here, at the decision's time, as the
         proxy's controller does (`envs.nb_slow_start`); the snapshot then shows the scaled weights.
+        Not under `prequal`, which ramps by its probes (`rl_lb.slow_start.RAMPS_ITSELF`).
         """
         array = np.asarray(weights, dtype=np.float64)
         if array.shape != (len(self.names),) or not np.all(np.isfinite(array)) or (array < 0).any():
@@ -96,14 +98,15 @@ class Simulator:
             raise ConfigError("picker", f"unknown picker {picker!r}", f"use {list(PICKER_CODES)}")
         sp, st = self.spec, self.state
         st.weights[proxy] = array
-        scale_for_slow_start(
-            st.weights[proxy],
-            st.ramp_since[proxy],
-            self.now,
-            sp.slow_start_window_s,
-            sp.slow_start_aggression,
-            sp.slow_start_min_percent,
-        )
+        if picker not in RAMPS_ITSELF:
+            scale_for_slow_start(
+                st.weights[proxy],
+                st.ramp_since[proxy],
+                self.now,
+                sp.slow_start_window_s,
+                sp.slow_start_aggression,
+                sp.slow_start_min_percent,
+            )
         st.picker[proxy] = PICKER_CODES[picker]
         invalidate(st.picks, proxy)
 

@@ -20,9 +20,14 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   latency). θ is the nearest-rank `q_rif` quantile of the last `RIF_HISTORY` RIFs answered.
 - `PrequalPicker`, the `Picker`: chooses from the pool (at random with fewer than 2 usable
   answers), then asks its prober to probe `probes` random backends, whose answers serve later
-  requests, never the current one. Without a prober it answers its own probes from what the
-  proxy sees (`LoadView`: in-flight and peak-EWMA latency) — the proxy's fallback for backends
-  that do not answer probes.
+  requests, never the current one. Weights steer the randomness: a backend of weight 0 is never
+  a candidate, and when the candidates' weights differ, both the probe targets (drawn without
+  replacement) and the pick without answers are drawn in proportion to them. Equal weights (the
+  `prequal` preset's) draw exactly as the published algorithm, uniformly. This is how a weight
+  policy steers Prequal: the learned one pairs with it to keep Prequal's hot-cold choice and
+  still shun what Prequal cannot see in a probe (a backend that fails fast looks idle and fast).
+  Without a prober it answers its own probes from what the proxy sees (`LoadView`: in-flight
+  and peak-EWMA latency) — the proxy's fallback for backends that do not answer probes.
 
 Ties are broken by slot order and the random draws are consumed in a fixed order (one for a
 random pick, one for a fractional probe count, one per probe target) so the twin makes the very
@@ -217,6 +222,12 @@ class ProbePool:
         return max(occupied, key=lambda s: (self.latency_s[s], -s))
 
 
+def _equal_weights(weights: Sequence[float], backends: Sequence[int], start: int) -> bool:
+    """Whether backends[start:] all have the same weight (then draws are uniform)."""
+    first = weights[backends[start]]
+    return all(weights[b] == first for b in backends[start + 1 :])
+
+
 def probe_count(probes: float, candidates: int, draw: Callable[[], float]) -> int:
     """⌊probes⌋ plus one with probability of the fraction (a draw only if there is one)."""
     count = int(probes)
@@ -227,7 +238,8 @@ def probe_count(probes: float, candidates: int, draw: Callable[[], float]) -> in
 
 
 class PrequalPicker:
-    """The `prequal` picker. Weights only exclude backends (weight 0, unless all are 0)."""
+    """The `prequal` picker. Weights exclude backends (weight 0, unless all are 0) and, unequal,
+    bias the random draws (probe targets, the pick without answers) in proportion."""
 
     name = "prequal"
 
@@ -271,7 +283,7 @@ class PrequalPicker:
         now = self.clock()
         chosen = self.pool.choose(candidate, now)
         if chosen < 0:
-            chosen = backends[int(self._rng.random() * len(backends))]
+            chosen = self._draw(backends, 0)
         targets = self.targets(backends)
         if self.prober is not None:
             self.prober(targets)
@@ -281,14 +293,35 @@ class PrequalPicker:
         return chosen
 
     def targets(self, backends: list[int]) -> list[int]:
-        """Backends to probe for one request: drawn without replacement (partial shuffle)."""
-        rng = self._rng
-        count = probe_count(self.pool.settings.probes, len(backends), rng.random)
+        """Backends to probe for one request: drawn without replacement (a partial shuffle
+        whose k-th step draws from the rest, by weight when the weights differ)."""
+        count = probe_count(self.pool.settings.probes, len(backends), self._rng.random)
         order = list(backends)
         for k in range(count):
-            j = k + int(rng.random() * (len(order) - k))
+            j = self._draw_index(order, k)
             order[k], order[j] = order[j], order[k]
         return order[:count]
+
+    def _draw(self, backends: list[int], start: int) -> int:
+        return backends[self._draw_index(backends, start)]
+
+    def _draw_index(self, backends: list[int], start: int) -> int:
+        """An index in backends[start:] drawn with one random number: uniformly when their
+        weights are equal, else in proportion to them (summed left to right, as the twin)."""
+        u = self._rng.random()
+        weights = self._weights
+        if len(weights) != self._backends or _equal_weights(weights, backends, start):
+            return start + int(u * (len(backends) - start))
+        total = 0.0
+        for b in backends[start:]:
+            total += weights[b]
+        x = u * total
+        acc = 0.0
+        for j in range(start, len(backends)):
+            acc += weights[backends[j]]
+            if x < acc:
+                return j
+        return len(backends) - 1  # u * total rounded up to the sum
 
     def reset(self) -> None:
         self.pool = ProbePool(self.pool.settings)

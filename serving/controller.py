@@ -27,6 +27,7 @@ from rl_lb.balancers import FALLBACK_PRESET, Balancer, Decision, GuardedBalancer
 from rl_lb.control import OutcomeGuardSettings
 from rl_lb.errors import ConfigError, ModelError
 from rl_lb.pickers import make_picker
+from rl_lb.slow_start import RAMPS_ITSELF
 from rl_lb.types import FloatArray, Picker, PoolSnapshot
 from serving.config import ProxyConfig
 from serving.monitor import Monitor
@@ -157,7 +158,9 @@ class Controller:
         elapsed = time.perf_counter() - started
         self.inference_s = elapsed
         self.on_inference(elapsed)
-        ramped = self.monitor.slow_start.scale(decision.weights, now)
+        ramped = decision.weights
+        if decision.picker.name not in RAMPS_ITSELF:
+            ramped = self.monitor.slow_start.scale(decision.weights, now)
         if ramped is not decision.weights:  # some backend is in slow start (rl_lb.slow_start)
             decision.picker.update(ramped)
             decision = decision._replace(weights=ramped)

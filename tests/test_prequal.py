@@ -233,6 +233,32 @@ def test_a_fractional_probe_count_is_a_probability() -> None:
     assert 0.45 < sum(sent) / len(sent) < 0.55
 
 
+def test_unequal_weights_steer_the_probes_in_proportion_and_equal_ones_draw_uniformly() -> None:
+    sent: list[int] = []
+    settings = PrequalSettings(probes=1.0)
+    view = View([0] * 4, [True] * 4, [0.01] * 4)
+    picker = PrequalPicker(random.Random(6), settings)
+    picker.prober = sent.extend
+    picker.update(np.array([1.0, 1.0, 2.0, 4.0]))
+    for _ in range(4000):
+        picker.pick(view)
+    shares = [sent.count(b) / len(sent) for b in range(4)]
+    assert shares == pytest.approx([0.125, 0.125, 0.25, 0.5], abs=0.03)
+    # equal weights consume the draws exactly as the published algorithm's partial shuffle
+    uniform: list[int] = []
+    rng, same = random.Random(8), random.Random(8)
+    picker = PrequalPicker(rng, PrequalSettings(probes=2.0))
+    picker.prober = uniform.extend
+    picker.update(np.full(5, 0.2))
+    picker.pick(View([0] * 5, [True] * 5, [0.01] * 5))
+    order = list(range(5))
+    same.random()  # the pick without answers
+    for k in range(2):
+        j = k + int(same.random() * (5 - k))
+        order[k], order[j] = order[j], order[k]
+    assert uniform == order[:2]
+
+
 def test_the_prequal_preset() -> None:
     balancer = make_balancer("prequal")
     assert isinstance(balancer.picker, PrequalPicker)
@@ -284,8 +310,13 @@ def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
                 picker.pool.add(b, rif, latency, now[0])
                 nb_prequal.add(twin, 0, b, rif, latency, now[0])
             continue
-        weights = events.choice([0.0, 0.2, 1.0], backends) if events.random() < 0.3 else None
-        w = np.ones(backends) if weights is None else weights
+        kind = events.random()
+        if kind < 0.2:  # some excluded, two levels: weighted draws among the rest
+            w = events.choice([0.0, 0.2, 1.0], backends)
+        elif kind < 0.4:  # a learned policy's softmax: every draw by weight
+            w = events.dirichlet(np.ones(backends))
+        else:  # the preset's equal weights: Prequal's uniform draws
+            w = np.ones(backends)
         available = events.random(backends) < 0.85
         picker.update(w)
         sent.clear()

@@ -214,6 +214,9 @@ def test_in_the_simulator_a_returning_backend_restarts_neutral_and_ramps() -> No
     share = 0.2 * factor / (0.8 + 0.2 * factor)
     assert applied[back] == pytest.approx(share, rel=1e-12)
     assert applied.sum() == pytest.approx(1.0)
+    even = np.full(len(sim.names), 1 / len(sim.names))
+    sim.set_decision(0, even, "prequal")  # Prequal ramps by its probes: weights as decided
+    assert sim.state.weights[0].tolist() == even.tolist()
 
 
 def _share(arrival: np.ndarray, backend: np.ndarray, index: int, lo: float, hi: float) -> float:
@@ -275,6 +278,8 @@ async def test_the_proxy_resets_a_returning_backend_and_ramps_its_weight() -> No
     clock.now += 15.0  # half way through the window: factor 0.5
     decision = controller.decide()
     assert decision.weights[3] == pytest.approx(0.125 / 0.875, rel=1e-12)
+    prequal = Controller(config, monitor, make_balancer("prequal"))
+    np.testing.assert_allclose(prequal.decide().weights, 0.25)  # its probes ramp, not weights
     clock.now += 15.0
     decision = controller.decide()
     np.testing.assert_allclose(decision.weights, 0.25)
