@@ -2,10 +2,10 @@
 
 Python only steps in at control-interval boundaries (snapshots, balancer decisions), so the per
 request path — arrival, pick, queue, service, answer, metrics — never leaves compiled code.
-Events are: arrivals (piecewise-constant Poisson rate or a trace), answers (a binary heap of
-service completions and error answers), client timeouts (one FIFO per distinct timeout value,
-since deadlines = arrival + constant are then in order), health checks and bulletin-board
-refreshes (periodic). `Spec` and `State` (envs/nb_state.py) hold the arrays.
+Events are: arrivals (piecewise-constant Poisson rate or a trace), answers (service completions,
+error answers and probe answers, in the min-heap of `envs.nb_heap`), client timeouts (one FIFO per
+distinct timeout value, since deadlines = arrival + constant are then in order), health checks and
+bulletin-board refreshes (periodic). `Spec` and `State` (envs/nb_state.py) hold the arrays.
 
 The rules the proxy also runs are not written here but in their numba twins, each following its
 reference in `rl_lb` (tests/test_twins.py lists the pairs): metrics (`envs.nb_metrics`), pickers
@@ -23,6 +23,7 @@ import numpy as np
 
 from envs.jit import jit
 from envs.nb_health import expire, on_check, on_health_check, on_result, set_avail
+from envs.nb_heap import pop, push
 from envs.nb_metrics import cost, record, restart_estimate
 from envs.nb_pickers import PREQUAL, invalidate, pick
 from envs.nb_prequal import add as add_probe_answer
@@ -58,38 +59,6 @@ _SERVICE, _ERROR_ANSWER, _PROBE = 0, 1, 2
 _HEAP_ROOM = 18
 """Heap slots one arrival may fill: its answer and up to 16 (+1) probes (`prequal-probes`)."""
 EXPONENTIAL, LOGNORMAL, PARETO, CONSTANT = 0, 1, 2, 3
-
-
-@jit
-def _push(st: State, t: float, r: int, kind: int) -> None:
-    i = st.counts[2]
-    st.counts[2] += 1
-    while i > 0:
-        parent = (i - 1) >> 1
-        if st.h_t[parent] <= t:
-            break
-        st.h_t[i], st.h_r[i], st.h_kind[i] = st.h_t[parent], st.h_r[parent], st.h_kind[parent]
-        i = parent
-    st.h_t[i], st.h_r[i], st.h_kind[i] = t, r, kind
-
-
-@jit
-def _pop(st: State) -> None:
-    size = st.counts[2] - 1
-    st.counts[2] = size
-    t, r, kind = st.h_t[size], st.h_r[size], st.h_kind[size]
-    i = 0
-    while True:
-        child = 2 * i + 1
-        if child >= size:
-            break
-        if child + 1 < size and st.h_t[child + 1] < st.h_t[child]:
-            child += 1
-        if st.h_t[child] >= t:
-            break
-        st.h_t[i], st.h_r[i], st.h_kind[i] = st.h_t[child], st.h_r[child], st.h_kind[child]
-        i = child
-    st.h_t[i], st.h_r[i], st.h_kind[i] = t, r, kind
 
 
 @jit
@@ -142,7 +111,7 @@ def _service_time(sp: Spec, b: int, rng: np.ndarray) -> float:
 def _start_service(sp: Spec, st: State, b: int, r: int, t: float, rng: np.ndarray) -> None:
     st.busy[b] += 1
     st.r_acct[r] = t
-    _push(st, t + _service_time(sp, b, rng) * _conditions(sp, b, t)[0], r, _SERVICE)
+    push(st, t + _service_time(sp, b, rng) * _conditions(sp, b, t)[0], r, _SERVICE)
 
 
 @jit
@@ -221,7 +190,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             break
         if err_prob > 0.0 and uniform(rng) < err_prob:
             st.inflight[p, b] += 1
-            _push(st, t + err_lat, r, _ERROR_ANSWER)
+            push(st, t + err_lat, r, _ERROR_ANSWER)
         elif st.busy[b] >= sp.concurrency[b] and st.q_len[b] >= sp.queue_limit[b]:
             record(st.m, p, b, 0.0, True, t)
             on_result(sp, st, p, b, True, t)
@@ -260,7 +229,7 @@ def _send_probes(st: State, p: int, t: float, rng: np.ndarray) -> None:
     count = targets(st.pq, st.weights[p], st.avail[p], rng)
     n = st.busy.shape[0]
     for k in range(count):
-        _push(st, t + st.pq.probe_rtt_s, p * n + st.pq.order[k], _PROBE)
+        push(st, t + st.pq.probe_rtt_s, p * n + st.pq.order[k], _PROBE)
 
 
 @jit
@@ -357,7 +326,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
         st.clock[0] = t
         if t_answer == t:
             r, kind = st.h_r[0], st.h_kind[0]
-            _pop(st)
+            pop(st)
             if kind == _PROBE:
                 _probe_answer(sp, st, r, t)
                 continue
@@ -368,7 +337,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
             extra = _paused_before(sp, b, t) - _paused_before(sp, b, st.r_acct[r])
             if extra > 0.0:
                 st.r_acct[r] = t
-                _push(st, t + extra, r, _SERVICE)
+                push(st, t + extra, r, _SERVICE)
                 continue
             st.busy[b] -= 1
             record_latency(st.pq, b, st.r_rif[r], t - st.r_arrival[r])

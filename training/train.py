@@ -15,7 +15,6 @@ import json
 import logging
 import operator
 import shutil
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -34,10 +33,11 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
+from envs import ENV_ID
 from envs.worlds import write_worlds
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
-from rl_lb.policies.learned import DEFAULT_PICKER, RUN_POLICY_FOLDERS
+from rl_lb.policies.learned import RUN_POLICY_FOLDERS
 from rl_lb.scenarios import load_scenario
 from rl_lb.tracking_store import describe_store
 from training import plots
@@ -48,8 +48,9 @@ from training.callbacks import (
     ProgressCallback,
     TrainMetricsCallback,
 )
+from training.checkpoint_eval import Evaluator, Report, policy_of, reporting
 from training.config import TrainConfig
-from training.evaluation import LEARNED, Table, eval_metrics, mean_table, score, write_tables
+from training.evaluation import LEARNED, Table, eval_metrics, score, write_tables
 from training.export import export_policy
 from training.policy import SetActorCriticPolicy
 from training.tracking import (
@@ -60,9 +61,8 @@ from training.tracking import (
     setup_experiment,
 )
 
-__all__ = ["ENV_ID", "RunResult", "run"]
+__all__ = ["RunResult", "run"]
 
-ENV_ID = "rl_lb/BackendPool-v0"
 ALGO_CLASSES: dict[str, type[PPO] | type[A2C]] = {"ppo": PPO, "a2c": A2C}
 
 
@@ -79,9 +79,7 @@ class RunResult:
 def _make_env(
     scenarios: list[str], env_kwargs: dict[str, Any], reward_scale: float
 ) -> gym.Env[Any, Any]:
-    """Module-level so SubprocVecEnv can pickle it; importing `envs` registers the id."""
-    import envs  # noqa: F401
-
+    """Module-level so SubprocVecEnv can pickle it; `ENV_ID` is registered by importing `envs`."""
     env = gym.make(ENV_ID, scenario=scenarios, **env_kwargs)
     return gym.wrappers.TransformReward(env, partial(operator.mul, reward_scale))
 
@@ -135,56 +133,6 @@ def _build_model(config: TrainConfig, venv: VecEnv, resume: Path | None) -> Base
         policy_kwargs=policy_kwargs,
         **params,
     )
-
-
-def _set_policy(model: BaseAlgorithm) -> SetActorCriticPolicy:
-    if not isinstance(model.policy, SetActorCriticPolicy):
-        raise TypeError(f"expected a SetActorCriticPolicy, the model has {type(model.policy)}")
-    return model.policy
-
-
-class Evaluator:
-    """Scores candidate policies on held-out seeds; the baselines run once, their table cached."""
-
-    def __init__(
-        self,
-        scenarios: list[str],
-        seeds: list[int],
-        baselines: list[str],
-        work: Path,
-        tolerance: float = 1.05,
-        picker: str = DEFAULT_PICKER,
-    ) -> None:
-        self.scenarios, self.seeds, self.baselines, self.work = scenarios, seeds, baselines, work
-        self.tolerance = tolerance
-        self.picker = picker
-        """The environment's picker, recorded in each candidate so it is evaluated with it."""
-        self.encoder = FeatureEncoder()
-        self._baseline_records: list[dict[str, Any]] | None = None
-
-    def records(self, balancers: Sequence[str]) -> list[dict[str, Any]]:
-        from envs.evaluate import evaluate
-
-        return evaluate(self.scenarios, list(balancers), self.seeds)
-
-    def table(self, policy_dir: Path) -> Table:
-        if self._baseline_records is None:
-            self._baseline_records = self.records(self.baselines)
-        learned = [{**r, "balancer": LEARNED} for r in self.records([f"learned:{policy_dir}"])]
-        return mean_table(self._baseline_records + learned)
-
-    @property
-    def candidate(self) -> Path:
-        return self.work / "candidate"
-
-    def __call__(self, model: BaseAlgorithm) -> tuple[dict[str, float], tuple[bool, float]]:
-        # Named like the final export (run name @ steps), so a best_policy/ served before the
-        # run ends says which checkpoint it is.
-        version = f"{self.work.name}@{model.num_timesteps}"
-        export_policy(_set_policy(model), self.candidate, self.encoder, version, picker=self.picker)
-        table = self.table(self.candidate)
-        scores = score(table, self.baselines)
-        return eval_metrics(table, scores), scores.selection_key(self.tolerance)
 
 
 SHORT_NAMES = {
@@ -268,21 +216,6 @@ def _final_evaluation(
     return scores.geomean
 
 
-def _reporting(
-    evaluator: Evaluator, report: Report | None
-) -> Callable[[BaseAlgorithm], tuple[dict[str, float], tuple[bool, float]]]:
-    """`evaluator`, also telling `report` what each evaluation found."""
-    if report is None:
-        return evaluator
-
-    def evaluate(model: BaseAlgorithm) -> tuple[dict[str, float], tuple[bool, float]]:
-        metrics, key = evaluator(model)
-        report(model.num_timesteps, metrics, key)
-        return metrics, key
-
-    return evaluate
-
-
 def next_steps(policy_dir: Path, model_version: int | str) -> list[str]:
     """The exact commands that use the trained policy, to paste after a run."""
     return [
@@ -291,11 +224,6 @@ def next_steps(policy_dir: Path, model_version: int | str) -> list[str]:
         f"  rl-lb serve --balancer learned --policy {policy_dir} \\\n      --backend URL",
         f"  (or from the registry: --policy models:/rl-lb-policy/{model_version})",
     ]
-
-
-Report = Callable[[int, dict[str, float], tuple[bool, float]], None]
-"""Told (steps, `eval/…` metrics, selection key) after each periodic evaluation: a sweep's
-trial forwards them to Ray Tune, which early-stops on them."""
 
 
 def run(
@@ -369,7 +297,7 @@ def run(
             progress,
             TrainMetricsCallback(),
             CheckpointCallback(run_dir / "latest.zip", config.checkpoint_every_steps),
-            EvalCallback(config.eval.every_steps, _reporting(evaluator, report), keep, progress),
+            EvalCallback(config.eval.every_steps, reporting(evaluator, report), keep, progress),
         ]
         remaining = max(config.timesteps - model.num_timesteps, 1)
         model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None)
@@ -378,7 +306,7 @@ def run(
         best = type(model).load(best_zip, device="cpu")
         version = f"{run_name}@{best.num_timesteps}"
         policy_dir = export_policy(
-            _set_policy(best),
+            policy_of(best),
             run_dir / POLICY_ARTIFACT_PATH,
             FeatureEncoder(),
             version,
