@@ -8,6 +8,14 @@ the script reports p50/p99 latency (from each call's intended send time), the p5
 over the direct channel, and the CPU time the proxy process(es) spent per call at that rate.
 
     .venv/bin/python benchmarks/grpc_overhead.py [--duration 20] [--rate 500] [--json out.json]
+        [--rounds 3] [--baseline /tmp/before]
+
+On shared cores the CPU per call drifts with the other jobs by more than a change to the proxy
+makes, so the proxies stay up side by side and `--rounds` measures each in turn again (the order
+reversed every other round), reporting each one's median; `--baseline` adds `rl-lb serve` from
+another source tree (a `git archive` copy of an earlier commit, put first on PYTHONPATH), and
+`--side-by-side` loads the rl-lb proxies at the same time, each from its own load-generator
+process, so that the other jobs weigh on both alike (nginx still runs alone).
 
 nginx comes from Debian's packages (the script installs it if missing); grpcio is a development
 dependency of the project. Ports are picked free on loopback.
@@ -17,8 +25,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -123,8 +134,37 @@ def measure(name: str, port: int, pid: int | None, args: argparse.Namespace) -> 
         idle = (cpu_seconds(pid) - before) / (time.monotonic() - started) * 1e3
     before = cpu_seconds(pid) if pid else 0.0
     latency, cause = open_loop(port, args.rate, args.duration, seed=0)
+    return _figures(name, latency, cause, cpu_seconds(pid) - before if pid else None, idle)
+
+
+def side_by_side(targets: list[tuple[str, int, int]], args: argparse.Namespace) -> list[Figures]:
+    """`targets` under the same load at the same time, each from a load-generator process of
+    its own: whatever else runs on the shared cores slows them alike."""
+    for _, port, _ in targets:
+        open_loop(port, args.rate, 1.0, seed=99)
+    with tempfile.TemporaryDirectory(prefix="rl-lb-grpc-load-") as tmp:
+        outs = [Path(tmp) / f"{i}.npz" for i in range(len(targets))]
+        before = [cpu_seconds(pid) for _, _, pid in targets]
+        rate = ["--rate", str(args.rate), "--duration", str(args.duration)]
+        loads = [
+            subprocess.Popen([sys.executable, __file__, "--load-only", str(port), str(out), *rate])
+            for (_, port, _), out in zip(targets, outs, strict=True)
+        ]
+        for load in loads:
+            load.wait()
+        figures = []
+        for (name, _, pid), cpu, out in zip(targets, before, outs, strict=True):
+            with np.load(out) as load:
+                latency, cause = load["latency_s"], load["cause"]
+            figures.append(_figures(name, latency, cause, cpu_seconds(pid) - cpu, None))
+    return figures
+
+
+def _figures(
+    name: str, latency: FloatArray, cause: IntArray, cpu_s: float | None, idle: float | None
+) -> Figures:
     calls = len(latency)
-    cpu = (cpu_seconds(pid) - before) / calls * 1e6 if pid else None
+    cpu = cpu_s / calls * 1e6 if cpu_s is not None else None
     ok = latency[cause == 0] * 1e3
     p50, p99 = (float(np.quantile(ok, q)) for q in (0.5, 0.99))
     figures = Figures(name, calls, int(np.count_nonzero(cause)), p50, p99, cpu, idle)
@@ -149,35 +189,65 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=500.0, help="open-loop calls/s")
     parser.add_argument("--balancer", default="least-latency")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--rounds", type=int, default=1, help="turns of every proxy, alternating")
+    parser.add_argument("--baseline", type=Path, help="also rl-lb from this source tree")
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="load the rl-lb proxies at the same time (each round), not one after the other",
+    )
     parser.add_argument("--backends-only", type=int, nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--load-only", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backends_only:
         run_async(_serve(args.backends_only))
         return
+    if args.load_only:
+        latency, cause = open_loop(int(args.load_only[0]), args.rate, args.duration, seed=0)
+        np.savez(args.load_only[1], latency_s=latency, cause=cause)
+        return
     ensure_tools()
     backends = [free_port() for _ in range(BACKENDS)]
-    proxy_port, admin_port = free_port(), free_port()
     results: list[Figures] = []
     serve_backends = [sys.executable, __file__, "--backends-only", *map(str, backends)]
     with tempfile.TemporaryDirectory(prefix="rl-lb-grpc-overhead-") as tmp:
         workdir = Path(tmp)
-        with process(serve_backends, backends[-1]):
+        with process(serve_backends, backends[-1]), contextlib.ExitStack() as proxies:
             for port in backends:
                 wait_port(port)
             print(
                 f"backends: {BACKENDS} grpcio servers; open loop {args.rate:g} calls/s "
-                f"for {args.duration:g} s per target; {_load_average()} before"
+                f"for {args.duration:g} s per target and round; {_load_average()} before"
             )
             results.append(measure("direct", backends[0], None, args))
-            conf = nginx_grpc_conf(workdir, proxy_port, backends)
-            with process(["nginx", "-c", str(conf)], proxy_port) as p:
-                results.append(measure("nginx grpc_pass", proxy_port, p.pid, args))
-            command = rl_lb_grpc(proxy_port, admin_port, backends, args.balancer)
-            with process(command, proxy_port) as p:
-                results.append(measure(f"rl-lb ({args.balancer})", proxy_port, p.pid, args))
+            targets: list[tuple[str, int, int]] = []
+            port = free_port()
+            nginx = ["nginx", "-c", str(nginx_grpc_conf(workdir, port, backends))]
+            targets.append(
+                ("nginx grpc_pass", port, proxies.enter_context(process(nginx, port)).pid)
+            )
+            trees: list[tuple[str, list[str]]] = [(f"rl-lb ({args.balancer})", [])]
+            if args.baseline:
+                pythonpath = ["env", f"PYTHONPATH={args.baseline.resolve()}"]
+                trees.append((f"rl-lb ({args.balancer}, {args.baseline.name})", pythonpath))
+            for name, prefix in trees:
+                port = free_port()
+                command = [*prefix, *rl_lb_grpc(port, free_port(), backends, args.balancer)]
+                targets.append((name, port, proxies.enter_context(process(command, port)).pid))
+            for turn in range(args.rounds):
+                order = targets if turn % 2 == 0 else targets[::-1]
+                if args.side_by_side:
+                    results.append(measure(*targets[0], args))  # nginx
+                    results += side_by_side([t for t in order if t is not targets[0]], args)
+                else:
+                    results += [measure(*target, args) for target in order]
     print(f"{_load_average()} after")
     direct = results[0]
-    nginx_cpu = results[1].cpu_us_per_call
+    medians = {
+        target: statistics.median(r.cpu_us_per_call or 0.0 for r in results if r.target == target)
+        for target in dict.fromkeys(r.target for r in results[1:])
+    }
+    nginx_cpu = medians["nginx grpc_pass"]
     print(
         f"\n| target | calls | errors | p50 ms | p99 ms | CPU µs/call | × nginx CPU "
         f"| idle CPU ms/s | added p50 ms @{args.rate:g}/s | added p99 ms @{args.rate:g}/s |"
@@ -197,6 +267,9 @@ def main() -> None:
             f"| {r.target} | {r.calls} | {r.errors} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {cpu} "
             f"| {ratio} | {idle} | {r.added_p50_ms:.2f} | {r.added_p99_ms:.2f} |"
         )
+    print(f"\nmedian CPU µs/call over {args.rounds} round(s):")
+    for target, median in medians.items():
+        print(f"  {target:<32} {median:7.1f}  ({median / nginx_cpu:.2f}× nginx)")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
 

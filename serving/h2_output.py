@@ -19,20 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
+from hpack import NeverIndexedHeaderTuple
 
 __all__ = [
     "ACK_BATCH",
+    "HOP_BY_HOP",
     "MAX_WRITE_BUFFER",
     "CoalescedOutput",
     "H2ClientOutput",
     "Headers",
+    "relayed",
     "streams_to_resume",
+    "upstream_headers",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -44,6 +48,66 @@ ACK_BATCH = 16 << 10
 """Request bytes returned to a client's windows at once. A stream's window (64 KiB) reopens as
 its bytes go on to the backend, the connection's as soon as they arrive: the streams' windows
 bound the memory, and a stream whose backend is slow never holds up the client's others."""
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
+)
+"""Connection-specific fields: never relayed (a request's `te: trailers` excepted)."""
+_CREDENTIALS = frozenset({b"authorization", b"proxy-authorization"})
+_UNINDEXED = _CREDENTIALS | {b"grpc-timeout"}
+"""Request fields sent never-indexed (and cookies under 20 bytes): see `upstream_headers`."""
+
+
+def relayed(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """A backend's response head or trailers as passed on: no hop-by-hop field, and each field
+    as `upstream_headers` sends a request's (credentials never indexed, the rest plain tuples)."""
+    out: Headers = []
+    for header in headers:
+        name, value = header
+        if name in HOP_BY_HOP:
+            continue
+        if name in _CREDENTIALS or (name == b"cookie" and len(value) < 20):
+            out.append(NeverIndexedHeaderTuple(name, value))
+        else:
+            out.append(header if type(header) is NeverIndexedHeaderTuple else (name, value))
+    return out
+
+
+def upstream_headers(
+    request: Iterable[tuple[bytes, bytes]], peer: str, authority: bytes | None, prefix: bytes
+) -> Headers:
+    """A client's request head as a backend gets it: its `:authority` (None: the client's, with
+    `preserve-host`), `:path` under its prefix, `:scheme` http, no hop-by-hop field but
+    `te: trailers`, the client's address last in `x-forwarded-for`.
+
+    The connections skip h2's outbound normalisation (`normalize_outbound_headers`): its
+    lower-case names, trimmed values and dropped connection fields h2 enforced on receipt
+    already, and its `_secure_headers` rule is applied here: credentials and cookies under 20
+    bytes go never-indexed, out of the HPACK tables. A field received never-indexed stays so
+    (RFC 7541 §7.1.3); the others go as plain tuples, which h2 takes as they are (a
+    `HeaderTuple` it rebuilds, in Python)."""
+    out: Headers = []
+    rest: Headers = []
+    forwarded = [peer.encode()]
+    for header in request:
+        name, value = header
+        if name == b":authority":
+            out.append((name, value if authority is None else authority))
+        elif name == b":path":
+            out.append((name, prefix + value))
+        elif name == b":scheme":
+            out.append((name, b"http"))
+        elif name[:1] == b":":
+            out.append((name, value))
+        elif name == b"x-forwarded-for":
+            forwarded.insert(0, value)
+        elif name in _UNINDEXED or (name == b"cookie" and len(value) < 20):
+            # credentials stay out of the tables; a deadline differs from call to call: indexed,
+            # each would evict a stable field and lengthen every search of the encoder's table
+            rest.append(NeverIndexedHeaderTuple(name, value))
+        elif name not in HOP_BY_HOP or (name == b"te" and value == b"trailers"):
+            rest.append(header if type(header) is NeverIndexedHeaderTuple else (name, value))
+    rest.append((b"x-forwarded-for", b", ".join(forwarded)))
+    return out + rest
 
 
 def streams_to_resume(

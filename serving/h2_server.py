@@ -8,12 +8,13 @@ Hostile input is bounded here, each case ending the connection with the GOAWAY c
 name while the other connections carry on:
 - rapid reset (CVE-2023-44487): premature resets past a burst of `h2-max-concurrent-streams`
   plus `h2-max-resets` a second (a token bucket) → ENHANCE_YOUR_CALM. A reset is premature when
-  the client resets a stream not yet answered, younger than `_PREMATURE_S` (Envoy's lifetime)
-  or, for a gRPC call, half its `grpc-timeout` (not under `_PREMATURE_FLOOR_S`). The attack
-  resets streams as it opens them, escaping the stream limit. A grpcio client whose calls expire
-  under load resets hundreds at once too, but those lived out their deadline; the calls that
-  waited for their slots go out and are reset at once, one stream limit's worth per wave at
-  most, which the burst absorbs (one already past its deadline reaches no backend: `H2Stream`);
+  the client resets a stream not yet answered, younger than `PREMATURE_S` (Envoy's lifetime)
+  or, for a gRPC call, half its `grpc-timeout` (not under `PREMATURE_FLOOR_S`; both in
+  `serving.h2_stream`). The attack resets streams as it opens them, escaping the stream limit.
+  A grpcio client whose calls expire under load resets hundreds at once too, but those lived
+  out their deadline; the calls that waited for their slots go out and are reset at once, one
+  stream limit's worth per wave at most, which the burst absorbs (one already past its
+  deadline reaches no backend: `H2Stream`);
 - SETTINGS and PING floods: more than `_MAX_CONTROL_FRAMES` a second → ENHANCE_YOUR_CALM; and
   reading stops while the client does not read our acknowledgements;
 - oversized header blocks: the HPACK decoder's header list limit (the HTTP/1.1 head limit,
@@ -72,10 +73,6 @@ _MAX_CONTROL_FRAMES = 100
 """SETTINGS or PING frames a client may send in one second (gRPC keepalive sends a few a minute)."""
 _IDLE_S = 300.0
 """An HTTP/2 connection without a stream this long is closed (GOAWAY NO_ERROR)."""
-_PREMATURE_S = 1.0
-"""A stream reset younger than this, before its answer began, counts toward `h2-max-resets`."""
-_PREMATURE_FLOOR_S = 0.05
-"""The shortest a gRPC call's `grpc-timeout` makes that age: a tiny timeout excuses no flood."""
 
 
 class H2Server:
@@ -204,12 +201,14 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
 
     def __init__(self, server: H2Server) -> None:
         # Response headers from an h2 backend were validated on receipt (H2UpstreamConnection),
-        # so checking them again on the way out is skipped; an HTTP/1.1 backend's are checked.
+        # so checking and normalising them again on the way out is skipped (`relayed` keeps
+        # credentials out of the HPACK tables); an HTTP/1.1 backend's go through both.
         config = H2Configuration(
             client_side=False,
             header_encoding=None,
             validate_inbound_headers=True,
             validate_outbound_headers=not server.h2c,
+            normalize_outbound_headers=not server.h2c,
         )
         super().__init__(H2Connection(config), server.loop, server.goaways)
         self.server = server
@@ -251,11 +250,9 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         try:
             events = self.h2.receive_data(data)
         except ProtocolError as error:
-            code = (
-                error.error_code
-                if isinstance(error.error_code, ErrorCodes)
-                else ErrorCodes.PROTOCOL_ERROR
-            )
+            code = error.error_code
+            if not isinstance(code, ErrorCodes):
+                code = ErrorCodes.PROTOCOL_ERROR
             # a stream past MAX_CONCURRENT_STREAMS is refused by h2 itself: the limit is one of
             # the initial values (connection_made), in force before the client's acknowledgement
             level = logging.WARNING if isinstance(error, TooManyStreamsError) else logging.INFO
@@ -290,7 +287,7 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
                 self.returned = 0
             stream = self.streams.get(event.stream_id or 0)
             if stream is not None:
-                stream.on_client_data(event.data or b"", flow)
+                stream.on_client_data(event.data or b"", flow, event.stream_ended is not None)
         elif isinstance(event, StreamEnded):  # after the RequestReceived or DataReceived
             stream = self.streams.get(event.stream_id or 0)
             if stream is not None and not stream.client_ended:
@@ -303,7 +300,7 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
             if stream is None:
                 return  # refused or long over: it cost the proxy nothing
             now = self.server.loop.time()
-            premature = _premature(stream, now)
+            premature = stream.reset_is_premature(now)
             self.server.client_resets["premature" if premature else "late"] += 1
             if premature and not self._take_reset_token(now):
                 log.warning("HTTP/2 client %s: rapid reset (GOAWAY ENHANCE_YOUR_CALM)", self.peer)
@@ -319,7 +316,7 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
                 )
                 self.goaway(ErrorCodes.ENHANCE_YOUR_CALM)
         elif isinstance(event, WindowUpdated):
-            for stream in streams_to_resume(self.streams, event.stream_id, _has_output):
+            for stream in streams_to_resume(self.streams, event.stream_id, H2Stream.has_output):
                 stream.pump()
         elif isinstance(event, ConnectionTerminated):
             self._forget_streams()
@@ -349,6 +346,12 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+
+    def forget(self, stream_id: int) -> None:
+        """A stream over both ways leaves at once (not at the next sweep): a WINDOW_UPDATE for
+        the connection walks the streams left, and a finished one has nothing to send."""
+        self.streams.pop(stream_id, None)
+        self.unacked.pop(stream_id, None)
 
     def _forget_streams(self) -> None:
         streams, self.streams = self.streams, {}
@@ -386,17 +389,3 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
         self.transport = None
         self._forget_streams()
         transport.close()
-
-
-def _premature(stream: H2Stream, now: float) -> bool:
-    """Whether the client's reset of `stream` is of the rapid-reset kind (module docstring)."""
-    if stream.headed or stream.closed:
-        return False  # answered, or being answered: the client read what it asked for
-    allowed = stream.deadline - stream.received_at  # the call's grpc-timeout, inf without one
-    young = min(_PREMATURE_S, max(_PREMATURE_FLOOR_S, allowed / 2))
-    return now - stream.received_at < young
-
-
-def _has_output(stream: H2Stream) -> bool:
-    """Response bytes or its end wait for the client's window."""
-    return bool(stream.out) or stream.out_ended

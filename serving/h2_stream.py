@@ -25,17 +25,19 @@ from typing import TYPE_CHECKING
 from h2.errors import ErrorCodes
 
 from serving.grpc_call import MessageCounter, grpc_status, is_grpc, proxy_status, read_grpc_timeout
+from serving.h2_output import relayed, upstream_headers
 from serving.h2_upstream import Headers, StreamHandle
 from serving.monitor import Backend
 
 if TYPE_CHECKING:
     from serving.h2_server import H2ClientConnection
 
-__all__ = ["H2Stream"]
+__all__ = ["PREMATURE_FLOOR_S", "PREMATURE_S", "H2Stream"]
 
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te"}
-)
+PREMATURE_S = 1.0
+"""A stream reset younger than this, before its answer began, counts toward `h2-max-resets`."""
+PREMATURE_FLOOR_S = 0.05
+"""The shortest a gRPC call's `grpc-timeout` makes that age: a tiny timeout excuses no flood."""
 
 
 class H2Stream:
@@ -46,14 +48,19 @@ class H2Stream:
         self.server = conn.server
         self.stream_id = stream_id
         self.request = headers
-        fields = {name: value for name, value in headers if name[:1] != b":" or name in _PSEUDO}
-        self.method = fields.get(b":method", b"GET")
-        self.grpc = is_grpc(fields.get(b"content-type"))
+        method, content_type, timeout = b"GET", None, None
+        for name, value in headers:
+            if name == b":method":
+                method = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = value
+        self.method = method
+        self.grpc = is_grpc(content_type)
         now = self.server.loop.time()
         self.received_at = now
-        self.deadline = (
-            now + read_grpc_timeout(fields.get(b"grpc-timeout")) if self.grpc else math.inf
-        )
+        self.deadline = now + read_grpc_timeout(timeout) if self.grpc else math.inf
         self.backend: Backend | None = None
         self.tried: list[Backend] = []
         self.up: StreamHandle | None = None
@@ -112,29 +119,10 @@ class H2Stream:
         self.backend = backend
         self.started = forwarder.monitor.begin(backend)
         pool = self.server.pool_for(backend)
-        headers = self._upstream_headers(pool.authority, pool.prefix)
+        authority = None if self.server.preserve_host else pool.authority
+        headers = upstream_headers(self.request, self.conn.peer, authority, pool.prefix)
         self.end_in_headers = self.client_ended and not self.held
         pool.open(self, headers, self.end_in_headers)
-
-    def _upstream_headers(self, authority: bytes, prefix: bytes) -> Headers:
-        out: Headers = []
-        rest: Headers = []
-        forwarded = [self.conn.peer.encode()]
-        for name, value in self.request:
-            if name == b":authority":
-                out.append((name, value if self.server.preserve_host else authority))
-            elif name == b":path":
-                out.append((name, prefix + value))
-            elif name == b":scheme":
-                out.append((name, b"http"))
-            elif name[:1] == b":":
-                out.append((name, value))
-            elif name == b"x-forwarded-for":
-                forwarded.insert(0, value)
-            elif name not in _HOP_BY_HOP or (name == b"te" and value == b"trailers"):
-                rest.append((name, value))
-        rest.append((b"x-forwarded-for", b", ".join(forwarded)))
-        return out + rest
 
     def on_stream_open(self, stream: StreamHandle) -> None:
         if self.closed:
@@ -145,12 +133,15 @@ class H2Stream:
         if self.grpc and not self.client_ended:
             stream.deadline = 0.0  # a client-streaming call: the backend may wait for the end
         held, self.held = self.held, deque()
+        end = self.client_ended and not self.end_in_headers  # it ended while the stream opened
         if held:
             self.body_started = True
+            last = held.pop()
             for chunk in held:
                 stream.send(chunk, False)
-        if self.client_ended and not self.end_in_headers:
-            stream.send(b"", True)  # the client ended while the stream was being opened
+            stream.send(last, end)  # the end rides on the last bytes
+        elif end:
+            stream.send(b"", True)
 
     def on_connect_failed(self, reason: str, message: str) -> None:
         self._attempt_failed(reason, message, retriable=True)
@@ -183,18 +174,26 @@ class H2Stream:
 
     # -- the request body (from the client) --------------------------------------------------
 
-    def on_client_data(self, data: bytes, flow: int) -> None:
+    def on_client_data(self, data: bytes, flow: int, end: bool) -> None:
+        """Request body bytes; `end`: the request ends with them (they go on in one DATA frame
+        with END_STREAM, not a DATA frame and an empty one)."""
         padding = flow - len(data)
         if padding:
             self.conn.ack(self.stream_id, padding)
-        if self.up is None:
+        up = self.up
+        if up is None:
             if self.done or self.closed:
                 self.conn.ack(self.stream_id, len(data))  # nobody wants it: dropped
             else:
                 self.held.append(data)  # bounded by the stream's window: acknowledged later
+            if end:
+                self.on_client_end()
             return
         self.body_started = True
-        self.up.send(data, False)
+        up.send(data, end)
+        if end:
+            self.client_ended = True
+            self._await_answer(up)
 
     def on_body_sent(self, size: int) -> None:
         self.conn.ack(self.stream_id, size)
@@ -204,8 +203,12 @@ class H2Stream:
         up = self.up
         if up is not None:
             up.send(b"", True)
-            if not self.headed and not up.deadline:  # the read timeout runs from here
-                up.deadline = self.server.loop.time() + self.server.config.read_timeout_s
+            self._await_answer(up)
+
+    def _await_answer(self, up: StreamHandle) -> None:
+        """The request is all sent: the read timeout runs from here."""
+        if not self.headed and not up.deadline:
+            up.deadline = self.server.loop.time() + self.server.config.read_timeout_s
 
     def on_client_gone(self) -> None:
         """The client reset the stream or left: the backend stream is given up."""
@@ -221,6 +224,14 @@ class H2Stream:
         if not self.done:
             self._settle(failed=False, by_client=True)
         self.server.answered(self.status, self.server.loop.time() - self.received_at)
+
+    def reset_is_premature(self, now: float) -> bool:
+        """Whether the client's reset is of the rapid-reset kind (`serving.h2_server`)."""
+        if self.headed or self.closed:
+            return False  # answered, or being answered: the client read what it asked for
+        allowed = self.deadline - self.received_at  # the call's grpc-timeout, inf without one
+        young = min(PREMATURE_S, max(PREMATURE_FLOOR_S, allowed / 2))
+        return now - self.received_at < young
 
     def expired(self) -> None:
         """The gRPC deadline passed (`grpc-timeout`): the call ends with DEADLINE_EXCEEDED."""
@@ -245,7 +256,7 @@ class H2Stream:
             monitor.answered(self.backend, self.started, status, judged=False)
         elif not end and not self.client_ended:
             self._go_streaming()
-        headers = [(n, v) for n, v in headers if n not in _HOP_BY_HOP]
+        headers = relayed(headers)
         self.conn.send_headers(self.stream_id, headers, end)
         if end:
             code = grpc_status(headers) if self.grpc else None
@@ -265,7 +276,7 @@ class H2Stream:
         self.pump()
 
     def on_trailers(self, headers: Headers) -> None:
-        self.trailers = [(n, v) for n, v in headers if n not in _HOP_BY_HOP]
+        self.trailers = relayed(headers)
 
     def on_response_end(self) -> None:
         code = grpc_status(self.trailers or ()) if self.grpc else None
@@ -343,6 +354,10 @@ class H2Stream:
 
     # -- relaying to the client -------------------------------------------------------------
 
+    def has_output(self) -> bool:
+        """Response bytes or its end wait for the client's window."""
+        return bool(self.out) or self.out_ended
+
     def pump(self) -> None:
         """Send what waits as far as the client's window allows; then the trailers or end."""
         if self.closed:
@@ -352,8 +367,11 @@ class H2Stream:
             self.up.ack(sent)
         if not self.out and self.out_ended:
             self.closed = True
+            self.up = None  # the backend stream is over: no cycle left for the collector
             self.conn.end_stream(self.stream_id, self.trailers)
             self.server.answered(self.status or 200, self.server.loop.time() - self.received_at)
+            if self.client_ended and self.done:
+                self.conn.forget(self.stream_id)  # over both ways: nothing more to route to it
 
     def _fail(self, status: int, reason: str, message: str, code: str) -> None:
         """An answer of the proxy's own (gRPC-shaped for a gRPC call)."""
@@ -374,6 +392,3 @@ class H2Stream:
         self.server.answered(
             200 if self.grpc else status, self.server.loop.time() - self.received_at
         )
-
-
-_PSEUDO = frozenset({b":method", b":path", b":authority", b":scheme"})

@@ -113,9 +113,15 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
 
     def __init__(self, pool: H2UpstreamPool) -> None:
         # request headers were validated on receipt from the client (H2ClientConnection) or are
-        # the proxy's own (health probes): validating them again per call cost ~4% of the CPU
+        # the proxy's own (health probes): validating them again per call cost ~4% of the CPU,
+        # normalising them (already lower-case, trimmed, without connection fields) ~3%; the
+        # request keeps credentials out of the HPACK tables itself (`h2_output.upstream_headers`)
         config = H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False
+            client_side=True,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            normalize_inbound_headers=False,  # it joins `cookie` fields: a request's, not ours
         )
         super().__init__(H2Connection(config), pool.loop)
         self.pool = pool
@@ -124,13 +130,15 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
         """False after a GOAWAY or once closing: no new stream goes here."""
         self.returned = 0
         """Bytes received and not yet returned to the connection's window (batched)."""
+        self.max_streams = self.h2.remote_settings.max_concurrent_streams
+        """The backend's MAX_CONCURRENT_STREAMS, read again when its SETTINGS change."""
 
     @property
     def capacity(self) -> int:
         """Streams this connection may still open (the backend's MAX_CONCURRENT_STREAMS)."""
         if not self.usable or self.transport is None:
             return 0
-        return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
+        return self.max_streams - len(self.streams)
 
     def open_stream(self, listener: StreamListener, headers: Headers, end: bool) -> None:
         stream_id = self.h2.get_next_available_stream_id()
@@ -157,7 +165,10 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
                 if len(chunk) > window:
                     pending.appendleft(chunk[window:])
                     chunk = chunk[:window]
-                h2.send_data(sid, chunk)
+                last = stream.ended and not pending  # the end rides on the last bytes' frame
+                h2.send_data(sid, chunk, end_stream=last)
+                if last:
+                    stream.ended = False
                 if stream.listener is not None:
                     stream.listener.on_body_sent(len(chunk))
             if stream.ended:
@@ -224,7 +235,8 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
         elif isinstance(event, StreamEnded):
             stream = self.streams.pop(event.stream_id or 0, None)
             if stream is not None and stream.listener is not None:
-                stream.listener.on_response_end()
+                listener, stream.listener = stream.listener, None  # no cycle left to collect
+                listener.on_response_end()
             self.pool.serve_waiting()
         elif isinstance(event, StreamReset):
             stream = self.streams.pop(event.stream_id or 0, None)
@@ -237,6 +249,7 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
             for stream in streams_to_resume(self.streams, event.stream_id, _has_request_left):
                 self.pump(stream)
         elif isinstance(event, RemoteSettingsChanged):
+            self.max_streams = self.h2.remote_settings.max_concurrent_streams
             self.pool.serve_waiting()
         elif isinstance(event, ConnectionTerminated):
             self.usable = False
