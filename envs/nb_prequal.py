@@ -211,9 +211,8 @@ def _reuse_budget(pq: PrequalState, backends: int) -> int:
 
 
 @jit
-def _choose(pq: PrequalState, p: int, w: FloatArray, weighted: bool, now: float) -> int:
-    """`ProbePool.choose` over the candidates in `pq.candidate`; -1 with < 2 usable answers.
-    `weighted`: the candidates' weights differ, so scores are divided by them."""
+def _choose(pq: PrequalState, p: int, now: float) -> int:
+    """`ProbePool.choose` over the candidates in `pq.candidate`; -1 with < 2 usable answers."""
     size = pq.slot_backend.shape[1]
     usable = 0
     for s in range(size):
@@ -226,19 +225,15 @@ def _choose(pq: PrequalState, p: int, w: FloatArray, weighted: bool, now: float)
         return -1
     theta = threshold(pq, p)
     cold, hot = -1, -1
-    cold_latency, hot_rif = 0.0, 0.0
     for s in range(size):
         b = pq.slot_backend[p, s]
         if b < 0 or not pq.candidate[b]:
             continue
         if pq.slot_rif[p, s] <= theta:
-            latency = pq.slot_latency[p, s] / w[b] if weighted else pq.slot_latency[p, s]
-            if cold < 0 or latency < cold_latency:
-                cold, cold_latency = s, latency
-        else:
-            rif = (pq.slot_rif[p, s] + 1.0) / w[b] if weighted else float(pq.slot_rif[p, s])
-            if hot < 0 or rif < hot_rif:
-                hot, hot_rif = s, rif
+            if cold < 0 or pq.slot_latency[p, s] < pq.slot_latency[p, cold]:
+                cold = s
+        elif hot < 0 or pq.slot_rif[p, s] < pq.slot_rif[p, hot]:
+            hot = s
     best = cold if cold >= 0 else hot
     chosen = pq.slot_backend[p, best]
     pq.slot_rif[p, best] += 1
@@ -295,7 +290,7 @@ def pick(
     count = _candidates(pq, w, avail)
     if count == 0:
         return -1
-    chosen = _choose(pq, p, w, not _equal(pq, w, 0, count), now)
+    chosen = _choose(pq, p, now)
     if chosen < 0:
         chosen = pq.order[_draw_index(pq, w, 0, count, rng)]
     return int(chosen)
@@ -321,7 +316,13 @@ def _draw_index(pq: PrequalState, w: FloatArray, start: int, count: int, rng: np
     """`PrequalPicker._draw_index`: an index in order[start:count] from one draw, uniformly when
     their weights are equal, else in proportion to them (summed left to right)."""
     u = uniform(rng)
-    if _equal(pq, w, start, count):
+    first = w[pq.order[start]]
+    equal = True
+    for k in range(start + 1, count):
+        if w[pq.order[k]] != first:
+            equal = False
+            break
+    if equal:
         return start + int(u * (count - start))
     total = 0.0
     for k in range(start, count):
@@ -333,13 +334,3 @@ def _draw_index(pq: PrequalState, w: FloatArray, start: int, count: int, rng: np
         if x < acc:
             return k
     return count - 1
-
-
-@jit
-def _equal(pq: PrequalState, w: FloatArray, start: int, count: int) -> bool:
-    """`prequal._equal_weights`: whether order[start:count] all have the same weight."""
-    first = w[pq.order[start]]
-    for k in range(start + 1, count):  # noqa: SIM110 (a loop numba compiles, unlike all(...))
-        if w[pq.order[k]] != first:
-            return False
-    return True

@@ -21,10 +21,9 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
 - `PrequalPicker`, the `Picker`: chooses from the pool (at random with fewer than 2 usable
   answers), then asks its prober to probe `probes` random backends, whose answers serve later
   requests, never the current one. Weights steer the randomness: a backend of weight 0 is never
-  a candidate, and when the candidates' weights differ, the probe targets (drawn without
-  replacement) and the pick without answers are drawn in proportion to them and the hot-cold
-  choice compares each answer's latency (or RIF + 1) divided by its weight. Equal weights (the
-  `prequal` preset's) draw and choose exactly as the published algorithm. This is how a weight
+  a candidate, and when the candidates' weights differ, both the probe targets (drawn without
+  replacement) and the pick without answers are drawn in proportion to them. Equal weights (the
+  `prequal` preset's) draw exactly as the published algorithm, uniformly. This is how a weight
   policy steers Prequal: the learned one pairs with it to keep Prequal's hot-cold choice and
   still shun what Prequal cannot see in a probe (a backend that fails fast looks idle and fast).
   Without a prober it answers its own probes from what the proxy sees (`LoadView`: in-flight
@@ -182,17 +181,9 @@ class ProbePool:
     def entries(self) -> int:
         return sum(b >= 0 for b in self.backend)
 
-    def choose(
-        self, candidate: Sequence[bool], now: float, weights: Sequence[float] | None = None
-    ) -> int:
+    def choose(self, candidate: Sequence[bool], now: float) -> int:
         """The hot-cold choice among usable answers, its +1 and removals; -1 when fewer than 2
-        answers are usable (fresh, of a `candidate` backend).
-
-        With `weights` (the candidates' differ), an answer's latency, or RIF + 1 when all are
-        hot, is divided by its backend's weight before the comparison, as p2c-latency scores
-        (in-flight + 1) x cost / weight: a policy can then outweigh an answer that looks good
-        but is not (a backend failing fast answers idle and fast). Which answers are cold does
-        not change: θ is about the backends' real queues."""
+        answers are usable (fresh, of a `candidate` backend)."""
         settings = self.settings
         for slot, b in enumerate(self.backend):
             if b >= 0 and now - self.received_at[slot] > settings.max_age_s:
@@ -202,15 +193,10 @@ class ProbePool:
             return -1
         theta = self.threshold()
         cold = [s for s in usable if self.rif[s] <= theta]
-        if weights is None:
-            if cold:
-                best = min(cold, key=lambda s: self.latency_s[s])
-            else:
-                best = min(usable, key=lambda s: self.rif[s])
-        elif cold:
-            best = min(cold, key=lambda s: self.latency_s[s] / weights[self.backend[s]])
+        if cold:
+            best = min(cold, key=lambda s: self.latency_s[s])
         else:
-            best = min(usable, key=lambda s: (self.rif[s] + 1.0) / weights[self.backend[s]])
+            best = min(usable, key=lambda s: self.rif[s])
         chosen = self.backend[best]
         self.rif[best] += 1
         self.uses[best] += 1
@@ -253,8 +239,7 @@ def probe_count(probes: float, candidates: int, draw: Callable[[], float]) -> in
 
 class PrequalPicker:
     """The `prequal` picker. Weights exclude backends (weight 0, unless all are 0) and, unequal,
-    bias the random draws (probe targets, the pick without answers) in proportion and divide
-    each answer's score in the hot-cold choice (`ProbePool.choose`)."""
+    bias the random draws (probe targets, the pick without answers) in proportion."""
 
     name = "prequal"
 
@@ -296,9 +281,7 @@ class PrequalPicker:
         if not backends:
             raise NoBackendAvailable("no backend is available (all unhealthy or ejected)")
         now = self.clock()
-        weighted = len(self._weights) == len(candidate)
-        weighted = weighted and not _equal_weights(self._weights, backends, 0)
-        chosen = self.pool.choose(candidate, now, self._weights if weighted else None)
+        chosen = self.pool.choose(candidate, now)
         if chosen < 0:
             chosen = self._draw(backends, 0)
         targets = self.targets(backends)

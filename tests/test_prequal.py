@@ -259,25 +259,6 @@ def test_unequal_weights_steer_the_probes_in_proportion_and_equal_ones_draw_unif
     assert uniform == order[:2]
 
 
-def test_unequal_weights_divide_each_answers_score_in_the_hot_cold_choice() -> None:
-    pool = ProbePool(PrequalSettings(pool_size=4, removals=0, q_rif=1.0))
-    pool.add(0, 1, 0.001, 0.0)  # fails fast: idle and quick in its answers
-    pool.add(1, 2, 0.040, 0.0)
-    candidate = [True, True]
-    assert pool.choose(candidate, 0.0) == 0  # Prequal alone falls for it
-    pool.add(0, 1, 0.001, 0.0)
-    assert pool.choose(candidate, 0.0, [0.01, 0.99]) == 1  # 0.1 s against 0.0404 s
-    pool.add(0, 1, 0.001, 0.0)
-    assert pool.choose(candidate, 0.0, [0.5, 0.5]) == 0  # equal weights: Prequal's choice
-    hot = ProbePool(PrequalSettings(pool_size=4, removals=0, q_rif=0.0))
-    hot.add(2, 0, 0.01, 0.0)  # θ = 0, the lowest RIF seen; backend 2 is no candidate
-    hot.add(0, 7, 0.01, 0.0)
-    hot.add(1, 9, 0.01, 0.0)
-    assert hot.choose([True, True, False], 0.0, [0.2, 0.8, 0.0]) == 1  # 8 / 0.2 > 10 / 0.8
-    hot.add(1, 9, 0.01, 0.0)
-    assert hot.choose([True, True, False], 0.0) == 0  # all hot, unweighted: the lowest RIF
-
-
 def test_the_prequal_preset() -> None:
     balancer = make_balancer("prequal")
     assert isinstance(balancer.picker, PrequalPicker)
