@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint typecheck pytest demo policy policy-worlds results bench docs clean
+.PHONY: setup test lint typecheck pytest demo policy policy-worlds policy-prequal results bench docs clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,13 @@ policy: setup
 policy-worlds: setup
 	rm -rf runs/shipped-stage4
 	$(BIN)/rl-lb train --config training/configs/shipped-worlds.toml --out runs/shipped-stage4 \
+		--resume "$$(ls runs/shipped-stage3/*/best.zip)"
+
+# Stage 4 on the prequal picker (issue 17), on top of `make policy`'s stage 3: tried on
+# 4 December 2026 and not shipped (docs/training.md says why); nothing is exported.
+policy-prequal: setup
+	rm -rf runs/shipped-prequal
+	$(BIN)/rl-lb train --config training/configs/shipped-prequal.toml --out runs/shipped-prequal \
 		--resume "$$(ls runs/shipped-stage3/*/best.zip)"
 
 results: setup
