@@ -7,6 +7,9 @@ Prints two cases per picker: every backend available (the table of the full pool
 unavailable (the cached table for that availability pattern). The view is `PoolMetrics`, whose
 `available` is an `Availability` list, as in the simulator and (through `PoolView`) the proxy:
 the picker sees that it has not changed in O(1), so the p2c family costs the same at every N.
+`prequal` runs twice: with the unequal weights of the others (its weighted probe draws scan the
+candidates) and with the equal weights of the `prequal` preset (`prequal=`), the published
+algorithm, whose pick is O(pool size + probes).
 """
 
 from __future__ import annotations
@@ -56,14 +59,16 @@ def table(backends: int) -> None:
     weights /= weights.sum()
     print(f"µs per pick (CPU time), {backends} backends, best of {REPEATS} repeats")
     print(f"{'picker':<14}{'all available':>15}{'2 unavailable':>15}")
-    for name in PICKER_NAMES:
+    equal = np.full(backends, 1.0 / backends)
+    rows = [(name, name, weights) for name in PICKER_NAMES] + [("prequal=", "prequal", equal)]
+    for label, name, row_weights in rows:
         figures = []
         for unavailable in ((), (3, 11)):
             metrics = _pool(rng, backends)
             for i in unavailable:
                 metrics.set_health(i, False)
             picker = make_picker(name, random.Random(1))
-            picker.update(weights)
+            picker.update(row_weights)
             scope = {"pick": picker.pick, "view": metrics}
             picks = _picks(scope)
             best = min(
@@ -76,7 +81,7 @@ def table(backends: int) -> None:
                 )
             )
             figures.append(best / picks * 1e6)
-        print(f"{name:<14}{figures[0]:>15.2f}{figures[1]:>15.2f}")
+        print(f"{label:<14}{figures[0]:>15.2f}{figures[1]:>15.2f}")
 
 
 if __name__ == "__main__":

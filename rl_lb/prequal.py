@@ -39,12 +39,15 @@ from __future__ import annotations
 import math
 import random
 import time
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Sequence
+from itertools import accumulate
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from rl_lb.availability import Availability
 from rl_lb.control import PrequalSettings
 from rl_lb.types import Clock, LoadView, NoBackendAvailable
 
@@ -69,6 +72,8 @@ LATENCY_NEIGHBOURS = 7
 """How many of them, the nearest in RIF to the current one, the median is taken over."""
 REUSE_DELTA = 1.0
 """δ of the reuse budget (prequal-rs's default)."""
+_NUMPY_DRAW_FROM = 128
+"""Above this many candidates a weighted draw sums them in numpy; below, Python is quicker."""
 
 Prober = Callable[[Sequence[int]], None]
 """Sends probes to the given backends; their answers go to `ProbePool.add` later."""
@@ -222,10 +227,32 @@ class ProbePool:
         return max(occupied, key=lambda s: (self.latency_s[s], -s))
 
 
-def _equal_weights(weights: Sequence[float], backends: Sequence[int], start: int) -> bool:
-    """Whether backends[start:] all have the same weight (then draws are uniform)."""
-    first = weights[backends[start]]
-    return all(weights[b] == first for b in backends[start + 1 :])
+class _Candidates(NamedTuple):
+    """What a pick needs from one availability pattern and one set of weights: built on every
+    request, it made a pick O(N) (issue 15); kept until either changes."""
+
+    mask: list[bool]
+    """Per backend: a candidate (`PrequalPicker.candidates`); `ProbePool.choose` reads it."""
+    backends: list[int]
+    """The candidates in backend order; `targets` swaps entries in place and back."""
+    equal: bool
+    """All candidates' weights are equal (or none fit this pool): every draw is uniform."""
+    cum: list[float]
+    """Running sums of the weights in order, added as `_draw_index` adds them, so a draw from
+    the whole list is a binary search with the same result; empty when `equal`."""
+    weight: npt.NDArray[np.float64]
+    """The weight of each entry of `backends` (swapped with them) when unequal and more than
+    `_NUMPY_DRAW_FROM`, else empty: a weighted draw adds them in numpy."""
+
+
+def _candidates_table(mask: list[bool], weights: Sequence[float], sized: bool) -> _Candidates:
+    """The table for a candidate mask; `sized`: the weights are for this pool."""
+    backends = [b for b, ok in enumerate(mask) if ok]
+    equal = not sized or not backends or all(weights[b] == weights[backends[0]] for b in backends)
+    cum = [] if equal else list(accumulate(weights[b] for b in backends))
+    large = not equal and len(backends) > _NUMPY_DRAW_FROM
+    weight = np.array([weights[b] for b in backends] if large else [], dtype=np.float64)
+    return _Candidates(mask, backends, equal, cum, weight)
 
 
 def probe_count(probes: float, candidates: int, draw: Callable[[], float]) -> int:
@@ -239,7 +266,13 @@ def probe_count(probes: float, candidates: int, draw: Callable[[], float]) -> in
 
 class PrequalPicker:
     """The `prequal` picker. Weights exclude backends (weight 0, unless all are 0) and, unequal,
-    bias the random draws (probe targets, the pick without answers) in proportion."""
+    bias the random draws (probe targets, the pick without answers) in proportion.
+
+    The candidates are kept (`_Candidates`) while the view's `Availability` keeps its `version`
+    (a plain list: its contents) and no `update` comes, so with equal weights a pick is
+    O(pool size + probes) at any N. With unequal ones each probe target after the first sums
+    the rest of the candidates' weights (in numpy), as the twin does.
+    """
 
     name = "prequal"
 
@@ -256,12 +289,20 @@ class PrequalPicker:
         """Who sends the probes; None: answered at once from the proxy's own view."""
         self._weights: list[float] = []
         self._backends = -1
+        self._table: _Candidates | None = None
+        """The candidates for `_pattern` and the current weights; None after an update."""
+        self._pattern: list[bool] = []
+        """The availability `_table` was built for (a copy)."""
+        self._seen: Sequence[bool] | None = None
+        """The view's `available` at the last pick and its `Availability.version` (-1: none)."""
+        self._seen_version = -1
 
     def update(self, weights: npt.ArrayLike) -> None:
         array = np.asarray(weights, dtype=np.float64)
         if array.ndim != 1 or not np.all(np.isfinite(array)) or np.any(array < 0):
             raise ValueError(f"weights must be a 1-D array of finite values >= 0, got {array!r}")
         self._weights = array.tolist()
+        self._table = None
 
     def candidates(self, available: Sequence[bool]) -> list[bool]:
         """Available backends, without those of weight 0 unless every available one has 0."""
@@ -271,20 +312,41 @@ class PrequalPicker:
         positive = [a and w > 0 for a, w in zip(available, weights, strict=True)]
         return positive if any(positive) else list(available)
 
+    def _candidates_now(self, available: list[bool]) -> _Candidates:
+        """The kept candidates while neither the availability nor the weights changed; else
+        built again (O(N)) and kept."""
+        table = self._table
+        if (
+            table is not None
+            and available is self._seen
+            and isinstance(available, Availability)
+            and available.version == self._seen_version
+        ):
+            return table
+        if table is None or available != self._pattern:
+            self._pattern = list(available)
+            sized = len(self._weights) == self._backends
+            table = _candidates_table(self.candidates(available), self._weights, sized)
+            self._table = table
+        self._seen = available
+        self._seen_version = available.version if isinstance(available, Availability) else -1
+        return table
+
     def pick(self, view: LoadView) -> int:
-        if len(view.available) != self._backends:  # answers of another pool mean nothing here
+        available = view.available
+        if len(available) != self._backends:  # answers of another pool mean nothing here
             if self._backends >= 0:
                 self.pool = ProbePool(self.pool.settings)
-            self._backends = len(view.available)
-        candidate = self.candidates(view.available)
-        backends = [b for b, ok in enumerate(candidate) if ok]
+            self._backends = len(available)
+        table = self._candidates_now(available)
+        backends = table.backends
         if not backends:
             raise NoBackendAvailable("no backend is available (all unhealthy or ejected)")
         now = self.clock()
-        chosen = self.pool.choose(candidate, now)
+        chosen = self.pool.choose(table.mask, now)
         if chosen < 0:
-            chosen = self._draw(backends, 0)
-        targets = self.targets(backends)
+            chosen = backends[self._draw_index(table, 0)]
+        targets = self.targets(table)
         if self.prober is not None:
             self.prober(targets)
         else:
@@ -292,36 +354,51 @@ class PrequalPicker:
                 self.pool.add(b, view.in_flight[b], view.cost(b), now)
         return chosen
 
-    def targets(self, backends: list[int]) -> list[int]:
-        """Backends to probe for one request: drawn without replacement (a partial shuffle
-        whose k-th step draws from the rest, by weight when the weights differ)."""
-        count = probe_count(self.pool.settings.probes, len(backends), self._rng.random)
-        order = list(backends)
-        for k in range(count):
-            j = self._draw_index(order, k)
-            order[k], order[j] = order[j], order[k]
-        return order[:count]
+    def targets(self, table: _Candidates) -> list[int]:
+        """Backends to probe for one request: drawn without replacement (a partial shuffle of
+        the kept candidates, undone after; its k-th step draws from the rest, by weight)."""
+        order, weight = table.backends, table.weight
+        count = probe_count(self.pool.settings.probes, len(order), self._rng.random)
+        swapped: list[int] = []
+        try:
+            for k in range(count):
+                j = self._draw_index(table, k)
+                order[k], order[j] = order[j], order[k]
+                if weight.size:
+                    weight[k], weight[j] = weight[j], weight[k]
+                swapped.append(j)
+            return order[:count]
+        finally:
+            for k in reversed(range(len(swapped))):
+                j = swapped[k]
+                order[k], order[j] = order[j], order[k]
+                if weight.size:
+                    weight[k], weight[j] = weight[j], weight[k]
 
-    def _draw(self, backends: list[int], start: int) -> int:
-        return backends[self._draw_index(backends, start)]
-
-    def _draw_index(self, backends: list[int], start: int) -> int:
+    def _draw_index(self, table: _Candidates, start: int) -> int:
         """An index in backends[start:] drawn with one random number: uniformly when their
-        weights are equal, else in proportion to them (summed left to right, as the twin)."""
+        weights are equal, else in proportion to them: the first whose running sum (added left
+        to right, as the twin; `accumulate` and `np.add.accumulate` add in that order) exceeds
+        u × the sum, the last if u × the sum rounded up to it."""
         u = self._rng.random()
-        weights = self._weights
-        if len(weights) != self._backends or _equal_weights(weights, backends, start):
-            return start + int(u * (len(backends) - start))
-        total = 0.0
-        for b in backends[start:]:
-            total += weights[b]
-        x = u * total
-        acc = 0.0
-        for j in range(start, len(backends)):
-            acc += weights[backends[j]]
-            if x < acc:
-                return j
-        return len(backends) - 1  # u * total rounded up to the sum
+        last = len(table.backends) - 1
+        if table.equal:
+            return start + int(u * (last + 1 - start))
+        if start == 0:  # the kept running sums: O(log N)
+            return min(bisect_right(table.cum, u * table.cum[-1]), last)
+        if table.weight.size:
+            array = table.weight[start:]
+            if bool(np.all(array == array[0])):
+                return start + int(u * (last + 1 - start))
+            sums = np.add.accumulate(array)
+            found = int(np.searchsorted(sums, u * float(sums[-1]), side="right"))
+        else:
+            rest = [self._weights[b] for b in table.backends[start:]]
+            if all(w == rest[0] for w in rest):
+                return start + int(u * (last + 1 - start))
+            running = list(accumulate(rest))
+            found = bisect_right(running, u * running[-1])
+        return min(start + found, last)
 
     def reset(self) -> None:
         self.pool = ProbePool(self.pool.settings)

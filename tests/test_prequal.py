@@ -1,5 +1,6 @@
 """Prequal (`rl_lb.prequal`): the rule on hand-computed cases, its numba twin (`envs.nb_prequal`)
-draw for draw, and the simulator on the paper's set-up in small (half the backends 2× slower).
+draw for draw, the simulator on the paper's set-up in small (half the backends 2× slower), and the
+picker's kept candidates against a copy of the picker that rebuilt them per request (issue 15).
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from envs import nb_prequal, nb_random
 from envs.episode import run_episode
 from envs.evaluate import evaluate
+from rl_lb.availability import Availability
 from rl_lb.balancers import make_balancer
 from rl_lb.control import PrequalSettings
 from rl_lb.prequal import (
@@ -24,11 +26,13 @@ from rl_lb.prequal import (
     LatencyByRif,
     PrequalPicker,
     ProbePool,
+    Prober,
+    probe_count,
     reuse_budget,
     rif_threshold,
 )
 from rl_lb.scenarios import load_scenario, time_scaled
-from rl_lb.types import NoBackendAvailable
+from rl_lb.types import Clock, NoBackendAvailable
 
 HALF_SLOW = Path(__file__).parent / "scenarios" / "half-slow.toml"
 
@@ -390,3 +394,199 @@ def test_in_overload_prequal_spreads_by_capacity_rather_than_herding() -> None:
         deviation[balancer] = float(np.max(np.abs(counts / expected - 1.0)))
     assert deviation["prequal"] < 0.1, deviation
     assert deviation["prequal"] < deviation["least-request"], deviation
+
+
+# --- the kept candidates: the same picks as rebuilding them on every request ---------------------
+
+
+class RebuildingPicker:
+    """The picker as it was before it kept its candidates (issue 15): every request rebuilds the
+    candidate mask and list and shuffles a fresh copy. The reference for the kept ones."""
+
+    def __init__(self, rng: random.Random, settings: PrequalSettings, clock: Clock) -> None:
+        self._rng = rng
+        self.pool = ProbePool(settings)
+        self.clock = clock
+        self.prober: Prober | None = None
+        self._weights: list[float] = []
+        self._backends = -1
+
+    def update(self, weights: np.ndarray) -> None:
+        self._weights = np.asarray(weights, dtype=np.float64).tolist()
+
+    def pick(self, view: View) -> int:
+        if len(view.available) != self._backends:
+            if self._backends >= 0:
+                self.pool = ProbePool(self.pool.settings)
+            self._backends = len(view.available)
+        weights = self._weights
+        if len(weights) != len(view.available):
+            candidate = list(view.available)
+        else:
+            positive = [a and w > 0 for a, w in zip(view.available, weights, strict=True)]
+            candidate = positive if any(positive) else list(view.available)
+        backends = [b for b, ok in enumerate(candidate) if ok]
+        if not backends:
+            raise NoBackendAvailable("none")
+        now = self.clock()
+        chosen = self.pool.choose(candidate, now)
+        if chosen < 0:
+            chosen = backends[self._draw_index(backends, 0)]
+        count = probe_count(self.pool.settings.probes, len(backends), self._rng.random)
+        order = list(backends)
+        for k in range(count):
+            j = self._draw_index(order, k)
+            order[k], order[j] = order[j], order[k]
+        if self.prober is not None:
+            self.prober(order[:count])
+        else:
+            for b in order[:count]:
+                self.pool.add(b, view.in_flight[b], view.cost(b), now)
+        return chosen
+
+    def _draw_index(self, backends: list[int], start: int) -> int:
+        u = self._rng.random()
+        weights = self._weights
+        if len(weights) != self._backends or all(
+            weights[b] == weights[backends[start]] for b in backends[start + 1 :]
+        ):
+            return start + int(u * (len(backends) - start))
+        total = 0.0
+        for b in backends[start:]:
+            total += weights[b]
+        x = u * total
+        acc = 0.0
+        for j in range(start, len(backends)):
+            acc += weights[backends[j]]
+            if x < acc:
+                return j
+        return len(backends) - 1
+
+
+KEPT = {
+    "defaults, answers from its own view": (PrequalSettings(), False),
+    "defaults, probes sent": (PrequalSettings(), True),
+    "small pool, fractional probes": (
+        PrequalSettings(pool_size=4, removals=1, probes=2.5, max_reuse=3),
+        False,
+    ),
+}
+
+
+def _weights_event(events: np.random.Generator, n: int) -> np.ndarray:
+    """Equal, unequal, some zero, all zero, or of another pool size (uniform until corrected)."""
+    kind = int(events.integers(6))
+    if kind == 0:
+        return np.full(n, 1.0 / n)
+    if kind == 1:
+        return events.dirichlet(np.ones(n))
+    if kind == 2:
+        return events.choice([0.0, 0.5, 2.0], n)
+    if kind == 3:  # a few unequal among many equal: the rest of a draw may become all equal
+        w = np.full(n, 0.1)  # not a binary fraction: a sum of them is not a multiple of one
+        w[events.integers(n, size=2)] = 0.3
+        return w
+    if kind == 4:
+        return np.zeros(n)
+    return np.ones(n + 1)
+
+
+class Edgy(random.Random):
+    """Draws that are often j/m exactly: where a uniform index int(u·m) and a running sum of m
+    equal weights can part (the rest of a weighted draw that became all equal is uniform)."""
+
+    def random(self) -> float:
+        u = super().random()
+        if u < 0.3:
+            m = int(super().random() * 12) + 1
+            return int(super().random() * m) / m
+        return u
+
+
+@pytest.mark.parametrize("name", KEPT)
+def test_kept_candidates_pick_and_probe_exactly_as_rebuilding_them(name: str) -> None:
+    """Availability flipped in place, new weights of every kind, pools of new sizes: the picker
+    that keeps its candidates (fed an `Availability`, whose version it trusts) makes the same
+    picks, sends the same probes and uses the same draws as the one rebuilding them (fed a plain
+    copy), request after request."""
+    settings, send = KEPT[name]
+    events = np.random.default_rng(sum(map(ord, name)))
+    now = [0.0]
+    kept = PrequalPicker(Edgy(11), settings, clock=lambda: now[0])
+    reference = RebuildingPicker(Edgy(11), settings, clock=lambda: now[0])
+    sent: tuple[list[list[int]], list[list[int]]] = ([], [])
+    if send:
+        kept.prober = lambda targets: sent[0].append(list(targets))
+        reference.prober = lambda targets: sent[1].append(list(targets))
+    n = 9
+    available = Availability([True] * n)
+    in_flight = [0] * n
+    costs = [0.01] * n
+    picks = 0
+    for _ in range(4000):
+        now[0] += float(events.exponential(0.003))
+        event = events.random()
+        if event < 0.03:  # the pool changes size: a new list, as after adding or removing
+            n = int(events.choice([1, 2, 9, 40, 200]))
+            available = Availability(events.random(n) < 0.9)
+            in_flight, costs = [0] * n, [0.01] * n
+        elif event < 0.1:
+            available[int(events.integers(n))] = bool(events.random() < 0.7)
+        elif event < 0.14:
+            w = _weights_event(events, n)
+            kept.update(w)
+            reference.update(w)
+        elif event < 0.3 and send:  # answers to earlier probes, to both
+            for _ in range(int(events.integers(1, 4))):
+                b, rif = int(events.integers(n)), int(events.integers(0, 6))
+                latency = float(events.choice([0.01, 0.02, 0.03]))
+                kept.pool.add(b, rif, latency, now[0])
+                reference.pool.add(b, rif, latency, now[0])
+        b = int(events.integers(n))
+        in_flight[b] = int(events.integers(0, 8))
+        costs[b] = float(events.exponential(0.02))
+        outcomes = []
+        for picker, view_available in ((kept, available), (reference, list(available))):
+            try:
+                outcomes.append(picker.pick(View(in_flight, view_available, costs)))
+            except NoBackendAvailable:
+                outcomes.append(-1)
+        assert outcomes[0] == outcomes[1]
+        assert sent[0] == sent[1]
+        assert kept.pool.backend == reference.pool.backend
+        assert kept.pool.rif == reference.pool.rif
+        picks += outcomes[0] >= 0
+    assert picks > 3000
+    assert kept._rng.random() == reference._rng.random()  # the same number of draws
+
+
+class CountingPicker(PrequalPicker):
+    """Counts how often the candidates are built."""
+
+    built = 0
+
+    def candidates(self, available: Sequence[bool]) -> list[bool]:
+        self.built += 1
+        return super().candidates(available)
+
+
+def test_candidates_are_rebuilt_only_when_availability_or_weights_change() -> None:
+    """With an `Availability` the check is its version (O(1)); a change shows at the next pick."""
+    picker = CountingPicker(random.Random(12), clock=lambda: 0.0)
+    available = Availability([True] * 50)
+    view = View([0] * 50, available, [0.01] * 50)
+    picker.update(np.ones(50))
+    for _ in range(100):
+        picker.pick(view)
+    assert picker.built == 1
+    available[7] = False
+    assert all(picker.pick(view) != 7 for _ in range(200))
+    assert picker.built == 2
+    available[7] = False  # the same value again: no change, no rebuild
+    available[8] = False
+    available[8] = True  # changed and back: the version moved, the contents did not
+    picker.pick(view)
+    assert picker.built == 2
+    picker.update(np.where(np.arange(50) == 3, 0.0, 1.0))
+    assert all(picker.pick(view) != 3 for _ in range(200))
+    assert picker.built == 3
