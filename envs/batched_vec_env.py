@@ -1,16 +1,20 @@
-"""`BatchedVecEnv`: K simulated pools stepped in one process, their kernels in one numba call.
+"""`BatchedVecEnv`: K simulated pools stepped in one process, their heavy work in batched calls.
 
 SB3's `SubprocVecEnv` pays a process, a pickle round trip and a kernel call per environment
 and step; `DummyVecEnv` avoids the processes but still enters numba K times per step, once per
-pool and per `Simulator.run_until`. Here every environment's own `step` runs unchanged — so
-observations, rewards, padding and infos are by construction what `BackendPoolEnv` gives —
-each inside a greenlet. When a step needs simulated time to pass (`Simulator.run_until`), its
-greenlet hands the target time back and waits; once every environment waits or is done, one
-call of `advance_pools` advances all waiting pools together, and their greenlets resume. A
-control interval takes one such round per snapshot capture plus one to its end (usually two).
+pool and per `Simulator.run_until`, and encodes K observations and scores K intervals one by
+one in numpy. Here every environment's own `step` runs unchanged — its decisions, control loop,
+wrappers and infos are by construction `BackendPoolEnv`'s — each inside a greenlet. Where it
+needs the expensive part it hands a request back to the batch and waits: simulated time to
+pass (`Simulator.run_until`), its interval's latency figures (`BackendPoolEnv._latency_stats`),
+its observation (`BackendPoolEnv._observe`). Once every environment waits or is done, the
+batch serves all the waiting requests of one kind in one call — `advance_pools` (one numba call
+for all pools), `envs.nb_reward.batch_interval_stats`, `envs.nb_features.encode_batch` —
+and resumes them. A step takes about four such rounds (kernel to the snapshot capture, kernel
+to the interval's end, statistics, observation), whatever K.
 
-Everything but the kernel stays per environment and in Python (snapshots, the feature
-encoder, the reward's quantiles): benchmarks/env_throughput.py measures how the time splits.
+What stays per environment is light Python: the decision's softmax, the snapshot objects, the
+info dicts, SB3's bookkeeping; benchmarks/env_throughput.py measures how the time splits.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvStepReturn
 from envs import kernel
 from envs.build import grow_state
 from envs.env import BackendPoolEnv
+from envs.nb_features import encode_batch
+from envs.nb_reward import batch_interval_stats
 from envs.simulator import Simulator
+from rl_lb.scenarios import Scenario
 from rl_lb.types import FloatArray, IntArray
 
 __all__ = ["BatchedVecEnv", "advance_pools", "advance_simulators"]
@@ -103,6 +110,37 @@ class _Wait:
     until: float
 
 
+@dataclass
+class _Stats:
+    """... or the latency figures of its interval (`BackendPoolEnv._latency_stats`)."""
+
+    latency: FloatArray
+    failed: np.ndarray
+
+
+class _Observe:
+    """... or its observation (`BackendPoolEnv._observe`)."""
+
+
+_Request = _Wait | _Stats | _Observe
+
+
+class _StepGreenlet(greenlet):  # type: ignore[misc]  # greenlet's class is untyped here
+    """The greenlet of one environment's step: what the hand-overs recognise a batch by."""
+
+
+def _hub() -> greenlet | None:
+    """The batch to hand a request to, or None outside a batched step (then work alone)."""
+    current = greenlet.getcurrent()
+    return current.parent if isinstance(current, _StepGreenlet) else None
+
+
+def _scenario(pool: BackendPoolEnv) -> Scenario:
+    if pool.scenario is None:
+        raise RuntimeError("call reset() before step()")
+    return pool.scenario
+
+
 def _pool_env(env: gym.Env[Any, Any]) -> BackendPoolEnv:
     pool = env.unwrapped
     if not isinstance(pool, BackendPoolEnv):
@@ -111,29 +149,39 @@ def _pool_env(env: gym.Env[Any, Any]) -> BackendPoolEnv:
 
 
 class BatchedVecEnv(DummyVecEnv):
-    """`DummyVecEnv` over `BackendPoolEnv`s whose simulators advance in one numba call per round.
+    """`DummyVecEnv` over `BackendPoolEnv`s whose kernels, rewards' statistics and observations
+    are computed in one call per round for all of them.
 
     Resets, seeds, wrappers, `terminal_observation` and the other infos follow `DummyVecEnv`
     exactly (reset is inherited; `step_wait` keeps its bookkeeping). Each environment may be
     wrapped (reward scaling, time limits) as long as `unwrapped` is a `BackendPoolEnv`; pools of
-    different sizes batch together, each padded by its environment as `BackendPoolEnv` does.
+    different sizes batch together, each padded to the common number of slots.
     """
 
     def __init__(self, env_fns: list[Callable[[], gym.Env[Any, Any]]]) -> None:
         super().__init__(env_fns)
         self.pools = [_pool_env(env) for env in self.envs]
+        shapes = {(pool.encoder.history, pool.slots) for pool in self.pools}
+        if len(shapes) > 1:
+            raise ValueError(f"environments differ in (history, slots): {sorted(shapes)}")
+        self._history, self._slots = shapes.pop()
+        for pool in self.pools:
+            vars(pool)["_latency_stats"] = _deferred_latency_stats(pool)
+            vars(pool)["_observe"] = _deferred_observe(pool)
         self._lists = _PoolLists()
         self.kernel_calls = 0
-        """Batched kernel calls so far (about one per round), for the benchmark's accounting."""
+        """Batched kernel calls so far (about two per step), for the benchmark's accounting."""
         self.kernel_seconds = 0.0
-        """Wall time spent in those calls (the rest of a step is Python: snapshots, features,
-        rewards, SB3's bookkeeping)."""
+        """Wall time spent in those calls."""
+        self.batch_seconds = 0.0
+        """Wall time spent in the batched statistics and observations (the rest of a step is
+        per-environment Python: decisions, snapshots, infos, SB3's bookkeeping)."""
 
     def _simulator(self, index: int) -> Simulator:
         """The current episode's simulator of environment `index`, deferring its kernel work.
 
         Its `run_until` is replaced (on the instance, once per episode) by a hand-over to the
-        batch: inside a step's greenlet it suspends the step until `_advance` has run.
+        batch: inside a step's greenlet it suspends the step until the batch has advanced it.
         """
         sim = self.pools[index]._sim
         if sim is None:
@@ -145,20 +193,15 @@ class BatchedVecEnv(DummyVecEnv):
     def step_wait(self) -> VecEnvStepReturn:
         n = self.num_envs
         sims = [self._simulator(i) for i in range(n)]
-        steps = [greenlet(self.envs[i].step) for i in range(n)]
+        steps = [_StepGreenlet(self.envs[i].step) for i in range(n)]
         results: list[Any] = [None] * n
-        waits: list[_Wait | None] = [None] * n
+        waits: list[_Request | None] = [None] * n
         for i in range(n):
             waits[i] = self._resume(steps[i], self.actions[i], results, i)
         while any(w is not None for w in waits):
-            started = time.perf_counter()
-            self.kernel_calls += advance_simulators(
-                sims, [None if w is None else w.until for w in waits], self._lists
-            )
-            self.kernel_seconds += time.perf_counter() - started
-            for i, wait in enumerate(waits):
-                if wait is not None:
-                    waits[i] = self._resume(steps[i], None, results, i)
+            answers = self._serve(sims, waits)
+            for i, answer in answers.items():
+                waits[i] = self._resume(steps[i], answer, results, i)
         for i in range(n):
             obs, self.buf_rews[i], terminated, truncated, self.buf_infos[i] = results[i]
             self.buf_dones[i] = terminated or truncated
@@ -174,14 +217,56 @@ class BatchedVecEnv(DummyVecEnv):
             deepcopy(self.buf_infos),
         )
 
+    def _serve(self, sims: list[Simulator], waits: list[_Request | None]) -> dict[int, Any]:
+        """Answer every waiting request of one kind in one batched call: the kernel first (the
+        others wait for it anyway), then the statistics, then the observations."""
+        kernel_waits = {i: w.until for i, w in enumerate(waits) if isinstance(w, _Wait)}
+        if kernel_waits:
+            started = time.perf_counter()
+            until = [kernel_waits.get(i) for i in range(len(sims))]
+            self.kernel_calls += advance_simulators(sims, until, self._lists)
+            self.kernel_seconds += time.perf_counter() - started
+            return dict.fromkeys(kernel_waits)
+        started = time.perf_counter()
+        stats = {i: w for i, w in enumerate(waits) if isinstance(w, _Stats)}
+        if stats:
+            pools = [self.pools[i] for i in stats]
+            figures = batch_interval_stats(
+                [w.latency for w in stats.values()],
+                [w.failed for w in stats.values()],
+                [_scenario(pool).timeout_s for pool in pools],
+            )
+            answers: dict[int, Any] = {
+                i: None if len(w.latency) == 0 else tuple(row[:4].tolist())
+                for (i, w), row in zip(stats.items(), figures, strict=True)
+            }
+        else:
+            observing = [i for i, w in enumerate(waits) if isinstance(w, _Observe)]
+            obs = self._observations(observing)
+            answers = {i: obs[j] for j, i in enumerate(observing)}
+        self.batch_seconds += time.perf_counter() - started
+        return answers
+
+    def _observations(self, indices: list[int]) -> np.ndarray:
+        """The observations of environments `indices`, as each `BackendPoolEnv._observe`
+        would give it: proxy 0's visible snapshot and the last history - 1 decided on."""
+        snapshots, histories = [], []
+        for i in indices:
+            pool = self.pools[i]
+            assert pool._loop is not None
+            snapshots.append(pool._loop.visible()[0])
+            histories.append(pool._history[len(pool._history) - (self._history - 1) :])
+        return encode_batch(snapshots, histories, self._history, self._slots)
+
     @staticmethod
-    def _resume(step: greenlet, action: Any, results: list[Any], index: int) -> _Wait | None:
-        """Run environment `index`'s step until it waits for the kernel (returned) or ends."""
-        out = step.switch(action) if action is not None else step.switch()
+    def _resume(step: greenlet, answer: Any, results: list[Any], index: int) -> _Request | None:
+        """Run environment `index`'s step, given `answer` (its action to begin with), until it
+        asks the batch for something (returned) or ends (None)."""
+        out = step.switch(answer)
         if step.dead:
             results[index] = out
             return None
-        if not isinstance(out, _Wait):
+        if not isinstance(out, _Wait | _Stats | _Observe):
             raise RuntimeError(f"environment {index} suspended its step for {out!r}")
         return out
 
@@ -212,17 +297,47 @@ def advance_simulators(
 
 
 def _deferred_run_until(sim: Simulator) -> Callable[[float], None]:
-    """`Simulator.run_until` as a hand-over to the batch (the parent greenlet), which advances
-    `sim` and switches back once `sim.now` has reached `t` (it is then exactly `t`). Called
-    outside a batched step, it runs the kernel for this pool alone."""
+    """`Simulator.run_until` as a hand-over to the batch, which advances `sim` and switches
+    back once `sim.now` has reached `t` (it is then exactly `t`). Called outside a batched
+    step, it runs the kernel for this pool alone."""
 
     def run_until(t: float) -> None:
         if t <= sim.now:
             return
-        hub = greenlet.getcurrent().parent
-        if hub is None:  # outside a batched step (a direct call): advance alone, as usual
+        hub = _hub()
+        if hub is None:
             Simulator.run_until(sim, t)
             return
         hub.switch(_Wait(float(t)))
 
     return run_until
+
+
+def _deferred_latency_stats(
+    pool: BackendPoolEnv,
+) -> Callable[[FloatArray, np.ndarray], tuple[float, float, float, float] | None]:
+    """`BackendPoolEnv._latency_stats` computed by the batch (with the others' intervals)."""
+
+    def latency_stats(
+        latency: FloatArray, failed: np.ndarray
+    ) -> tuple[float, float, float, float] | None:
+        hub = _hub()
+        if hub is None:
+            return BackendPoolEnv._latency_stats(pool, latency, failed)
+        answer: tuple[float, float, float, float] | None = hub.switch(_Stats(latency, failed))
+        return answer
+
+    return latency_stats
+
+
+def _deferred_observe(pool: BackendPoolEnv) -> Callable[[], np.ndarray]:
+    """`BackendPoolEnv._observe` encoded by the batch (with the others' observations)."""
+
+    def observe() -> np.ndarray:
+        hub = _hub()
+        if hub is None:
+            return BackendPoolEnv._observe(pool)
+        answer: np.ndarray = hub.switch(_Observe())
+        return answer
+
+    return observe

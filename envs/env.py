@@ -206,32 +206,45 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _score(self, ids: np.ndarray) -> tuple[float, dict[str, Any]]:
         assert self._sim is not None
-        assert self.scenario is not None
         st = self._sim.state
-        latency = st.r_latency[ids]
         failed = st.r_outcome[ids] != kernel.OK
+        stats = self._latency_stats(st.r_latency[ids], failed)
+        return self._reward_and_info(len(ids), int(failed.sum()), stats)
+
+    def _latency_stats(
+        self, latency: np.ndarray, failed: np.ndarray
+    ) -> tuple[float, float, float, float] | None:
+        """(p50, p99, effective p99, mean) of an interval's latencies (None without any): the
+        figures the reward reads, apart so that `BatchedVecEnv` computes them for K pools."""
+        assert self.scenario is not None
+        if len(latency) == 0:
+            return None
+        effective = np.where(failed, self.scenario.timeout_s, latency)
+        p50, p99 = np.quantile(latency, [0.5, 0.99])
+        return float(p50), float(p99), float(np.quantile(effective, 0.99)), float(latency.mean())
+
+    def _reward_and_info(
+        self, requests: int, errors: int, stats: tuple[float, float, float, float] | None
+    ) -> tuple[float, dict[str, Any]]:
+        assert self.scenario is not None
         info: dict[str, Any] = {
             "scenario": self.scenario.name,
-            "requests": len(ids),
-            "errors": int(failed.sum()),
+            "requests": requests,
+            "errors": errors,
         }
-        if len(ids) == 0:
+        if stats is None:
             info.update(
                 dict.fromkeys(("p50_ms", "p99_ms", "effective_p99_ms", "mean_ms"), math.nan)
             )
             return 0.0, info
-        effective = np.where(failed, self.scenario.timeout_s, latency)
-        p50, p99 = np.quantile(latency, [0.5, 0.99])
-        effective_p99 = float(np.quantile(effective, 0.99))
-        mean = float(latency.mean())
+        p50, p99, effective_p99, mean = stats
         info.update(
-            p50_ms=float(p50) * 1e3,
-            p99_ms=float(p99) * 1e3,
+            p50_ms=p50 * 1e3,
+            p99_ms=p99 * 1e3,
             effective_p99_ms=effective_p99 * 1e3,
             mean_ms=mean * 1e3,
         )
-        error_rate = info["errors"] / len(ids)
         reward = interval_reward(
-            effective_p99, mean, error_rate, self.scenario.ideal_latency_s, self.error_weight
+            effective_p99, mean, errors / requests, self.scenario.ideal_latency_s, self.error_weight
         )
         return reward, info

@@ -5,7 +5,9 @@ mean, share of throughput…) so that a policy trained on 10 ms backends reads t
 200 ms backends, and nothing is divided by a fixed maximum pool size (the size enters as
 log N), so that one policy reads pools of 2 and of 1,000 backends alike. The list `FEATURES` is
 the one place the layout is written; docs/features.md describes it and a test keeps the two in
-step.
+step. The simulator's batched environment encodes K snapshots at once with a declared twin of
+`FeatureEncoder.encode` (`envs.nb_features`, held to the same float32 observations by
+tests/test_nb_features.py): change the two together.
 """
 
 from __future__ import annotations

@@ -122,6 +122,20 @@ def test_library_mix_matches_dummy_vec_env_through_an_episode_end() -> None:
     batched.close()
 
 
+@pytest.mark.parametrize("history", [1, 6])
+def test_other_histories_match_dummy_vec_env(history: int) -> None:
+    """No lagged columns at all, and more of them than an episode's first steps can fill."""
+    reference, batched = both(partial(make_env, mixed_pools(), history=history), 3, seed=4)
+    assert run_side_by_side(reference, batched, steps=20, seed=6) >= 1
+    reference.close()
+    batched.close()
+
+
+def test_environments_of_different_shapes_do_not_batch() -> None:
+    with pytest.raises(ValueError, match="history, slots"):
+        BatchedVecEnv([partial(make_env, mixed_pools(), history=h) for h in (2, 4)])
+
+
 def test_advance_simulators_grows_a_pool_out_of_room_like_run_until() -> None:
     family = load_scenario("slow-backend")
     scenario = family if isinstance(family, Scenario) else family.sample(np.random.default_rng(0))

@@ -28,6 +28,7 @@ TWINS = {
     "envs.nb_retry_budget": ("rl_lb.retry_budget", "tests/test_sim_retry_budget.py"),
     "envs.nb_prequal": ("rl_lb.prequal", "tests/test_prequal.py"),
     "envs.nb_slow_start": ("rl_lb.slow_start", "tests/test_slow_start.py"),
+    "envs.nb_features": ("rl_lb.features", "tests/test_nb_features.py"),
 }
 
 
