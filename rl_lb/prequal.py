@@ -72,8 +72,6 @@ LATENCY_NEIGHBOURS = 7
 """How many of them, the nearest in RIF to the current one, the median is taken over."""
 REUSE_DELTA = 1.0
 """δ of the reuse budget (prequal-rs's default)."""
-_NUMPY_DRAW_FROM = 128
-"""Above this many candidates a weighted draw sums them in numpy; below, Python is quicker."""
 
 Prober = Callable[[Sequence[int]], None]
 """Sends probes to the given backends; their answers go to `ProbePool.add` later."""
@@ -241,8 +239,8 @@ class _Candidates(NamedTuple):
     """Running sums of the weights in order, added as `_draw_index` adds them, so a draw from
     the whole list is a binary search with the same result; empty when `equal`."""
     weight: npt.NDArray[np.float64]
-    """The weight of each entry of `backends` (swapped with them) when unequal and more than
-    `_NUMPY_DRAW_FROM`, else empty: a weighted draw adds them in numpy."""
+    """The weight of each entry of `backends` (swapped with them) when unequal, else empty: a
+    draw from the rest of the list adds them in numpy."""
 
 
 def _candidates_table(mask: list[bool], weights: Sequence[float], sized: bool) -> _Candidates:
@@ -250,8 +248,7 @@ def _candidates_table(mask: list[bool], weights: Sequence[float], sized: bool) -
     backends = [b for b, ok in enumerate(mask) if ok]
     equal = not sized or not backends or all(weights[b] == weights[backends[0]] for b in backends)
     cum = [] if equal else list(accumulate(weights[b] for b in backends))
-    large = not equal and len(backends) > _NUMPY_DRAW_FROM
-    weight = np.array([weights[b] for b in backends] if large else [], dtype=np.float64)
+    weight = np.array([] if equal else [weights[b] for b in backends], dtype=np.float64)
     return _Candidates(mask, backends, equal, cum, weight)
 
 
@@ -386,19 +383,11 @@ class PrequalPicker:
             return start + int(u * (last + 1 - start))
         if start == 0:  # the kept running sums: O(log N)
             return min(bisect_right(table.cum, u * table.cum[-1]), last)
-        if table.weight.size:
-            array = table.weight[start:]
-            if bool(np.all(array == array[0])):
-                return start + int(u * (last + 1 - start))
-            sums = np.add.accumulate(array)
-            found = int(np.searchsorted(sums, u * float(sums[-1]), side="right"))
-        else:
-            rest = [self._weights[b] for b in table.backends[start:]]
-            if all(w == rest[0] for w in rest):
-                return start + int(u * (last + 1 - start))
-            running = list(accumulate(rest))
-            found = bisect_right(running, u * running[-1])
-        return min(start + found, last)
+        rest = table.weight[start:]
+        if bool(np.all(rest == rest[0])):
+            return start + int(u * (last + 1 - start))
+        sums = np.add.accumulate(rest)
+        return min(start + int(np.searchsorted(sums, u * float(sums[-1]), side="right")), last)
 
     def reset(self) -> None:
         self.pool = ProbePool(self.pool.settings)
