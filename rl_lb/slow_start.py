@@ -13,11 +13,10 @@ scaled weights are renormalised to the same total, so only the ramping backends'
 
 Weights are scaled where they reach the picker, once per control decision, with the time of that
 decision: the proxy's controller and the simulator's `set_decision` both call `scale` (but for the
-pickers in `RAMPS_ITSELF`). A backend
-that returns between two decisions is not lost by this: every weight policy gives an unavailable
-backend weight 0, so it gets no traffic until the next decision, which already ramps it. The
-backends a proxy starts with (and the simulator's pool at t = 0) are not in slow start: with
-everyone ramping together nobody's share would change.
+pickers in `RAMPS_ITSELF`). A backend that returns between two decisions is not lost by this:
+every weight policy gives an unavailable backend weight 0, so it gets no traffic until the next
+decision, which already ramps it. The backends a proxy starts with (and the simulator's pool at
+t = 0) are not in slow start: with everyone ramping together nobody's share would change.
 
 This is the reference: the simulator's numba twin (`envs/nb_slow_start.py`) follows it, and
 tests/test_slow_start.py feeds both the same returns and decisions and compares every weight.
@@ -36,11 +35,11 @@ from rl_lb.types import FloatArray
 __all__ = ["NOT_RAMPING", "RAMPS_ITSELF", "SlowStart", "weight_factor"]
 
 NOT_RAMPING = -math.inf
+"""The return time of a backend that is not in slow start (t = inf is past every window)."""
 RAMPS_ITSELF = frozenset({"prequal"})
 """Pickers whose weights are not scaled: Prequal ramps a returning backend by its probes (it is
 chosen only while it answers cold and fast), and since its unequal weights steer the probes, a
 scaled weight would add a second ramp the published algorithm does not have."""
-"""The return time of a backend that is not in slow start (t = inf is past every window)."""
 
 
 def weight_factor(elapsed_s: float, settings: SlowStartSettings) -> float:
