@@ -264,8 +264,9 @@ def _worst(pq: PrequalState, p: int, theta: float) -> int:
 
 
 @jit
-def _candidates(pq: PrequalState, w: FloatArray, avail: np.ndarray) -> int:
-    """`PrequalPicker.candidates` into `pq.candidate` and, in order, `pq.order`; their count."""
+def _candidates(pq: PrequalState, w: FloatArray, avail: np.ndarray) -> tuple[int, bool]:
+    """`PrequalPicker.candidates` into `pq.candidate` and, in order, `pq.order`; their count and
+    whether their weights are all equal (every draw is then uniform: `_draw_index`)."""
     count = 0
     for b in range(w.shape[0]):
         ok = avail[b] and w[b] > 0.0
@@ -279,7 +280,7 @@ def _candidates(pq: PrequalState, w: FloatArray, avail: np.ndarray) -> int:
             if avail[b]:
                 pq.order[count] = b
                 count += 1
-    return count
+    return count, count == 0 or _equal_rest(pq, w, 0, count)
 
 
 @jit
@@ -287,42 +288,39 @@ def pick(
     pq: PrequalState, p: int, w: FloatArray, avail: np.ndarray, now: float, rng: np.ndarray
 ) -> int:
     """The choice of `PrequalPicker.pick` (without its probes: see `targets`); -1 if none."""
-    count = _candidates(pq, w, avail)
+    count, equal = _candidates(pq, w, avail)
     if count == 0:
         return -1
     chosen = _choose(pq, p, now)
     if chosen < 0:
-        chosen = pq.order[_draw_index(pq, w, 0, count, rng)]
+        chosen = pq.order[_draw_index(pq, w, 0, count, equal, rng)]
     return int(chosen)
 
 
 @jit
 def targets(pq: PrequalState, w: FloatArray, avail: np.ndarray, rng: np.ndarray) -> int:
     """`PrequalPicker.targets`: how many backends to probe, left first in `pq.order`."""
-    count = _candidates(pq, w, avail)
+    count, equal = _candidates(pq, w, avail)
     probes = int(pq.probes)
     fraction = pq.probes - probes
     if fraction > 0.0 and uniform(rng) < fraction:
         probes += 1
     probes = min(probes, count)
     for k in range(probes):
-        j = _draw_index(pq, w, k, count, rng)
+        j = _draw_index(pq, w, k, count, equal, rng)
         pq.order[k], pq.order[j] = pq.order[j], pq.order[k]
     return probes
 
 
 @jit
-def _draw_index(pq: PrequalState, w: FloatArray, start: int, count: int, rng: np.ndarray) -> int:
+def _draw_index(
+    pq: PrequalState, w: FloatArray, start: int, count: int, equal: bool, rng: np.ndarray
+) -> int:
     """`PrequalPicker._draw_index`: an index in order[start:count] from one draw, uniformly when
-    their weights are equal, else in proportion to them (summed left to right)."""
+    their weights are equal (`equal`: all the candidates' are), else in proportion to them
+    (summed left to right)."""
     u = uniform(rng)
-    first = w[pq.order[start]]
-    equal = True
-    for k in range(start + 1, count):
-        if w[pq.order[k]] != first:
-            equal = False
-            break
-    if equal:
+    if equal or _equal_rest(pq, w, start, count):
         return start + int(u * (count - start))
     total = 0.0
     for k in range(start, count):
@@ -334,3 +332,13 @@ def _draw_index(pq: PrequalState, w: FloatArray, start: int, count: int, rng: np
         if x < acc:
             return k
     return count - 1
+
+
+@jit
+def _equal_rest(pq: PrequalState, w: FloatArray, start: int, count: int) -> bool:
+    """Whether order[start:count] all have the same weight."""
+    first = w[pq.order[start]]
+    for k in range(start + 1, count):  # noqa: SIM110 (a loop numba compiles, unlike all(...))
+        if w[pq.order[k]] != first:
+            return False
+    return True
