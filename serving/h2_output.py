@@ -54,22 +54,25 @@ HOP_BY_HOP = frozenset(
 """Connection-specific fields: never relayed (a request's `te: trailers` excepted)."""
 _CREDENTIALS = frozenset({b"authorization", b"proxy-authorization"})
 _UNINDEXED = _CREDENTIALS | {b"grpc-timeout"}
-"""Request fields sent never-indexed (and cookies under 20 bytes): see `upstream_headers`."""
+"""Request fields sent never-indexed (and cookies under 20 bytes): credentials stay out of the
+HPACK tables; a deadline differs from call to call, so indexed each would evict a stable field
+and lengthen every search of the encoder's table."""
+
+
+def _as_sent(header: tuple[bytes, bytes], unindexed: frozenset[bytes]) -> tuple[bytes, bytes]:
+    """One field as the proxy sends it: never indexed when its name is in `unindexed`, when it
+    is a cookie under 20 bytes (h2's `_secure_headers` rule) or when it came so (RFC 7541
+    §7.1.3); else a plain tuple, which h2 takes as it is (a `HeaderTuple` it rebuilds)."""
+    name, value = header
+    if name in unindexed or (name == b"cookie" and len(value) < 20):
+        return NeverIndexedHeaderTuple(name, value)
+    return header if type(header) is NeverIndexedHeaderTuple else (name, value)
 
 
 def relayed(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
     """A backend's response head or trailers as passed on: no hop-by-hop field, and each field
     as `upstream_headers` sends a request's (credentials never indexed, the rest plain tuples)."""
-    out: Headers = []
-    for header in headers:
-        name, value = header
-        if name in HOP_BY_HOP:
-            continue
-        if name in _CREDENTIALS or (name == b"cookie" and len(value) < 20):
-            out.append(NeverIndexedHeaderTuple(name, value))
-        else:
-            out.append(header if type(header) is NeverIndexedHeaderTuple else (name, value))
-    return out
+    return [_as_sent(header, _CREDENTIALS) for header in headers if header[0] not in HOP_BY_HOP]
 
 
 def upstream_headers(
@@ -100,12 +103,8 @@ def upstream_headers(
             out.append((name, value))
         elif name == b"x-forwarded-for":
             forwarded.insert(0, value)
-        elif name in _UNINDEXED or (name == b"cookie" and len(value) < 20):
-            # credentials stay out of the tables; a deadline differs from call to call: indexed,
-            # each would evict a stable field and lengthen every search of the encoder's table
-            rest.append(NeverIndexedHeaderTuple(name, value))
         elif name not in HOP_BY_HOP or (name == b"te" and value == b"trailers"):
-            rest.append(header if type(header) is NeverIndexedHeaderTuple else (name, value))
+            rest.append(_as_sent(header, _UNINDEXED))
     rest.append((b"x-forwarded-for", b", ".join(forwarded)))
     return out + rest
 
