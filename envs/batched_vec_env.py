@@ -40,7 +40,7 @@ from envs.nb_features import encode_batch
 from envs.nb_reward import batch_interval_stats
 from envs.simulator import Simulator
 from rl_lb.scenarios import Scenario
-from rl_lb.types import FloatArray, IntArray
+from rl_lb.types import FloatArray, IntArray, PoolSnapshot
 
 __all__ = ["BatchedVecEnv", "advance_pools", "advance_simulators"]
 
@@ -118,8 +118,12 @@ class _Stats:
     failed: np.ndarray
 
 
+@dataclass
 class _Observe:
-    """... or its observation (`BackendPoolEnv._observe`)."""
+    """... or its observation (`BackendPoolEnv._observe`) of these inputs."""
+
+    snapshot: PoolSnapshot
+    past: list[PoolSnapshot]
 
 
 _Request = _Wait | _Stats | _Observe
@@ -241,22 +245,16 @@ class BatchedVecEnv(DummyVecEnv):
                 for (i, w), row in zip(stats.items(), figures, strict=True)
             }
         else:
-            observing = [i for i, w in enumerate(waits) if isinstance(w, _Observe)]
-            obs = self._observations(observing)
+            observing = {i: w for i, w in enumerate(waits) if isinstance(w, _Observe)}
+            obs = encode_batch(
+                [w.snapshot for w in observing.values()],
+                [w.past for w in observing.values()],
+                self._history,
+                self._slots,
+            )
             answers = {i: obs[j] for j, i in enumerate(observing)}
         self.batch_seconds += time.perf_counter() - started
         return answers
-
-    def _observations(self, indices: list[int]) -> np.ndarray:
-        """The observations of environments `indices`, as each `BackendPoolEnv._observe`
-        would give it: proxy 0's visible snapshot and the last history - 1 decided on."""
-        snapshots, histories = [], []
-        for i in indices:
-            pool = self.pools[i]
-            assert pool._loop is not None
-            snapshots.append(pool._loop.visible()[0])
-            histories.append(pool._history[len(pool._history) - (self._history - 1) :])
-        return encode_batch(snapshots, histories, self._history, self._slots)
 
     @staticmethod
     def _resume(step: greenlet, answer: Any, results: list[Any], index: int) -> _Request | None:
@@ -266,7 +264,7 @@ class BatchedVecEnv(DummyVecEnv):
         if step.dead:
             results[index] = out
             return None
-        if not isinstance(out, _Wait | _Stats | _Observe):
+        if not isinstance(out, _Request):
             raise RuntimeError(f"environment {index} suspended its step for {out!r}")
         return out
 
@@ -337,7 +335,7 @@ def _deferred_observe(pool: BackendPoolEnv) -> Callable[[], np.ndarray]:
         hub = _hub()
         if hub is None:
             return BackendPoolEnv._observe(pool)
-        answer: np.ndarray = hub.switch(_Observe())
+        answer: np.ndarray = hub.switch(_Observe(*pool._observation_inputs()))
         return answer
 
     return observe

@@ -166,12 +166,16 @@ class BackendPoolEnv(gym.Env[np.ndarray, np.ndarray]):
         self._history: list[PoolSnapshot] = []
 
     def _observe(self) -> np.ndarray:
+        snapshot, past = self._observation_inputs()
+        return self.encoder.encode(snapshot, past, slots=self.slots)
+
+    def _observation_inputs(self) -> tuple[PoolSnapshot, list[PoolSnapshot]]:
+        """What the observation encodes: proxy 0's visible snapshot and the last history - 1
+        decided on (apart so that `BatchedVecEnv` encodes K environments' at once)."""
         assert self._loop is not None
         snapshot = self._loop.visible()[0]
         past = self._history[len(self._history) - (self.encoder.history - 1) :]
-        return self.encoder.encode(
-            snapshot, past if self.encoder.history > 1 else [], slots=self.slots
-        )
+        return snapshot, past if self.encoder.history > 1 else []
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
