@@ -127,13 +127,19 @@ async def _load(client: aiohttp.ClientSession, proxy: ProxyServer) -> AsyncItera
 
 
 def _discovery_config(sources: list[str], dns_port: int | None = None, **changes: Any) -> Any:
-    extra: dict[str, Any] = {"dns_ttl_min_s": TTL_MIN_S, "discovery_file_poll_s": 0.1}
+    extra: dict[str, Any] = {
+        "dns_ttl_min_s": TTL_MIN_S,
+        "discovery_file_poll_s": 0.1,
+        # Round-robin, so "a new backend gets traffic" tests discovery, not latency: under
+        # least-latency one slow first request (a new connection on a busy CI machine) keeps a
+        # new backend's peak-EWMA cost above its peer's for seconds (CI failure, session 8).
+        "balancer": "round-robin",
+    }
     if dns_port is not None:
         extra["dns_resolver"] = f"127.0.0.1:{dns_port}"
+    extra.update(changes)
     # Slow start off: a new backend's first seconds at full weight make "it gets traffic" quick.
-    return proxy_config(
-        [], control={"slow-start-window": 0}, discover=tuple(sources), **extra, **changes
-    )
+    return proxy_config([], control={"slow-start-window": 0}, discover=tuple(sources), **extra)
 
 
 async def test_a_dns_name_is_followed_and_a_failed_lookup_keeps_the_last_set(
