@@ -190,6 +190,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             break
         if err_prob > 0.0 and uniform(rng) < err_prob:
             st.inflight[p, b] += 1
+            st.r_rif[r] = st.busy[b] + st.q_len[b]
             push(st, t + err_lat, r, _ERROR_ANSWER)
         elif st.busy[b] >= sp.concurrency[b] and st.q_len[b] >= sp.queue_limit[b]:
             record(st.m, p, b, 0.0, True, t)
@@ -332,6 +333,9 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
                 continue
             b = st.r_backend[r]
             if kind == _ERROR_ANSWER:
+                # Priced at the error penalty, as the peak-EWMA prices it: a backend that fails
+                # fast must not answer Prequal's probes as the fastest (rl_lb.prequal).
+                record_latency(st.pq, b, st.r_rif[r], st.m.penalty)
                 _answer(sp, st, r, t, True)
                 continue
             extra = _paused_before(sp, b, t) - _paused_before(sp, b, st.r_acct[r])

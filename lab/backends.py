@@ -33,6 +33,7 @@ from aiohttp import web
 
 from rl_lb.control import PROBE_PATH
 from rl_lb.errors import ConfigError
+from rl_lb.metrics import DEFAULT_ERROR_PENALTY_S
 from rl_lb.prequal import LatencyByRif
 from rl_lb.scenarios import BackendSpec, Event, Scenario, ServiceDist
 
@@ -155,8 +156,11 @@ class EmulatedBackend:
         port: int,
         clock_origin: list[float],
         time_scale: float,
+        error_penalty_s: float = DEFAULT_ERROR_PENALTY_S,
     ) -> None:
         self.spec = spec
+        self.error_penalty_s = error_penalty_s
+        """What a failed request counts for in `latency`, as in the simulator (rl_lb.prequal)."""
         self.port = port
         self.in_flight = 0
         """Requests admitted (queued or in service): the RIF a Prequal probe is answered with."""
@@ -261,7 +265,9 @@ class EmulatedBackend:
         now = time.monotonic()
         event = self.active_event(now)
         if event is not None and event.error_rate > 0 and self._rng.random() < event.error_rate:
+            rif = self.in_flight
             await self._sleep_until(self._work_end(now, event.error_latency_s))
+            self.latency.record(rif, self.error_penalty_s)
             return web.Response(status=503, text="injected error\n")
         if self._servers.waiting(now) >= self.spec.queue_limit:
             return web.Response(status=503, text="queue full\n")
@@ -306,10 +312,13 @@ class EmulatedPool:
         self._origin = [0.0]
         streams = np.random.SeedSequence(seed).spawn(len(scenario.backends))
         backends = []
+        penalty = scenario.control.metrics.error_penalty_s
         for i, (spec, stream) in enumerate(zip(scenario.backends, streams, strict=True)):
             requests, pauses = (np.random.default_rng(s) for s in stream.spawn(2))
             port = base_port + i if base_port else 0
-            backends.append(EmulatedBackend(spec, requests, pauses, port, self._origin, time_scale))
+            backends.append(
+                EmulatedBackend(spec, requests, pauses, port, self._origin, time_scale, penalty)
+            )
         self.backends: tuple[EmulatedBackend, ...] = tuple(backends)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -14,6 +14,9 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   The scaling is ours: without it, a backend whose recent requests all came in a busy spell kept
   that spell's latency once idle, so it was never chosen and never corrected (in the simulator
   with four proxies, half-slow.toml's p99 went from ~900 ms to ~115 ms with it).
+  A failed request counts at the error penalty (`metrics.error-penalty`, what the peak-EWMA
+  counts it at), also ours: recorded at its own latency, or not at all, a backend that fails
+  fast answered probes as idle and fast and drew more requests than under least-latency.
 - `ProbePool`, the balancer side: at most `pool_size` answers, the newest per backend, dropped
   after `max_age_s` or once used `reuse_budget` times; after each choice `removals` answers go,
   alternately the oldest and the worst (the hot one with the highest RIF, else the highest
@@ -110,7 +113,8 @@ class LatencyByRif:
         self._next = 0
 
     def record(self, rif_at_arrival: int, latency_s: float) -> None:
-        """One answered request: the RIF it found on arrival (itself not counted), its latency."""
+        """One answered request: the RIF it found on arrival (itself not counted), its latency
+        (the error penalty for a failed one)."""
         if len(self._rif) < LATENCY_RING:
             self._rif.append(rif_at_arrival)
             self._latency.append(latency_s)

@@ -378,6 +378,20 @@ def test_prequal_beats_least_request_and_least_latency_when_half_the_pool_is_slo
     assert all(r["errors"] == 0 for r in records if r["balancer"] == "prequal")
 
 
+def test_a_backend_that_fails_fast_does_not_draw_prequals_requests() -> None:
+    """fast-failure.toml: one backend of five answers half its requests with a 1 ms 503. Its
+    failures count at the error penalty in its probe answers, so prequal sends it no more than
+    round-robin's share (failed requests within 1.4x round-robin's, 2 seeds). Recorded at their
+    own latency, or not at all, they made it the fastest and idlest: 2.5x round-robin's."""
+    library = Path(__file__).parents[1] / "scenarios" / "fast-failure.toml"
+    records = evaluate([library], ["prequal", "round-robin"], 2, workers=1)
+    errors = {
+        b: sum(r["errors"] for r in records if r["balancer"] == b)
+        for b in ("prequal", "round-robin")
+    }
+    assert errors["prequal"] <= 1.4 * errors["round-robin"], errors
+
+
 def test_in_overload_prequal_spreads_by_capacity_rather_than_herding() -> None:
     """At 1.1× capacity prequal loses more requests than least-request (docs/baselines.md), and
     not because its proxies herd: each backend still gets its capacity's share (a fast one 2/12,

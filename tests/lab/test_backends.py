@@ -17,7 +17,9 @@ from lab.backends import (
     _slowdown,
     draw_service_time,
 )
+from rl_lb.control import PROBE_PATH
 from rl_lb.errors import ConfigError
+from rl_lb.metrics import DEFAULT_ERROR_PENALTY_S
 from rl_lb.scenarios import (
     Arrivals,
     BackendSpec,
@@ -237,3 +239,15 @@ async def test_stop_closes_everything() -> None:
 def test_bad_time_scale_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="--time-scale"):
         EmulatedPool(scenario(backend()), time_scale=0.0)
+
+
+async def test_a_failed_request_counts_at_the_error_penalty_in_probe_answers() -> None:
+    """As in the simulator: a backend that fails fast must not answer Prequal's probes as the
+    fastest (rl_lb.prequal)."""
+    window = Event(at_s=0.0, until_s=1000.0, error_rate=1.0, error_latency_s=0.001)
+    spec = backend(mean_s=0.001, events=(window,))
+    async with EmulatedPool(scenario(spec), seed=3) as pool, aiohttp.ClientSession() as session:
+        assert [(await timed(session, pool.urls[0]))[0] for _ in range(3)] == [503] * 3
+        async with session.get(pool.urls[0] + PROBE_PATH) as response:
+            answer = await response.json()
+    assert answer == {"rif": 0, "latency_ms": DEFAULT_ERROR_PENALTY_S * 1000.0}
