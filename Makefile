@@ -52,12 +52,11 @@ policy-worlds: setup
 	$(BIN)/rl-lb train --config training/configs/shipped-worlds.toml --out runs/shipped-stage4 \
 		--resume "$$(ls runs/shipped-stage3/*/best.zip)"
 
-# Stage 4 on the prequal picker (issue 17), on top of `make policy`'s stage 3: tried on
-# 4 December 2026 and not shipped (docs/training.md says why); nothing is exported.
+# Stage 4 on the prequal picker (issue 17), from the shipped policy's export (docs/training.md);
+# nothing is exported.
 policy-prequal: setup
 	rm -rf runs/shipped-prequal
-	$(BIN)/rl-lb train --config training/configs/shipped-prequal.toml --out runs/shipped-prequal \
-		--resume "$$(ls runs/shipped-stage3/*/best.zip)"
+	$(BIN)/rl-lb train --config training/configs/shipped-prequal.toml --out runs/shipped-prequal
 
 results: setup
 	$(BIN)/python -m training.results --seeds 10

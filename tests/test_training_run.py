@@ -11,14 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
 
 from rl_lb.cli import main
+from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import LearnedPolicy
+from training.checkpoint_eval import policy_of
 from training.config import load_config
+from training.export import export_policy
 from training.train import RunResult, run
 
 pytestmark = pytest.mark.filterwarnings(
@@ -223,3 +227,45 @@ def test_the_progress_bar_ends_where_whole_rollouts_end() -> None:
     assert model.num_timesteps == 128
     assert progress.total == 128
     assert "128/128" in out.getvalue()
+
+
+def test_a_run_starts_from_an_export_and_its_critic_warms_up_first(
+    result: RunResult, store: Path, files: dict[str, Path]
+) -> None:
+    """With the warm-up longer than the run, the actor never moves: after the run's two updates
+    its last checkpoint's actor is still the export it started from, array for array. Without
+    the warm-up, the same run moves it."""
+
+    def actor_after(warmup: int) -> dict[str, np.ndarray]:
+        overrides = {
+            "scenarios": [str(files["scenario"])],
+            "out": str(store / f"init-{warmup}"),
+            "init": str(result.policy_dir),
+            "critic_warmup_steps": warmup,
+        }
+        started = run(load_config(files["config"], overrides))
+        tags = mlflow.get_run(started.run_id).data.tags
+        assert tags["initialised_from"] == str(result.policy_dir)
+        last = PPO.load(started.run_dir / "latest.zip", device="cpu")
+        folder = export_policy(policy_of(last), started.run_dir / "last", FeatureEncoder(), "x")
+        with np.load(folder / "policy.npz") as arrays:
+            return {k: arrays[k] for k in arrays.files}
+
+    with np.load(result.policy_dir / "policy.npz") as arrays:
+        imported = {k: arrays[k] for k in arrays.files}
+
+    def same(actor: dict[str, np.ndarray]) -> bool:
+        return actor.keys() == imported.keys() and all(
+            np.array_equal(actor[k], imported[k]) for k in actor
+        )
+
+    assert same(actor_after(10_000))
+    assert not same(actor_after(0))
+
+
+def test_a_run_cannot_both_resume_and_start_from_an_export(
+    result: RunResult, store: Path, files: dict[str, Path]
+) -> None:
+    overrides = {"scenarios": [str(files["scenario"])], "init": str(result.policy_dir)}
+    with pytest.raises(ConfigError, match="give one of them"):
+        run(load_config(files["config"], overrides), resume=result.run_dir / "latest.zip")

@@ -87,6 +87,14 @@ def train(
             help="Continue from a checkpoint (.zip) of an earlier run.", show_default="a new run"
         ),
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from an exported policy's actor (a folder such as rl_lb/policies/shipped, "
+            "or models:/rl-lb-policy/N) with a new critic; see critic_warmup_steps.",
+            show_default="from scratch",
+        ),
+    ] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Train the weight policy in the simulator, tracked in MLflow; keeps the best checkpoint."""
@@ -101,6 +109,7 @@ def train(
         "seed": seed,
         "out": out,
         "export": export,
+        "init": init,
     }
     loaded = load_config(config, overrides)
     use_tracking_uri(tracking_uri)

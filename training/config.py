@@ -102,6 +102,11 @@ class TrainConfig:
     export: str = ""
     """Also copy the best policy's numpy export here (e.g. rl_lb/policies/shipped)."""
     checkpoint_every_steps: int = 25_000
+    init: str = ""
+    """Start from this exported policy's actor (a folder such as rl_lb/policies/shipped, or
+    `models:/rl-lb-policy/N`) with a new critic instead of from scratch (training/warm_start)."""
+    critic_warmup_steps: int = 0
+    """With `init`: train the new critic alone for this many steps before the actor moves."""
     algo_params: AlgoConfig = field(default_factory=AlgoConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -190,6 +195,12 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             "worlds_seed",
             f"generator seed {config.worlds_seed} is not a training seed",
             f"give 0 to {HELDOUT_SEED - 1}: seeds from {HELDOUT_SEED} on are the held-out worlds",
+        )
+    if config.critic_warmup_steps < 0 or (config.critic_warmup_steps and not config.init):
+        raise ConfigError(
+            "critic_warmup_steps",
+            f"{config.critic_warmup_steps} steps of critic warm-up",
+            "give 0, or a number of steps with `init` (a new critic for an imported actor)",
         )
     if config.n_envs < 1 or config.timesteps < 1:
         raise ConfigError("config", "n_envs and timesteps must be at least 1")

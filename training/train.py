@@ -60,6 +60,7 @@ from training.tracking import (
     register_policy,
     setup_experiment,
 )
+from training.warm_start import ActorFreeze, import_actor
 
 __all__ = ["RunResult", "run"]
 
@@ -120,6 +121,14 @@ def _build_model(config: TrainConfig, venv: VecEnv, resume: Path | None) -> Base
         # SB3 reseeds a loaded model with the checkpoint's seed; a resumed run follows its own.
         model.set_random_seed(config.seed)
         return model
+    fresh = _new_model(config, venv)
+    if config.init:
+        import_actor(policy_of(fresh), config.init)
+    return fresh
+
+
+def _new_model(config: TrainConfig, venv: VecEnv) -> BaseAlgorithm:
+    algo = ALGO_CLASSES[config.algo]
     accepted = inspect.signature(algo).parameters
     params = {k: v for k, v in dataclasses.asdict(config.algo_params).items() if k in accepted}
     if params.get("target_kl") == 0.0:
@@ -234,6 +243,10 @@ def run(
 ) -> RunResult:
     """Train, evaluate and record one policy as `config` says."""
     console = console or Console(stderr=True)
+    if resume is not None and config.init:
+        raise ConfigError(
+            "init", "both a checkpoint to resume and a policy to start from", "give one of them"
+        )
     th.set_num_threads(TORCH_THREADS)
     scenario_paths = config.scenario_paths()
     for path in scenario_paths:
@@ -252,7 +265,9 @@ def run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
         run_id = active.info.run_id
         log_params(config.flat())
-        mlflow.set_tags({**git_state(), "resumed_from": str(resume or "")})
+        mlflow.set_tags(
+            {**git_state(), "resumed_from": str(resume or ""), "initialised_from": config.init}
+        )
         for path in scenario_paths:
             mlflow.log_artifact(str(path), artifact_path="scenarios")
         if config.worlds:
@@ -299,6 +314,8 @@ def run(
             CheckpointCallback(run_dir / "latest.zip", config.checkpoint_every_steps),
             EvalCallback(config.eval.every_steps, reporting(evaluator, report), keep, progress),
         ]
+        if config.init and config.critic_warmup_steps:
+            callbacks.append(ActorFreeze(config.critic_warmup_steps))
         remaining = max(config.timesteps - model.num_timesteps, 1)
         model.learn(remaining, callback=callbacks, reset_num_timesteps=resume is None)
         venv.close()
