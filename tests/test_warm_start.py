@@ -12,6 +12,7 @@ from random_policy import ENCODER, make_policy
 from test_training_policy import random_obs, scores
 
 from envs.env import policy_spaces
+from rl_lb.cli import main
 from rl_lb.errors import ConfigError, ModelError
 from rl_lb.policies.learned import SHIPPED_DIR, LearnedPolicy
 from training.config import load_config
@@ -86,3 +87,16 @@ def test_a_critic_warmup_needs_a_policy_to_start_from() -> None:
     with pytest.raises(ConfigError, match="critic_warmup_steps"):
         load_config(None, {"critic_warmup_steps": 100})
     assert load_config(None, {"critic_warmup_steps": 100, "init": "x"}).critic_warmup_steps == 100
+
+
+def test_a_bad_policy_to_start_from_is_one_line_and_exit_2_before_any_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path}/mlruns.db"
+    assert main(["train", "--init", "nowhere", "--tracking-uri", store]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: nowhere: no such model file or directory (give a policy directory or .npz)"
+    ]
+    assert not (tmp_path / "mlruns.db").exists(), "nothing was started"

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from rl_lb.policies.learned import LearnedPolicy
 from rl_lb.tracking_store import TrackingUriOption, use_tracking_uri
 from training.config import TrainConfig
 from training.promote import DEFAULT_ALIAS, GATE_SCENARIOS, GATE_SEEDS
@@ -114,6 +115,8 @@ def train(
     loaded = load_config(config, overrides)
     use_tracking_uri(tracking_uri)
     loaded.scenario_paths()  # an unknown scenario is one line now, not after the slow imports
+    if loaded.init:
+        LearnedPolicy.load(loaded.init)  # so is a bad policy to start from (numpy only)
     typer.echo("loading torch, stable-baselines3 and MLflow…", err=True)
     from training.train import run  # torch and SB3: only once the configuration is known good
 
