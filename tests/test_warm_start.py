@@ -84,9 +84,14 @@ def test_the_actor_parameters_are_what_the_export_holds_and_the_log_std() -> Non
 
 
 def test_a_critic_warmup_needs_a_policy_to_start_from() -> None:
+    """Checked when the run starts, not when the file loads: `make policy` gives its stage 4
+    the policy to start from on the command line."""
+    config = load_config(None, {"critic_warmup_steps": 100})
+    with pytest.raises(ConfigError, match="no policy to start from"):
+        config.check_start(None)
+    load_config(None, {"critic_warmup_steps": 100, "init": "x"}).check_start(None)
     with pytest.raises(ConfigError, match="critic_warmup_steps"):
-        load_config(None, {"critic_warmup_steps": 100})
-    assert load_config(None, {"critic_warmup_steps": 100, "init": "x"}).critic_warmup_steps == 100
+        load_config(None, {"critic_warmup_steps": -1})
 
 
 def test_a_bad_policy_to_start_from_is_one_line_and_exit_2_before_any_run(

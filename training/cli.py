@@ -115,6 +115,7 @@ def train(
     loaded = load_config(config, overrides)
     use_tracking_uri(tracking_uri)
     loaded.scenario_paths()  # an unknown scenario is one line now, not after the slow imports
+    loaded.check_start(resume)
     if loaded.init:
         LearnedPolicy.load(loaded.init)  # so is a bad policy to start from (numpy only)
     typer.echo("loading torch, stable-baselines3 and MLflow…", err=True)

@@ -117,6 +117,22 @@ class TrainConfig:
         """The environment's picker (`[env] picker`), which the exported policy records."""
         return str(self.env.get("picker", DEFAULT_PICKER))
 
+    def check_start(self, resume: Path | None) -> None:
+        """How the run starts: from scratch, `resume`, or `init` (which a critic warm-up needs).
+
+        Not part of loading: a recipe's file may leave `init` to the command line (`make
+        policy` gives its stage 4 the export of its stage 3)."""
+        if resume is not None and self.init:
+            raise ConfigError(
+                "init", "both a checkpoint to resume and a policy to start from", "give one of them"
+            )
+        if self.critic_warmup_steps and not self.init:
+            raise ConfigError(
+                "critic_warmup_steps",
+                f"{self.critic_warmup_steps} steps of critic warm-up but no policy to start from",
+                "give --init POLICY (a new critic for an imported actor), or 0 steps",
+            )
+
     def scenario_paths(self) -> list[Path]:
         """The scenario files: those named (paths or library names), else the whole library."""
         if self.scenarios:
@@ -196,11 +212,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             f"generator seed {config.worlds_seed} is not a training seed",
             f"give 0 to {HELDOUT_SEED - 1}: seeds from {HELDOUT_SEED} on are the held-out worlds",
         )
-    if config.critic_warmup_steps < 0 or (config.critic_warmup_steps and not config.init):
+    if config.critic_warmup_steps < 0:
         raise ConfigError(
-            "critic_warmup_steps",
-            f"{config.critic_warmup_steps} steps of critic warm-up",
-            "give 0, or a number of steps with `init` (a new critic for an imported actor)",
+            "critic_warmup_steps", f"{config.critic_warmup_steps} steps", "give 0 or more"
         )
     if config.n_envs < 1 or config.timesteps < 1:
         raise ConfigError("config", "n_envs and timesteps must be at least 1")

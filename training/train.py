@@ -243,10 +243,7 @@ def run(
 ) -> RunResult:
     """Train, evaluate and record one policy as `config` says."""
     console = console or Console(stderr=True)
-    if resume is not None and config.init:
-        raise ConfigError(
-            "init", "both a checkpoint to resume and a policy to start from", "give one of them"
-        )
+    config.check_start(resume)
     th.set_num_threads(TORCH_THREADS)
     scenario_paths = config.scenario_paths()
     for path in scenario_paths:
