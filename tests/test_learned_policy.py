@@ -134,7 +134,7 @@ def test_the_shipped_policy_loads_without_a_spec() -> None:
 
 def test_the_learned_preset_is_the_shipped_policy_guarded_with_its_picker() -> None:
     """`learned` alone: the shipped export, served with the picker its header names (docs:
-    p2c-latency, not the p2c a header without one gets), least-latency as its fallback."""
+    prequal, not the p2c a header without one gets), least-latency as its fallback."""
     header = json.loads((SHIPPED_DIR / "policy.json").read_text())
     balancer = make_balancer("learned")
     assert isinstance(balancer, GuardedBalancer)
@@ -143,7 +143,7 @@ def test_the_learned_preset_is_the_shipped_policy_guarded_with_its_picker() -> N
     policy = balancer.primary.policy
     assert isinstance(policy, LearnedPolicy)
     assert policy.version == header["version"]
-    assert balancer.primary.picker.name == header["picker"] == "p2c-latency"
+    assert balancer.primary.picker.name == header["picker"] == "prequal"
     assert balancer.fallback.name == "least-latency"
     assert (balancer.mode, balancer.reason) == ("primary", "")
     pool = snapshot(5, np.random.default_rng(4))

@@ -176,9 +176,12 @@ def test_two_trials_on_local_ray_are_children_of_one_run_and_the_best_is_registe
     client = mlflow.MlflowClient()
     history = client.get_metric_history(children[0].info.run_id, "score")
     assert [m.step for m in history] == [128, 256]  # an evaluation, then the final report
-    best = min(children, key=lambda c: c.data.metrics["final_score"])
+    lowest = min(c.data.metrics["final_score"] for c in children)
+    # Two tiny trials may tie (both no better than least-latency): either is the best then.
+    tied = {c.info.run_id: c for c in children if c.data.metrics["final_score"] == lowest}
     (version,) = client.search_model_versions("name='rl-lb-policy'")
-    assert version.run_id == best.info.run_id
+    assert version.run_id in tied, {c.info.run_id: c.data.metrics["final_score"] for c in children}
+    best = tied[version.run_id]
     assert parent.data.tags["registered_version"] == str(version.version)
     listed = {a.path for a in client.list_artifacts(best.info.run_id, "policy")}
     assert listed == {"policy/policy.npz", "policy/policy.json"}

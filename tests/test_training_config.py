@@ -22,7 +22,9 @@ SHIPPED = CONFIGS / "shipped.toml"
 STAGE3 = CONFIGS / "shipped-stage3.toml"
 WORLDS = STAGE3.with_name("shipped-worlds.toml")
 FINETUNE = CONFIGS / "shipped-finetune.toml"
-"""The two stages of `make policy` (docs/training.md, "Reproduce the shipped policy")."""
+STAGE4 = CONFIGS / "shipped-prequal.toml"
+"""The four stages of `make policy` (docs/training.md, "Reproduce the shipped policy"), and
+`make policy-worlds` (tried, not shipped)."""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -47,7 +49,9 @@ def test_the_file_fills_sections_and_flags_override_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", [SHIPPED, FINETUNE, STAGE3, WORLDS], ids=["stage 1", "stage 2", "stage 3", "stage 4"]
+    "path",
+    [SHIPPED, FINETUNE, STAGE3, STAGE4, WORLDS],
+    ids=["stage 1", "stage 2", "stage 3", "stage 4", "worlds"],
 )
 def test_both_shipped_configs_load_and_pin_every_hyper_parameter(path: Path) -> None:
     """`make policy` must not change when a default in config.py does."""
@@ -71,33 +75,47 @@ def test_both_shipped_configs_load_and_pin_every_hyper_parameter(path: Path) -> 
     assert set(config.env) <= set(inspect.signature(BackendPoolEnv).parameters)
 
 
-def test_the_shipped_configs_are_the_three_stages_docs_training_describes() -> None:
+def test_the_shipped_configs_are_the_four_stages_docs_training_describes() -> None:
     """Stage 1: 100 000 steps with the in-flight p2c picker and the default error price.
     Stage 2 resumes it for 50 000 more with p2c-latency, arrival rates at 50-100 % of each
     scenario's and a failed request priced at 40 instead of 10; stage 3 resumes stage 2 for
-    200 000 more (350 000 in all) with the same settings on four environments, and exports its
-    best evaluation. The same network and PPO settings throughout."""
+    200 000 more (350 000 in all) with the same settings on four environments. Stage 4 starts
+    from stage 3's export (the Makefile's --init) with the prequal picker, 10 000 steps of
+    critic warm-up and 120 000 more, on 300 generated worlds too, and its best evaluation is
+    the shipped policy. The same network and PPO settings throughout."""
     stage1, stage2, stage3 = load_config(SHIPPED), load_config(FINETUNE), load_config(STAGE3)
+    stage4 = load_config(STAGE4)
     assert stage1.timesteps == 100_000
     assert stage1.picker == "p2c"
     assert "load_scale" not in stage1.env
     assert stage1.env.get("error_weight", ERROR_WEIGHT) == ERROR_WEIGHT == 10.0
     assert stage2.timesteps - stage1.timesteps == 50_000
     assert stage3.timesteps - stage2.timesteps == 200_000
-    for later in (stage2, stage3):
-        assert later.picker == "p2c-latency"
+    for later in (stage2, stage3, stage4):
         assert later.env["load_scale"] == [0.5, 1.0]
         assert later.env["error_weight"] == 40.0
         assert later.algo_params == stage1.algo_params
         assert later.policy == stage1.policy
-    assert stage3.n_envs == 4
+    assert stage2.picker == stage3.picker == "p2c-latency"
+    assert stage3.n_envs == stage4.n_envs == 4
+    assert stage4.picker == "prequal"
+    assert (stage4.init, stage4.critic_warmup_steps) == ("", 10_000)  # init: the Makefile's
+    assert stage4.timesteps - stage4.critic_warmup_steps == 120_000
+    assert (stage4.worlds, stage4.worlds_seed) == (300, 1)
+    makefile = (CONFIGS.parents[1] / "Makefile").read_text()
+    recipe = makefile[makefile.index("\npolicy:") : makefile.index("\npolicy-worlds:")]
+    assert recipe.count("rl-lb train") == 4
+    assert '--init "$$(ls -d runs/shipped-stage3/*/policy)" --export rl_lb/policies/shipped' in (
+        recipe
+    )
     shipped = json.loads((SHIPPED_DIR / HEADER_FILE).read_text())
-    assert shipped["picker"] == stage3.picker
-    assert shipped["architecture"]["slot_net"] == stage3.policy.slot_net
-    assert shipped["architecture"]["head_net"] == stage3.policy.head_net
-    assert shipped["activation"] == stage3.policy.activation
-    steps = int(shipped["version"].rpartition("@")[2])  # an evaluation of stage 3 (PPO rollouts)
-    assert stage2.timesteps < steps < stage3.timesteps + stage3.algo_params.n_steps * stage3.n_envs
+    assert shipped["picker"] == stage4.picker
+    assert shipped["architecture"]["slot_net"] == stage4.policy.slot_net
+    assert shipped["architecture"]["head_net"] == stage4.policy.head_net
+    assert shipped["activation"] == stage4.policy.activation
+    steps = int(shipped["version"].rpartition("@")[2])  # an evaluation of stage 4 (PPO rollouts)
+    assert stage4.critic_warmup_steps < steps
+    assert steps < stage4.timesteps + stage4.algo_params.n_steps * stage4.n_envs
 
 
 @pytest.mark.parametrize(
