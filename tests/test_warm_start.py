@@ -18,7 +18,7 @@ from rl_lb.policies.learned import SHIPPED_DIR, LearnedPolicy
 from training.config import load_config
 from training.export import export_policy
 from training.policy import SetActorCriticPolicy
-from training.warm_start import actor_parameters, import_actor
+from training.warm_start import actor_parameters, import_actor, with_exported_picker
 
 
 def fresh(
@@ -105,3 +105,13 @@ def test_a_bad_policy_to_start_from_is_one_line_and_exit_2_before_any_run(
         "error: nowhere: no such model file or directory (give a policy directory or .npz)"
     ]
     assert not (tmp_path / "mlruns.db").exists(), "nothing was started"
+
+
+def test_a_run_from_an_export_trains_with_its_picker_unless_told(tmp_path: Path) -> None:
+    export_policy(make_policy(), tmp_path, ENCODER, "test@1", picker="prequal")
+    started = with_exported_picker(load_config(None, {"init": str(tmp_path)}))
+    assert started.picker == "prequal"
+    told = load_config(None, {"init": str(tmp_path)})
+    told.env = {"picker": "p2c-latency"}
+    assert with_exported_picker(told).picker == "p2c-latency"
+    assert with_exported_picker(load_config(None)).picker == load_config(None).picker

@@ -60,7 +60,7 @@ from training.tracking import (
     register_policy,
     setup_experiment,
 )
-from training.warm_start import ActorFreeze, import_actor
+from training.warm_start import ActorFreeze, import_actor, with_exported_picker
 
 __all__ = ["RunResult", "run"]
 
@@ -244,6 +244,12 @@ def run(
     """Train, evaluate and record one policy as `config` says."""
     console = console or Console(stderr=True)
     config.check_start(resume)
+    config = with_exported_picker(config)
+    if config.init:
+        console.print(
+            f"starting from the actor of {config.init} with a new critic, picker {config.picker}",
+            highlight=False,
+        )
     th.set_num_threads(TORCH_THREADS)
     scenario_paths = config.scenario_paths()
     for path in scenario_paths:

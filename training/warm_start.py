@@ -11,6 +11,7 @@ actor's first update already has advantages worth following.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,20 @@ from torch import nn
 
 from rl_lb.errors import ConfigError
 from rl_lb.policies.learned import LearnedPolicy
+from training.config import TrainConfig
 from training.policy import SetActorCriticPolicy, SetExtractor, SlotScoreHead
 
-__all__ = ["ActorFreeze", "import_actor"]
+__all__ = ["ActorFreeze", "import_actor", "with_exported_picker"]
+
+
+def with_exported_picker(config: TrainConfig) -> TrainConfig:
+    """`config`, trained with the picker of the policy it starts from unless `[env] picker`
+    says otherwise: an imported actor's weights mean what they mean under its picker (the
+    shipped one's under `prequal`), and the run's export records the picker it trained with."""
+    if not config.init or "picker" in config.env:
+        return config
+    picker = LearnedPolicy.load(config.init).picker
+    return dataclasses.replace(config, env={**config.env, "picker": picker})
 
 
 def _linears(sequential: nn.Sequential) -> list[nn.Linear]:
