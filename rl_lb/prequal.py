@@ -297,6 +297,10 @@ class PrequalPicker:
         self._seen: Sequence[bool] | None = None
         """The view's `available` at the last pick and its `Availability.version` (-1: none)."""
         self._seen_version = -1
+        self.blind_picks = 0
+        """Picks made without 2 usable answers in the pool (drawn at random, by weight): when
+        many are, probes do not keep up and Prequal is only a weighted random choice."""
+        self.picks = 0
 
     def update(self, weights: npt.ArrayLike) -> None:
         array = np.asarray(weights, dtype=np.float64)
@@ -345,7 +349,9 @@ class PrequalPicker:
             raise NoBackendAvailable("no backend is available (all unhealthy or ejected)")
         now = self.clock()
         chosen = self.pool.choose(table.mask, now)
+        self.picks += 1
         if chosen < 0:
+            self.blind_picks += 1
             chosen = backends[self._draw_index(table, 0)]
         targets = self.targets(table)
         if self.prober is not None:

@@ -79,6 +79,7 @@ class Prober:
         """URL → (tokens, clock time they were counted)."""
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pickers: list[PrequalPicker] = []
 
     def attach(self, balancer: Balancer) -> None:
         """Give every prequal picker of `balancer` this prober, the proxy's clock and settings."""
@@ -88,6 +89,7 @@ class Prober:
             if balancer.primary is not None:
                 pickers.append(balancer.primary.picker)
         self.active = False
+        self._pickers = []
         for picker in pickers:
             if isinstance(picker, PrequalPicker):
                 picker.clock = self.monitor.clock
@@ -95,6 +97,7 @@ class Prober:
                     picker.pool = ProbePool(self.settings)
                 picker.prober = partial(self.send, picker)
                 self.active = True
+                self._pickers.append(picker)
 
     def own_view(self, url: str, now: float) -> bool:
         """Whether probes of `url` are answered from the proxy's own view now."""
@@ -114,6 +117,10 @@ class Prober:
                 picker.pool.add(i, monitor.metrics.in_flight[i], monitor.metrics.cost(i), now)
                 counts["own-view"] += 1
             elif not self._take_token(backend.url, now):
+                # Over the probe budget: answered from the proxy's own view too. Skipped, the
+                # pool ran dry under load and Prequal drew blind (at random), which sent a
+                # backend that fails fast its full share (docs/proxy.md, "Prequal probes").
+                picker.pool.add(i, monitor.metrics.in_flight[i], monitor.metrics.cost(i), now)
                 counts["limited"] += 1
             else:
                 task = asyncio.get_running_loop().create_task(self._probe(picker, backend))
@@ -178,6 +185,8 @@ class Prober:
         return {
             "probe_path": self.path,
             "probe_rate_per_backend": self.rate,
+            "picks": sum(p.picks for p in self._pickers),
+            "blind_picks": sum(p.blind_picks for p in self._pickers),
             "backends": {
                 b.url: {
                     "answered_by": "proxy's own view" if self.own_view(b.url, now) else "backend",
@@ -200,6 +209,16 @@ class Prober:
             for result in PROBE_RESULTS:
                 probes.add_metric([b.url, result], self.counts[b.url][result])
         yield probes
+        picks = CounterMetricFamily(
+            "rl_lb_prequal_picks",
+            "Prequal's picks: from probe answers, or blind (fewer than 2 usable answers: drawn "
+            "at random by weight)",
+            labels=["choice"],
+        )
+        blind = sum(p.blind_picks for p in self._pickers)
+        picks.add_metric(["answers"], sum(p.picks for p in self._pickers) - blind)
+        picks.add_metric(["blind"], blind)
+        yield picks
 
     async def close(self) -> None:
         for task in list(self._tasks):

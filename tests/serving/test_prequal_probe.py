@@ -128,12 +128,27 @@ async def test_without_probe_answers_prequal_runs_on_the_proxys_own_view() -> No
     assert sum(_requests(metrics, u) for u in urls) == 300
 
 
-async def test_probing_is_rate_limited_per_backend() -> None:
+async def test_probing_is_rate_limited_per_backend_and_over_it_the_own_view_answers() -> None:
+    """Over the budget a probe is answered from the proxy's own view, so the pool does not run
+    dry and Prequal does not draw blind: skipped, live on fast-failure 10.6% of the picks were
+    blind and sent the failing backend its share (1.3% of requests failed, 0.43% answered)."""
     rate = 2.0
     started = time.monotonic()
-    _state, metrics, urls, _ = await _through_proxy(prequal_probe_rate=rate)
+    state, metrics, urls, _ = await _through_proxy(prequal_probe_rate=rate)
     lived_s = time.monotonic() - started  # the proxy lived no longer than this
     for url in urls:
         sent = sum(_probes(metrics, url, r) for r in ("answered", "failed", "unsupported"))
         assert 1 <= sent <= rate + rate * lived_s, (sent, lived_s)  # a burst of 2, then 2/s
         assert _probes(metrics, url, "limited") > 0
+    assert state["prequal"]["picks"] == 300
+    assert state["prequal"]["blind_picks"] <= 15, state["prequal"]
+    slow, fast = _requests(metrics, urls[0]), [_requests(metrics, u) for u in urls[1:]]
+    assert slow < sum(fast) / len(fast), (slow, fast)
+    counted = {
+        s.labels["choice"]: s.value
+        for family in text_string_to_metric_families(metrics)
+        for s in family.samples
+        if s.name == "rl_lb_prequal_picks_total"
+    }
+    blind = state["prequal"]["blind_picks"]
+    assert counted == {"answers": 300 - blind, "blind": blind}
