@@ -51,6 +51,8 @@ def test_serve_takes_the_store_from_tracking_uri(
 ) -> None:
     other = elsewhere / "team" / "runs.db"
     argv = ["serve", "-b", "http://127.0.0.1:9", "--policy", "models:/rl-lb-policy/3"]
+    # Ephemeral ports: a proxy already on 8080 (a developer's) would be the first error.
+    argv += ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"]
     assert main([*argv, "--tracking-uri", f"sqlite:///{other}"]) == 2
     line = capsys.readouterr().err.strip()
     assert f"no tracking store at {other}" in line
