@@ -63,6 +63,7 @@ __all__ = [
     "PrequalPicker",
     "ProbePool",
     "Prober",
+    "own_view_answer",
     "reuse_budget",
     "rif_threshold",
 ]
@@ -101,6 +102,14 @@ def rif_threshold(history: Sequence[int], q_rif: float) -> float:
         return math.inf
     rank = max(math.ceil(q_rif * len(history)) - 1, 0)
     return float(sorted(history)[rank])
+
+
+def own_view_answer(in_flight: int, cost_s: float) -> tuple[int, float]:
+    """A probe answered from the proxy's own view: (RIF, its peak-EWMA cost × (RIF + 1)), the
+    latency at the current RIF as `p2c-latency` weighs it. Unscaled, a one-worker server busy
+    with a request answered as fast as an idle four-worker one and drew the queue (docs/proxy.md,
+    "Prequal probes")."""
+    return in_flight, cost_s * (in_flight + 1)
 
 
 class LatencyByRif:
@@ -358,7 +367,7 @@ class PrequalPicker:
             self.prober(targets)
         else:
             for b in targets:
-                self.pool.add(b, view.in_flight[b], view.cost(b), now)
+                self.pool.add(b, *own_view_answer(view.in_flight[b], view.cost(b)), now)
         return chosen
 
     def targets(self, table: _Candidates) -> list[int]:

@@ -28,7 +28,7 @@ import aiohttp
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from rl_lb.balancers import Balancer, GuardedBalancer
-from rl_lb.prequal import PrequalPicker, ProbePool
+from rl_lb.prequal import PrequalPicker, ProbePool, own_view_answer
 from serving.config import ProxyConfig
 from serving.monitor import Backend, Monitor
 
@@ -109,18 +109,19 @@ class Prober:
     def send(self, picker: PrequalPicker, targets: Sequence[int]) -> None:
         """Probe `targets` (backend indexes) for `picker`; called on the request path."""
         monitor = self.monitor
+        metrics = monitor.metrics
         now = monitor.clock()
         for i in targets:
             backend = monitor.backends[i]
             counts = self.counts[backend.url]
             if self.own_view(backend.url, now):
-                picker.pool.add(i, monitor.metrics.in_flight[i], monitor.metrics.cost(i), now)
+                picker.pool.add(i, *own_view_answer(metrics.in_flight[i], metrics.cost(i)), now)
                 counts["own-view"] += 1
             elif not self._take_token(backend.url, now):
                 # Over the probe budget: answered from the proxy's own view too. Skipped, the
                 # pool ran dry under load and Prequal drew blind (at random), which sent a
                 # backend that fails fast its full share (docs/proxy.md, "Prequal probes").
-                picker.pool.add(i, monitor.metrics.in_flight[i], monitor.metrics.cost(i), now)
+                picker.pool.add(i, *own_view_answer(metrics.in_flight[i], metrics.cost(i)), now)
                 counts["limited"] += 1
             else:
                 task = asyncio.get_running_loop().create_task(self._probe(picker, backend))

@@ -27,6 +27,7 @@ from rl_lb.prequal import (
     PrequalPicker,
     ProbePool,
     Prober,
+    own_view_answer,
     probe_count,
     reuse_budget,
     rif_threshold,
@@ -213,6 +214,21 @@ def test_without_a_prober_it_answers_from_its_own_view() -> None:
     assert picker.pool.entries() == 4
     clock[0] = 0.01
     assert picker.pick(view) == 1  # θ = 0 (1st of [0, 9, 9, 9]): 1 is the only cold one
+
+
+def test_an_own_view_answer_is_its_cost_at_the_current_rif() -> None:
+    """Scaled by (RIF + 1), as p2c-latency weighs the peak-EWMA: a backend busy with one
+    request at 0.1 s answers 0.2 s, slower than an idle one at 0.15 s (unscaled it was faster,
+    and on a live pool of 1-, 2- and 4-worker servers the one-worker server drew the queue)."""
+    assert own_view_answer(0, 0.1) == (0, 0.1)
+    assert own_view_answer(3, 0.1) == (3, pytest.approx(0.4))
+    clock = [0.0]
+    settings = PrequalSettings(probes=2, q_rif=1.0)  # θ: the largest RIF seen, both cold
+    picker = PrequalPicker(random.Random(2), settings, clock=lambda: clock[0])
+    view = View([1, 0], [True, True], [0.1, 0.15])
+    picker.pick(view)  # empty pool: both answered from the view
+    clock[0] = 0.01
+    assert picker.pick(view) == 1
 
 
 def test_weight_zero_excludes_a_backend_unless_all_are_zero() -> None:
@@ -455,7 +471,7 @@ class RebuildingPicker:
             self.prober(order[:count])
         else:
             for b in order[:count]:
-                self.pool.add(b, view.in_flight[b], view.cost(b), now)
+                self.pool.add(b, *own_view_answer(view.in_flight[b], view.cost(b)), now)
         return chosen
 
     def _draw_index(self, backends: list[int], start: int) -> int:
