@@ -246,6 +246,12 @@ class PoolMetrics:
             return 0.0
         return self._est[index] * math.exp(-(self._clock() - self._stamp[index]) / self.ewma_tau_s)
 
+    def error_rate(self, index: int) -> float:
+        """Failed share of backend `index`'s answers in the window (0 without answers); its
+        sub-windows expire at snapshots, so it may hold up to one control interval more."""
+        answers = self._window_answers[index]
+        return self._window_errors[index] / answers if answers > 0 else 0.0
+
     def restart_estimate(self, index: int, now: float, peers: Sequence[bool]) -> None:
         """Backend `index` is back (or new): its peak-EWMA restarts from a neutral value.
 

@@ -104,12 +104,15 @@ def rif_threshold(history: Sequence[int], q_rif: float) -> float:
     return float(sorted(history)[rank])
 
 
-def own_view_answer(in_flight: int, cost_s: float) -> tuple[int, float]:
-    """A probe answered from the proxy's own view: (RIF, its peak-EWMA cost × (RIF + 1)), the
-    latency at the current RIF as `p2c-latency` weighs it. Unscaled, a one-worker server busy
-    with a request answered as fast as an idle four-worker one and drew the queue (docs/proxy.md,
-    "Prequal probes")."""
-    return in_flight, cost_s * (in_flight + 1)
+def own_view_answer(
+    in_flight: int, cost_s: float, error_rate: float = 0.0, penalty_s: float = 0.0
+) -> tuple[int, float]:
+    """A probe answered from the proxy's own view: (RIF, its peak-EWMA cost × (RIF + 1) plus
+    its error rate × the error penalty). Scaled as `p2c-latency` weighs it: unscaled, a busy
+    one-worker server answered as fast as an idle four-worker one and drew the queue. Priced
+    as a backend prices its failures (`LatencyByRif`): scaled alone, a backend that fails fast
+    holds few requests and looked best (docs/proxy.md, "Prequal probes")."""
+    return in_flight, cost_s * (in_flight + 1) + error_rate * penalty_s
 
 
 class LatencyByRif:

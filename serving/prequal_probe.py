@@ -109,24 +109,29 @@ class Prober:
     def send(self, picker: PrequalPicker, targets: Sequence[int]) -> None:
         """Probe `targets` (backend indexes) for `picker`; called on the request path."""
         monitor = self.monitor
-        metrics = monitor.metrics
         now = monitor.clock()
         for i in targets:
             backend = monitor.backends[i]
             counts = self.counts[backend.url]
             if self.own_view(backend.url, now):
-                picker.pool.add(i, *own_view_answer(metrics.in_flight[i], metrics.cost(i)), now)
+                picker.pool.add(i, *self._own_view(i), now)
                 counts["own-view"] += 1
             elif not self._take_token(backend.url, now):
                 # Over the probe budget: answered from the proxy's own view too. Skipped, the
                 # pool ran dry under load and Prequal drew blind (at random), which sent a
                 # backend that fails fast its full share (docs/proxy.md, "Prequal probes").
-                picker.pool.add(i, *own_view_answer(metrics.in_flight[i], metrics.cost(i)), now)
+                picker.pool.add(i, *self._own_view(i), now)
                 counts["limited"] += 1
             else:
                 task = asyncio.get_running_loop().create_task(self._probe(picker, backend))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _own_view(self, i: int) -> tuple[int, float]:
+        metrics = self.monitor.metrics
+        return own_view_answer(
+            metrics.in_flight[i], metrics.cost(i), metrics.error_rate(i), metrics.error_penalty_s
+        )
 
     def _take_token(self, url: str, now: float) -> bool:
         burst = max(self.rate, 1.0)

@@ -222,6 +222,7 @@ def test_an_own_view_answer_is_its_cost_at_the_current_rif() -> None:
     and on a live pool of 1-, 2- and 4-worker servers the one-worker server drew the queue)."""
     assert own_view_answer(0, 0.1) == (0, 0.1)
     assert own_view_answer(3, 0.1) == (3, pytest.approx(0.4))
+    assert own_view_answer(0, 0.02, 0.5, 5.0) == (0, pytest.approx(2.52))  # failures priced
     clock = [0.0]
     settings = PrequalSettings(probes=2, q_rif=1.0)  # θ: the largest RIF seen, both cold
     picker = PrequalPicker(random.Random(2), settings, clock=lambda: clock[0])
