@@ -91,7 +91,8 @@ class Prober:
         self.active = False
         self._pickers = []
         for picker in pickers:
-            if isinstance(picker, PrequalPicker):
+            # A guarded balancer's own picker is its primary's: count each picker once.
+            if isinstance(picker, PrequalPicker) and picker not in self._pickers:
                 picker.clock = self.monitor.clock
                 if picker.pool.settings != self.settings:
                     picker.pool = ProbePool(self.settings)
@@ -126,6 +127,10 @@ class Prober:
                 task = asyncio.get_running_loop().create_task(self._probe(picker, backend))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    def _pick_counts(self) -> tuple[int, int]:
+        """(picks, blind picks) of every prequal picker attached."""
+        return sum(p.picks for p in self._pickers), sum(p.blind_picks for p in self._pickers)
 
     def _own_view(self, i: int) -> tuple[int, float]:
         metrics = self.monitor.metrics
@@ -188,11 +193,12 @@ class Prober:
         if not self.active:
             return None
         now = self.monitor.clock()
+        picks, blind = self._pick_counts()
         return {
             "probe_path": self.path,
             "probe_rate_per_backend": self.rate,
-            "picks": sum(p.picks for p in self._pickers),
-            "blind_picks": sum(p.blind_picks for p in self._pickers),
+            "picks": picks,
+            "blind_picks": blind,
             "backends": {
                 b.url: {
                     "answered_by": "proxy's own view" if self.own_view(b.url, now) else "backend",
@@ -221,8 +227,8 @@ class Prober:
             "at random by weight)",
             labels=["choice"],
         )
-        blind = sum(p.blind_picks for p in self._pickers)
-        picks.add_metric(["answers"], sum(p.picks for p in self._pickers) - blind)
+        total, blind = self._pick_counts()
+        picks.add_metric(["answers"], total - blind)
         picks.add_metric(["blind"], blind)
         yield picks
 

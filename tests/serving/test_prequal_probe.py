@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -13,11 +14,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from envs.factory import pool_scenario
 from lab.backends import EmulatedPool
+from rl_lb.balancers import GuardedBalancer, make_balancer
 from rl_lb.control import PROBE_PATH
+from rl_lb.prequal import PrequalPicker
 from rl_lb.scenarios import Event, ServiceDist
 from serving.app import ProxyServer
 from serving.config import ProxyConfig
-from serving.prequal_probe import read_answer
+from serving.prequal_probe import Prober, read_answer
 
 
 def test_a_probe_answer_is_read_or_refused() -> None:
@@ -117,6 +120,24 @@ async def test_the_proxy_probes_emulated_backends_and_counts_the_probes() -> Non
         assert _probes(metrics, url, "own-view") == 0
     slow, fast = _requests(metrics, urls[0]), [_requests(metrics, u) for u in urls[1:]]
     assert slow < sum(fast) / len(fast), (slow, fast)  # the 40x slower one gets less
+
+
+def test_a_guarded_balancers_prequal_picker_is_counted_once() -> None:
+    """`learned` serves the shipped policy with its `prequal` picker, guarded: the guarded
+    balancer's own picker is its primary's, whose picks must count once, not twice."""
+    balancer = make_balancer("learned")
+    assert isinstance(balancer, GuardedBalancer)
+    assert balancer.primary is not None
+    picker = balancer.primary.picker
+    assert isinstance(picker, PrequalPicker)
+    assert balancer.picker is picker
+    monitor = SimpleNamespace(clock=time.monotonic, backends=[])
+    prober = Prober(ProxyConfig(backends=("http://127.0.0.1:9",)), monitor)  # type: ignore[arg-type]
+    prober.attach(balancer)
+    picker.picks, picker.blind_picks = 7, 2
+    state = prober.state()
+    assert state is not None
+    assert (state["picks"], state["blind_picks"]) == (7, 2)
 
 
 async def test_without_probe_answers_prequal_runs_on_the_proxys_own_view() -> None:
