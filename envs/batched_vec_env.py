@@ -288,7 +288,7 @@ def advance_simulators(
         calls += 1
         for i, sim in enumerate(sims):
             if active[i] and status[i] == kernel.NEED_ROOM:
-                sim.state = grow_state(sim.state, 2 * len(sim.state.r_arrival))
+                sim.state = grow_state(sim.state)
             else:
                 active[i] = False
     return calls

@@ -156,23 +156,44 @@ def make_spec(scenario: Scenario, rng: np.random.Generator) -> Spec:
     )
 
 
-def _requests(capacity: int) -> dict[str, np.ndarray]:
-    return {
-        "r_arrival": np.zeros(capacity),
-        "r_proxy": np.zeros(capacity, dtype=np.int64),
-        "r_backend": np.zeros(capacity, dtype=np.int64),
-        "r_latency": np.zeros(capacity),
-        "r_outcome": np.zeros(capacity, dtype=np.int64),
-        "r_retries": np.zeros(capacity, dtype=np.int64),
-        "r_qnext": np.zeros(capacity, dtype=np.int64),
-        "r_tnext": np.zeros(capacity, dtype=np.int64),
-        "r_acct": np.zeros(capacity),
-        "resolved": np.zeros(capacity, dtype=np.int64),
-        "h_t": np.zeros(capacity),
-        "h_r": np.zeros(capacity, dtype=np.int64),
-        "h_kind": np.zeros(capacity, dtype=np.int64),
-        "r_rif": np.zeros(capacity, dtype=np.int64),
-    }
+REQUEST_DTYPES: dict[str, Any] = {
+    "r_arrival": np.float64,
+    "r_proxy": np.int32,
+    "r_backend": np.int32,
+    "r_latency": np.float64,
+    "r_outcome": np.int8,
+    "r_retries": np.int32,
+    "resolved": np.int32,
+}
+"""The per-request arrays (one entry per request of the episode) and their types: request ids
+are int32, so an episode holds at most 2**31 - 1 requests (`_check_room`)."""
+_LIVE_DTYPES: dict[str, Any] = {
+    "l_id": np.int64,
+    "l_refs": np.int64,
+    "l_qnext": np.int64,
+    "l_tnext": np.int64,
+    "l_acct": np.float64,
+    "l_rif": np.int64,
+}
+_HEAP_DTYPES: dict[str, Any] = {"h_t": np.float64, "h_r": np.int64, "h_kind": np.int64}
+_FIRST_RING = 1024
+"""Slots of a fresh live ring and heap (powers of two, fewer if the state is given room for
+fewer requests); both double when full."""
+_MAX_REQUESTS = 2**31 - 1
+
+
+def _check_room(capacity: int) -> int:
+    if capacity > _MAX_REQUESTS:
+        raise ScenarioError(
+            "requests",
+            f"an episode would need room for {capacity:,} requests, more than {_MAX_REQUESTS:,}",
+            "shorten the scenario's duration or lower its arrival rate",
+        )
+    return capacity
+
+
+def _zeros(dtypes: dict[str, Any], size: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros(size, dtype=dtype) for name, dtype in dtypes.items()}
 
 
 def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
@@ -180,6 +201,7 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
     draws the first arrival."""
     n, proxies = len(spec.concurrency), spec.proxies
     pn = (proxies, n)
+    ring = min(_FIRST_RING, 1 << max(capacity - 1, 1).bit_length())
     metrics: MetricsState = new_metrics(
         proxies,
         n,
@@ -196,7 +218,9 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
         q_len=np.zeros(n, dtype=np.int64),
         tg_head=np.full(len(spec.group_timeout), -1, dtype=np.int64),
         tg_tail=np.full(len(spec.group_timeout), -1, dtype=np.int64),
-        **_requests(capacity),
+        **_zeros(REQUEST_DTYPES, _check_room(capacity)),
+        **_zeros(_LIVE_DTYPES, ring),
+        **_zeros(_HEAP_DTYPES, ring),
         counts=np.zeros(4, dtype=np.int64),
         clock=np.array([0.0, np.inf, 0.0, spec.refresh_s if spec.refresh_s > 0 else np.inf]),
         inflight=np.zeros(pn, dtype=np.int64),
@@ -221,11 +245,32 @@ def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
     )
 
 
-def grow_state(state: State, capacity: int) -> State:
-    """The same state with room for `capacity` requests (the kernel asked for more)."""
-    fresh = _requests(capacity)
-    for name, array in fresh.items():
-        old = getattr(state, name)
-        array[: len(old)] = old
-    columns: dict[str, Any] = fresh  # each array has its field's dtype by construction
+def grow_state(state: State) -> State:
+    """The same state with the room the kernel asked for (`kernel.NEED_ROOM`): more request
+    slots, a larger heap, or a larger live ring (each doubled, as often as needed)."""
+    columns: dict[str, Any] = {}
+    requests, heap_size = int(state.counts[0]), int(state.counts[2])
+    if requests >= len(state.r_arrival):
+        size = _check_room(2 * len(state.r_arrival))
+        for name, dtype in REQUEST_DTYPES.items():
+            columns[name] = np.zeros(size, dtype=dtype)
+            columns[name][:requests] = getattr(state, name)[:requests]
+    if heap_size + kernel.HEAP_ROOM >= len(state.h_t):
+        size = 2 * len(state.h_t)
+        while heap_size + kernel.HEAP_ROOM >= size:
+            size *= 2
+        for name, dtype in _HEAP_DTYPES.items():
+            columns[name] = np.zeros(size, dtype=dtype)
+            columns[name][:heap_size] = getattr(state, name)[:heap_size]
+    ring = len(state.l_refs)
+    if state.l_refs[requests & (ring - 1)] != 0:
+        live = np.flatnonzero(state.l_refs)
+        ids = state.l_id[live]
+        size = 2 * ring
+        # Two live ids share a slot of the larger ring only if they did in the smaller one.
+        while (requests & (size - 1)) in set((ids & (size - 1)).tolist()):
+            size *= 2
+        for name, dtype in _LIVE_DTYPES.items():
+            columns[name] = np.zeros(size, dtype=dtype)
+            columns[name][ids & (size - 1)] = getattr(state, name)[live]
     return state._replace(**columns)

@@ -7,6 +7,13 @@ error answers and probe answers, in the min-heap of `envs.nb_heap`), client time
 distinct timeout value, since deadlines = arrival + constant are then in order), health checks and
 bulletin-board refreshes (periodic). `Spec` and `State` (envs/nb_state.py) hold the arrays.
 
+Memory per request is what bounds the speed on a VM where fresh memory is slow: a request keeps
+only its record (`State.r_*`, 33 bytes) for the episode; what it needs while live (queue and
+timeout links, service accounting, Prequal's RIF) sits in a small ring of reused slots
+(`State.l_*`), each slot counting the places that still hold its request (`l_refs`: its backend's
+queue, the heap, its timeout FIFO). `advance` asks for room (`NEED_ROOM`, `build.grow_state`)
+when the next request's slot is still held, the heap is nearly full or the records are.
+
 The rules the proxy also runs are not written here but in their numba twins, each following its
 reference in `rl_lb` (tests/test_twins.py lists the pairs): metrics (`envs.nb_metrics`), pickers
 (`envs.nb_pickers`), health checks and ejection (`envs.nb_health`), the retry budget
@@ -21,7 +28,7 @@ import math
 
 import numpy as np
 
-from envs.jit import jit
+from envs.jit import jit, jit_inline
 from envs.nb_health import expire, on_check, on_health_check, on_result, set_avail
 from envs.nb_heap import pop, push
 from envs.nb_metrics import cost, record, restart_estimate
@@ -38,6 +45,7 @@ __all__ = [
     "CONSTANT",
     "ERROR",
     "EXPONENTIAL",
+    "HEAP_ROOM",
     "LOGNORMAL",
     "NEED_ROOM",
     "NO_BACKEND",
@@ -56,7 +64,7 @@ PENDING, OK, ERROR, TIMEOUT, REJECTED, NO_BACKEND = -1, 0, 1, 2, 3, 4
 OUTCOMES: tuple[str, ...] = ("ok", "error", "timeout", "rejected", "no-backend")
 REACHED, NEED_ROOM = 0, 1
 _SERVICE, _ERROR_ANSWER, _PROBE = 0, 1, 2
-_HEAP_ROOM = 18
+HEAP_ROOM = 18
 """Heap slots one arrival may fill: its answer and up to 16 (+1) probes (`prequal-probes`)."""
 EXPONENTIAL, LOGNORMAL, PARETO, CONSTANT = 0, 1, 2, 3
 
@@ -108,9 +116,23 @@ def _service_time(sp: Spec, b: int, rng: np.ndarray) -> float:
 
 
 @jit
+def _slot(st: State, r: int) -> int:
+    """Request r's slot in the live ring (`State.l_*`)."""
+    return int(r & (st.l_refs.shape[0] - 1))
+
+
+@jit
+def _release(st: State, r: int) -> None:
+    """One place that held request r (queue, heap, timeout FIFO) no longer does."""
+    st.l_refs[_slot(st, r)] -= 1
+
+
+@jit
 def _start_service(sp: Spec, st: State, b: int, r: int, t: float, rng: np.ndarray) -> None:
+    s = _slot(st, r)
     st.busy[b] += 1
-    st.r_acct[r] = t
+    st.l_acct[s] = t
+    st.l_refs[s] += 1
     push(st, t + _service_time(sp, b, rng) * _conditions(sp, b, t)[0], r, _SERVICE)
 
 
@@ -127,7 +149,7 @@ def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     """The proxy receives the answer of request r (if it has not timed out already)."""
     if st.r_outcome[r] != PENDING:
         return
-    p, b = st.r_proxy[r], st.r_backend[r]
+    p, b = int(st.r_proxy[r]), int(st.r_backend[r])
     latency = t - st.r_arrival[r]
     st.inflight[p, b] -= 1
     record(st.m, p, b, latency, error, t)
@@ -135,10 +157,12 @@ def _answer(sp: Spec, st: State, r: int, t: float, error: bool) -> None:
     _resolve(st, r, ERROR if error else OK, latency)
 
 
-@jit
+@jit_inline
 def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     r = st.counts[0]
     st.counts[0] += 1
+    s = _slot(st, r)  # free: `advance` made sure of it
+    st.l_id[s] = r
     p = 0 if sp.proxies == 1 else int(uniform(rng) * sp.proxies)
     st.r_arrival[r], st.r_proxy[r], st.r_backend[r] = t, p, -1
     st.r_outcome[r], st.r_retries[r] = PENDING, 0
@@ -190,7 +214,8 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             break
         if err_prob > 0.0 and uniform(rng) < err_prob:
             st.inflight[p, b] += 1
-            st.r_rif[r] = st.busy[b] + st.q_len[b]
+            st.l_rif[s] = st.busy[b] + st.q_len[b]
+            st.l_refs[s] += 1
             push(st, t + err_lat, r, _ERROR_ANSWER)
         elif st.busy[b] >= sp.concurrency[b] and st.q_len[b] >= sp.queue_limit[b]:
             record(st.m, p, b, 0.0, True, t)
@@ -199,23 +224,25 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
             break
         else:
             st.inflight[p, b] += 1
-            st.r_rif[r] = st.busy[b] + st.q_len[b]
+            st.l_rif[s] = st.busy[b] + st.q_len[b]
             if st.busy[b] < sp.concurrency[b]:
                 _start_service(sp, st, b, r, t, rng)
             else:
-                st.r_qnext[r] = -1
+                st.l_qnext[s] = -1
+                st.l_refs[s] += 1
                 if st.q_len[b] == 0:
                     st.q_head[b] = r
                 else:
-                    st.r_qnext[st.q_tail[b]] = r
+                    st.l_qnext[_slot(st, st.q_tail[b])] = r
                 st.q_tail[b] = r
                 st.q_len[b] += 1
         g = sp.tgroup[b]
-        st.r_tnext[r] = -1
+        st.l_tnext[s] = -1
+        st.l_refs[s] += 1
         if st.tg_head[g] < 0:
             st.tg_head[g] = r
         else:
-            st.r_tnext[st.tg_tail[g]] = r
+            st.l_tnext[_slot(st, st.tg_tail[g])] = r
         st.tg_tail[g] = r
         break
     for b in tried:
@@ -299,7 +326,9 @@ def _next_timeout(sp: Spec, st: State) -> tuple[float, int]:
     for g in range(st.tg_head.shape[0]):
         r = st.tg_head[g]
         while r >= 0 and st.r_outcome[r] != PENDING:
-            r = st.r_tnext[r]
+            nxt = st.l_tnext[_slot(st, r)]
+            _release(st, r)
+            r = nxt
         st.tg_head[g] = r
         if r >= 0 and st.r_arrival[r] + sp.group_timeout[g] < best:
             best, best_g = st.r_arrival[r] + sp.group_timeout[g], g
@@ -316,6 +345,7 @@ def start(sp: Spec, st: State, rng: np.ndarray) -> None:
 def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
     """Run events until `t_end` (exclusive); NEED_ROOM when the request arrays are full."""
     room = st.r_arrival.shape[0]
+    heap_room = st.h_t.shape[0]
     while True:
         t_answer = st.h_t[0] if st.counts[2] > 0 else np.inf
         t_timeout, g = _next_timeout(sp, st)
@@ -331,30 +361,34 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
             if kind == _PROBE:
                 _probe_answer(sp, st, r, t)
                 continue
-            b = st.r_backend[r]
+            b, s = int(st.r_backend[r]), _slot(st, r)
             if kind == _ERROR_ANSWER:
                 # Priced at the error penalty, as the peak-EWMA prices it: a backend that fails
                 # fast must not answer Prequal's probes as the fastest (rl_lb.prequal).
-                record_latency(st.pq, b, st.r_rif[r], st.m.penalty)
+                record_latency(st.pq, b, st.l_rif[s], st.m.penalty)
                 _answer(sp, st, r, t, True)
+                st.l_refs[s] -= 1
                 continue
-            extra = _paused_before(sp, b, t) - _paused_before(sp, b, st.r_acct[r])
+            extra = _paused_before(sp, b, t) - _paused_before(sp, b, st.l_acct[s])
             if extra > 0.0:
-                st.r_acct[r] = t
+                st.l_acct[s] = t
                 push(st, t + extra, r, _SERVICE)
                 continue
             st.busy[b] -= 1
-            record_latency(st.pq, b, st.r_rif[r], t - st.r_arrival[r])
+            record_latency(st.pq, b, st.l_rif[s], t - st.r_arrival[r])
             if st.q_len[b] > 0:
                 nxt = st.q_head[b]
-                st.q_head[b] = st.r_qnext[nxt]
+                st.q_head[b] = st.l_qnext[_slot(st, nxt)]
                 st.q_len[b] -= 1
+                _release(st, nxt)
                 _start_service(sp, st, b, nxt, t, rng)
             _answer(sp, st, r, t, False)
+            st.l_refs[s] -= 1
         elif t_timeout == t:
             r = st.tg_head[g]
-            st.tg_head[g] = st.r_tnext[r]
-            p, b = st.r_proxy[r], st.r_backend[r]
+            st.tg_head[g] = st.l_tnext[_slot(st, r)]
+            _release(st, r)
+            p, b = int(st.r_proxy[r]), int(st.r_backend[r])
             st.inflight[p, b] -= 1
             record(st.m, p, b, sp.group_timeout[g], True, t)
             on_result(sp, st, p, b, True, t)
@@ -369,7 +403,11 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
                     st.board_cost[p, b] = cost(st.m, p, b, t)
             st.clock[3] = t + sp.refresh_s
         else:
-            if st.counts[0] >= room or st.counts[2] + _HEAP_ROOM >= room:
+            if (
+                st.counts[0] >= room
+                or st.counts[2] + HEAP_ROOM >= heap_room
+                or st.l_refs[_slot(st, st.counts[0])] != 0
+            ):
                 return NEED_ROOM
             _arrive(sp, st, t, rng)
             st.clock[1] = _next_arrival(sp, st, t, rng)

@@ -85,16 +85,30 @@ class State(NamedTuple):
     tg_head: IntArray
     tg_tail: IntArray
     r_arrival: FloatArray
+    """Per request (its id, in arrival order), kept for the episode's records: arrival time,
+    proxy, backend (of the last attempt), latency, outcome (`kernel.OUTCOMES`, or PENDING),
+    retries. Narrow types (`build.REQUEST_DTYPES`): a request costs 33 bytes of memory touched
+    for the first time, which is most of the simulator's time where fresh memory is slow."""
     r_proxy: IntArray
     r_backend: IntArray
     r_latency: FloatArray
     r_outcome: IntArray
     r_retries: IntArray
-    r_qnext: IntArray
-    r_tnext: IntArray
-    r_acct: FloatArray
     resolved: IntArray
     """Request ids in the order they were resolved (answered, failed or timed out)."""
+    l_id: IntArray
+    """The live ring: what a request needs only while it is live (queued, in service or awaited
+    by the heap, or in its timeout FIFO), in slot `id & (len - 1)`, reused by later requests.
+    `l_id` is the request in the slot, `l_refs` how many of those places hold it (0: free)."""
+    l_refs: IntArray
+    l_qnext: IntArray
+    """Next request id in the backend's queue."""
+    l_tnext: IntArray
+    """Next request id in the timeout FIFO."""
+    l_acct: FloatArray
+    """Time the request's service was last accounted for (pauses)."""
+    l_rif: IntArray
+    """Requests in flight at its backend when the request arrived there (Prequal's estimate)."""
     h_t: FloatArray
     h_r: IntArray
     h_kind: IntArray
@@ -124,8 +138,6 @@ class State(NamedTuple):
     """[proxy, backend] time the backend returned to that proxy's rotation (`nb_slow_start`)."""
     avail_before: np.ndarray
     """Scratch [proxy, backend]: `avail` before a round of health checks (who returned in it)."""
-    r_rif: IntArray
-    """Requests in flight at its backend when the request arrived there (Prequal's estimate)."""
     pq: PrequalState
     """Every proxy's Prequal probe pool, every backend's latency ring (`envs.nb_prequal`)."""
     picks: PickTables

@@ -115,7 +115,7 @@ class Simulator:
         if t <= self.now:
             return
         while kernel.advance(self.spec, self.state, float(t), self._rng) == kernel.NEED_ROOM:
-            self.state = grow_state(self.state, 2 * len(self.state.r_arrival))
+            self.state = grow_state(self.state)
 
     def snapshot(self, proxy: int) -> PoolSnapshot:
         """Proxy `proxy`'s view of the pool now, as `PoolMetrics.snapshot` would give it."""
@@ -145,13 +145,13 @@ class Simulator:
 
     def records(self) -> Records:
         st, n = self.state, self.requests
-        return Records(
+        return Records(  # the state's narrow integers widened (`build.REQUEST_DTYPES`)
             arrival_s=st.r_arrival[:n].copy(),
-            proxy=st.r_proxy[:n].copy(),
-            backend=st.r_backend[:n].copy(),
+            proxy=st.r_proxy[:n].astype(np.int64),
+            backend=st.r_backend[:n].astype(np.int64),
             latency_s=st.r_latency[:n].copy(),
-            outcome=st.r_outcome[:n].copy(),
-            retries=st.r_retries[:n].copy(),
+            outcome=st.r_outcome[:n].astype(np.int64),
+            retries=st.r_retries[:n].astype(np.int64),
         )
 
 
