@@ -34,7 +34,7 @@ from aiohttp import web
 from rl_lb.control import PROBE_PATH
 from rl_lb.errors import ConfigError
 from rl_lb.metrics import DEFAULT_ERROR_PENALTY_S
-from rl_lb.prequal import LatencyByRif
+from rl_lb.prequal_answer import LatencyByRif
 from rl_lb.scenarios import BackendSpec, Event, Scenario, ServiceDist
 
 __all__ = [

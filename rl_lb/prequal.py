@@ -8,7 +8,8 @@ the `q_rif` quantile of recently seen RIFs) the lowest latency, else the lowest 
 
 Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequal`):
 
-- `LatencyByRif`, the backend side: the median latency of its recent requests that arrived at
+- `LatencyByRif`, the backend side (`rl_lb.prequal_answer`, with the answer the proxy gives for
+  a backend that does not answer probes): the median latency of its recent requests that arrived at
   about its current RIF (the `LATENCY_NEIGHBOURS` of its last `LATENCY_RING` requests nearest in
   RIF, the newer first on ties), each scaled to the current RIF by (RIF + 1) / (its RIF + 1).
   The scaling is ours: without it, a backend whose recent requests all came in a busy spell kept
@@ -52,28 +53,23 @@ import numpy.typing as npt
 
 from rl_lb.availability import Availability
 from rl_lb.control import PrequalSettings
+from rl_lb.prequal_answer import LATENCY_NEIGHBOURS, LATENCY_RING, own_view_answer
 from rl_lb.types import Clock, LoadView, NoBackendAvailable
 
-__all__ = [
+__all__ = [  # LATENCY_*: the backend side's, re-exported so the twin's check covers them
     "LATENCY_NEIGHBOURS",
     "LATENCY_RING",
     "REUSE_DELTA",
     "RIF_HISTORY",
-    "LatencyByRif",
     "PrequalPicker",
     "ProbePool",
     "Prober",
-    "own_view_answer",
     "reuse_budget",
     "rif_threshold",
 ]
 
 RIF_HISTORY = 128
 """RIF values (from probe answers, over all backends) behind the hot threshold θ."""
-LATENCY_RING = 32
-"""Recent (RIF at arrival, latency) pairs a backend keeps for its latency estimate."""
-LATENCY_NEIGHBOURS = 7
-"""How many of them, the nearest in RIF to the current one, the median is taken over."""
 REUSE_DELTA = 1.0
 """δ of the reuse budget (prequal-rs's default)."""
 
@@ -102,55 +98,6 @@ def rif_threshold(history: Sequence[int], q_rif: float) -> float:
         return math.inf
     rank = max(math.ceil(q_rif * len(history)) - 1, 0)
     return float(sorted(history)[rank])
-
-
-def own_view_answer(
-    in_flight: int, cost_s: float, error_rate: float = 0.0, penalty_s: float = 0.0
-) -> tuple[int, float]:
-    """A probe answered from the proxy's own view: (RIF, its peak-EWMA cost × (RIF + 1) plus
-    its error rate × the error penalty). Scaled as `p2c-latency` weighs it: unscaled, a busy
-    one-worker server answered as fast as an idle four-worker one and drew the queue. Priced
-    as a backend prices its failures (`LatencyByRif`): scaled alone, a backend that fails fast
-    holds few requests and looked best (docs/proxy.md, "Prequal probes")."""
-    return in_flight, cost_s * (in_flight + 1) + error_rate * penalty_s
-
-
-class LatencyByRif:
-    """A backend's latency estimate: the median latency of its recent requests that arrived at
-    about its current RIF. 0 before its first answer, so a new backend looks attractive."""
-
-    def __init__(self) -> None:
-        self._rif: list[int] = []
-        self._latency: list[float] = []
-        self._next = 0
-
-    def record(self, rif_at_arrival: int, latency_s: float) -> None:
-        """One answered request: the RIF it found on arrival (itself not counted), its latency
-        (the error penalty for a failed one)."""
-        if len(self._rif) < LATENCY_RING:
-            self._rif.append(rif_at_arrival)
-            self._latency.append(latency_s)
-        else:
-            self._rif[self._next] = rif_at_arrival
-            self._latency[self._next] = latency_s
-        self._next = (self._next + 1) % LATENCY_RING
-
-    def estimate(self, rif: int) -> float:
-        """The median of the nearest in RIF, each scaled to `rif` (a queue's latency grows with
-        the requests ahead of it)."""
-        count = len(self._rif)
-        if count == 0:
-            return 0.0
-        newest_first = [(self._next - 1 - k) % LATENCY_RING for k in range(count)]
-        nearest = sorted(newest_first, key=lambda i: abs(self._rif[i] - rif))
-        chosen = sorted(
-            self._latency[i] * (rif + 1.0) / (self._rif[i] + 1.0)
-            for i in nearest[:LATENCY_NEIGHBOURS]
-        )
-        middle = len(chosen) // 2
-        if len(chosen) % 2:
-            return chosen[middle]
-        return (chosen[middle - 1] + chosen[middle]) / 2.0
 
 
 class ProbePool:

@@ -28,7 +28,8 @@ import aiohttp
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from rl_lb.balancers import Balancer, GuardedBalancer
-from rl_lb.prequal import PrequalPicker, ProbePool, own_view_answer
+from rl_lb.prequal import PrequalPicker, ProbePool
+from rl_lb.prequal_answer import own_view_answer
 from serving.config import ProxyConfig
 from serving.monitor import Backend, Monitor
 

@@ -22,16 +22,14 @@ from rl_lb.availability import Availability
 from rl_lb.balancers import make_balancer
 from rl_lb.control import PrequalSettings
 from rl_lb.prequal import (
-    LATENCY_RING,
-    LatencyByRif,
     PrequalPicker,
     ProbePool,
     Prober,
-    own_view_answer,
     probe_count,
     reuse_budget,
     rif_threshold,
 )
+from rl_lb.prequal_answer import LATENCY_RING, LatencyByRif, own_view_answer
 from rl_lb.scenarios import load_scenario, time_scaled
 from rl_lb.types import Clock, NoBackendAvailable
 
