@@ -25,7 +25,7 @@ from rl_lb.policies.learned import (
     POOLING,
     WEIGHTS_FILE,
 )
-from training.policy import SetActorCriticPolicy, SetExtractor, SlotScoreHead
+from training.policy import SetActorCriticPolicy, SetExtractor, SlotScoreHead, linear_layers
 
 __all__ = ["MAX_ARTIFACT_BYTES", "export_policy"]
 
@@ -33,9 +33,8 @@ MAX_ARTIFACT_BYTES = 1_000_000
 
 
 def _linear_layers(prefix: str, sequential: nn.Sequential) -> dict[str, np.ndarray]:
-    linears = [m for m in sequential if isinstance(m, nn.Linear)]
     arrays: dict[str, np.ndarray] = {}
-    for i, layer in enumerate(linears):
+    for i, layer in enumerate(linear_layers(sequential)):
         arrays[f"{prefix}.{i}.weight"] = layer.weight.detach().cpu().numpy().T.astype(np.float32)
         arrays[f"{prefix}.{i}.bias"] = layer.bias.detach().cpu().numpy().astype(np.float32)
     return arrays

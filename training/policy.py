@@ -30,7 +30,14 @@ from stable_baselines3.common.distributions import DiagGaussianDistribution
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "SetActorCriticPolicy", "SetExtractor", "SlotScoreHead", "present_mean"]
+__all__ = [
+    "ACTIVATIONS",
+    "SetActorCriticPolicy",
+    "SetExtractor",
+    "SlotScoreHead",
+    "linear_layers",
+    "present_mean",
+]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 PRESENT_COLUMN = 0
@@ -41,6 +48,12 @@ def _mlp(sizes: list[int], activation: type[nn.Module]) -> nn.Sequential:
     for n_in, n_out in itertools.pairwise(sizes):
         layers += [nn.Linear(n_in, n_out), activation()]
     return nn.Sequential(*layers)
+
+
+def linear_layers(sequential: nn.Sequential) -> list[nn.Linear]:
+    """The affine layers of one of `_mlp`'s networks, in order: what an export stores and an
+    import fills (`training.export`, `training.warm_start`)."""
+    return [m for m in sequential if isinstance(m, nn.Linear)]
 
 
 def present_mean(rows: th.Tensor, batch: th.Tensor, n_batch: int) -> th.Tensor:

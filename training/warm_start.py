@@ -22,7 +22,7 @@ from torch import nn
 from rl_lb.errors import ConfigError
 from rl_lb.policies.learned import LearnedPolicy
 from training.config import TrainConfig
-from training.policy import SetActorCriticPolicy, SetExtractor, SlotScoreHead
+from training.policy import SetActorCriticPolicy, SetExtractor, SlotScoreHead, linear_layers
 
 __all__ = ["ActorFreeze", "import_actor", "with_exported_picker"]
 
@@ -35,10 +35,6 @@ def with_exported_picker(config: TrainConfig) -> TrainConfig:
         return config
     picker = LearnedPolicy.load(config.init).picker
     return dataclasses.replace(config, env={**config.env, "picker": picker})
-
-
-def _linears(sequential: nn.Sequential) -> list[nn.Linear]:
-    return [m for m in sequential if isinstance(m, nn.Linear)]
 
 
 def import_actor(policy: SetActorCriticPolicy, spec: str | Path) -> str:
@@ -74,7 +70,7 @@ def import_actor(policy: SetActorCriticPolicy, spec: str | Path) -> str:
     network = exported.network
     with th.no_grad():
         for sequential, layers in ((extractor.phi, network.phi), (extractor.rho, network.rho)):
-            for linear, (weight, bias) in zip(_linears(sequential), layers, strict=True):
+            for linear, (weight, bias) in zip(linear_layers(sequential), layers, strict=True):
                 linear.weight.copy_(th.from_numpy(weight.T.copy()))
                 linear.bias.copy_(th.from_numpy(bias.copy()))
         head.score.weight.copy_(th.from_numpy(network.head.copy()).unsqueeze(0))
