@@ -3,14 +3,19 @@ that starves no one."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import numpy as np
 import pytest
 
 from rl_lb.balancers import Balancer
+from rl_lb.features import FeatureEncoder
 from rl_lb.pickers import make_picker
 from rl_lb.policies.base import normalise
+from rl_lb.policies.learned import LearnedPolicy
 from rl_lb.types import FloatArray, PoolSnapshot
-from training.starvation import starvation
+from training.starvation import probe, starvation
 
 
 class StarvesOneForAWhile:
@@ -42,3 +47,24 @@ def test_starved_backends_and_returns_are_counted() -> None:
     assert row["at the end"] == pytest.approx(1 / 8)
     assert row["ever"] == pytest.approx(2 / 8)
     assert row["came back"] == pytest.approx(1 / 2)
+
+
+class _ScoresThroughput:
+    """A network whose score is a backend's throughput share (current lag) minus 1."""
+
+    def __init__(self, column: int) -> None:
+        self.column = column
+
+    def scores(self, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(observation[:, self.column] - 1.0, dtype=np.float32)
+
+
+def test_the_probe_rewrites_only_the_named_columns_of_one_backend() -> None:
+    encoder = FeatureEncoder(history=2)
+    network = _ScoresThroughput(encoder.names.index("throughput_share"))
+    stub = SimpleNamespace(picker="p2c", encoder=encoder, network=network)
+    answers = probe(cast(LearnedPolicy, stub), backends=16)
+    # 0.1 of a fair share scores -0.9 against ~0 for the others: 4 x -0.9 in log-weight.
+    assert answers["throughput share 0.1"] == pytest.approx(-3.6, abs=0.6)
+    assert answers["all three"] == pytest.approx(answers["throughput share 0.1"])
+    assert abs(answers["last weight 0.01 x 1/N"]) < 0.6  # that column is not scored

@@ -10,6 +10,13 @@ exclusion confirms itself (the `capacity` heuristic's failure, issue 17). This p
 size, the share of backends below a tenth of 1/N after 10 s and at the end, how many of those
 starved at some point got back above it, and the effective p99 against `prequal` with the same
 seed. A policy free of the ratchet keeps the starved share near 0 in every row.
+
+`--probe` explains it: on one snapshot of an equal pool of 64 (uniform weights), the policy's
+log-weight for one backend against the median backend's, when that backend's columns (every
+lag) say it was starved: its last weight at 0.01 × 1/N, its throughput share at 0.1, its
+in-flight at 0.1 of the mean, each alone and all three. The throughput row divided by
+log(0.1) is the policy's elasticity to its own traffic: above 1, a backend that gets a little
+less traffic gets a still smaller weight, and the exclusion feeds itself.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import numpy as np
 
 from envs.episode import run_episode
 from envs.factory import pool_scenario
+from envs.simulator import Simulator
 from rl_lb.balancers import Balancer
+from rl_lb.features import SCORE_SCALE
+from rl_lb.policies.learned import LearnedPolicy
 from rl_lb.scenarios import Scenario, ServiceDist
 
 STARVED = 0.1
@@ -63,13 +73,49 @@ def starvation(
     }
 
 
+PROBES: dict[str, dict[str, float]] = {
+    "last weight 0.01 x 1/N": {"weight": 0.01},
+    "throughput share 0.1": {"throughput_share": 0.1},
+    "in-flight 0.1 x mean": {"in_flight_rel": 0.1},
+    "all three": {"weight": 0.01, "throughput_share": 0.1, "in_flight_rel": 0.1},
+}
+
+
+def probe(policy: LearnedPolicy, backends: int = 64, seed: int = 0) -> dict[str, float]:
+    """Log-weight of backend 0 minus the median backend's, per `PROBES` row (see the docstring)."""
+    sim = Simulator(equal_pool(backends, 30.0), seed)
+    snapshots = []
+    for t in range(1, 21):
+        sim.set_decision(0, np.full(backends, 1.0 / backends), policy.picker)
+        sim.run_until(float(t))
+        snapshots.append(sim.snapshot(0))
+    past = tuple(reversed(snapshots[-policy.encoder.history : -1]))
+    observation = policy.encoder.encode(snapshots[-1], past)
+    names = policy.encoder.names
+    out = {}
+    for label, columns in PROBES.items():
+        changed = observation.copy()
+        for j, name in enumerate(names):
+            if name.split("@")[0] in columns:
+                changed[0, j] = columns[name.split("@")[0]]
+        scores = np.clip(policy.network.scores(changed)[:backends], -1.0, 1.0)
+        out[label] = float(SCORE_SCALE * (scores[0] - np.median(scores[1:])))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="learned", help="balancer: learned or learned:PATH")
     parser.add_argument("--backends", type=int, nargs="+", default=[16, 64, 200])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--probe", action="store_true", help="the policy's response instead")
     args = parser.parse_args()
+    if args.probe:
+        spec = args.policy.partition(":")[2] or None
+        for label, value in probe(LearnedPolicy.load(spec)).items():
+            print(f"{label}: log-weight {value:+.2f} against the median backend")
+        return
     print(f"{args.policy}: backends below {STARVED:g} × 1/N in equal, healthy pools at 65% load")
     header = "| N | seed | after 10 s | at the end | ever | came back | p99 ms | prequal p99 ms |"
     print(header)
