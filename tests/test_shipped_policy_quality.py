@@ -49,8 +49,9 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261204-203611-s7@40000, on `prequal`) measures 0.327, 0.286 and
-0.889 here (per seed 0.198, 0.400, 0.444; 0.367, 0.252, 0.253; 0.910, 0.855, 0.902). Its
+"""The shipped policy (ppo-20261205-010444-s9@120000, on `prequal`) measures 0.289, 0.285 and
+0.786 here (per seed 0.179, 0.347, 0.390; 0.367, 0.247, 0.254; 0.823, 0.743, 0.794); the one
+before it, seed 7 of the same recipe (ppo-20261204-203611-s7@40000), 0.327, 0.286 and 0.889. Its
 predecessor on `p2c-latency` (ppo-20261204-121900-s7@350280) measured 0.40 and 0.29 on the
 first two; the best of 12 random networks drawn with tests/random_policy.py reached 0.89 on
 heterogeneous against least-latency with that picker, an untrained one about 1.2."""
