@@ -196,6 +196,14 @@ def _zeros(dtypes: dict[str, Any], size: int) -> dict[str, np.ndarray]:
     return {name: np.zeros(size, dtype=dtype) for name, dtype in dtypes.items()}
 
 
+def _grown(state: State, dtypes: dict[str, Any], size: int, used: int) -> dict[str, np.ndarray]:
+    """Fresh arrays of `size` for the fields in `dtypes`, their first `used` entries copied."""
+    fresh = _zeros(dtypes, size)
+    for name, array in fresh.items():
+        array[:used] = getattr(state, name)[:used]
+    return fresh
+
+
 def new_state(spec: Spec, scenario: Scenario, capacity: int) -> State:
     """Fresh state at t = 0: every backend healthy, uniform weights, p2c; `kernel.start` then
     draws the first arrival."""
@@ -252,16 +260,12 @@ def grow_state(state: State) -> State:
     requests, heap_size = int(state.counts[0]), int(state.counts[2])
     if requests >= len(state.r_arrival):
         size = _check_room(2 * len(state.r_arrival))
-        for name, dtype in REQUEST_DTYPES.items():
-            columns[name] = np.zeros(size, dtype=dtype)
-            columns[name][:requests] = getattr(state, name)[:requests]
+        columns |= _grown(state, REQUEST_DTYPES, size, requests)
     if heap_size + kernel.HEAP_ROOM >= len(state.h_t):
         size = 2 * len(state.h_t)
         while heap_size + kernel.HEAP_ROOM >= size:
             size *= 2
-        for name, dtype in _HEAP_DTYPES.items():
-            columns[name] = np.zeros(size, dtype=dtype)
-            columns[name][:heap_size] = getattr(state, name)[:heap_size]
+        columns |= _grown(state, _HEAP_DTYPES, size, heap_size)
     ring = len(state.l_refs)
     if state.l_refs[requests & (ring - 1)] != 0:
         live = np.flatnonzero(state.l_refs)
@@ -270,7 +274,8 @@ def grow_state(state: State) -> State:
         # Two live ids share a slot of the larger ring only if they did in the smaller one.
         while (requests & (size - 1)) in set((ids & (size - 1)).tolist()):
             size *= 2
-        for name, dtype in _LIVE_DTYPES.items():
-            columns[name] = np.zeros(size, dtype=dtype)
-            columns[name][ids & (size - 1)] = getattr(state, name)[live]
+        ring_columns = _zeros(_LIVE_DTYPES, size)
+        for name, array in ring_columns.items():
+            array[ids & (size - 1)] = getattr(state, name)[live]
+        columns |= ring_columns
     return state._replace(**columns)

@@ -343,7 +343,8 @@ def start(sp: Spec, st: State, rng: np.ndarray) -> None:
 
 @jit
 def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
-    """Run events until `t_end` (exclusive); NEED_ROOM when the request arrays are full."""
+    """Run events until `t_end` (exclusive); NEED_ROOM before an arrival that has no room: the
+    request records are full, the heap nearly so, or the next request's ring slot is held."""
     room = st.r_arrival.shape[0]
     heap_room = st.h_t.shape[0]
     while True:

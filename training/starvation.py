@@ -25,7 +25,7 @@ import argparse
 
 import numpy as np
 
-from envs.episode import run_episode
+from envs.episode import run_episode, summarise
 from envs.factory import pool_scenario
 from envs.simulator import Simulator
 from rl_lb.balancers import Balancer
@@ -68,8 +68,8 @@ def starvation(
         "at the end": float(starved[-1].mean()),
         "ever": float(ever.mean()),
         "came back": float(len(back) / max(int(ever.sum()), 1)),
-        "p99 ms": float(np.percentile(result.effective_latency_s, 99) * 1000),
-        "prequal p99 ms": float(np.percentile(reference.effective_latency_s, 99) * 1000),
+        "p99 ms": float(summarise(result)["effective_p99_ms"]),
+        "prequal p99 ms": float(summarise(reference)["effective_p99_ms"]),
     }
 
 
@@ -112,6 +112,10 @@ def main() -> None:
     parser.add_argument("--probe", action="store_true", help="the policy's response instead")
     args = parser.parse_args()
     if args.probe:
+        if args.policy.partition(":")[0] != "learned":
+            parser.error(
+                f"--probe needs a learned policy (learned or learned:PATH), not {args.policy!r}"
+            )
         spec = args.policy.partition(":")[2] or None
         for label, value in probe(LearnedPolicy.load(spec)).items():
             print(f"{label}: log-weight {value:+.2f} against the median backend")
