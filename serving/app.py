@@ -27,6 +27,7 @@ from serving.config import ProxyConfig, check_admin
 from serving.controller import Controller, balancer_spec, build_balancer
 from serving.discovery import discovery_for, follow
 from serving.grpc_health import GrpcHealth
+from serving.h2_connection import quiet_hpack_logging
 from serving.h2_server import H2Server
 from serving.http_server import HttpServer
 from serving.monitor import Monitor
@@ -392,5 +393,6 @@ def run(
 ) -> None:
     """Serve until SIGTERM/SIGINT (uvloop when installed); `forward` passes signals on to the
     other workers."""
+    quiet_hpack_logging()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(config, flags or {}, worker, forward))

@@ -39,7 +39,6 @@ from collections.abc import Iterator
 from typing import cast
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -58,6 +57,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from serving.config import ProxyConfig
 from serving.grpc_settings import GRPC_CODES
+from serving.h2_connection import ProxyH2Connection
 from serving.h2_http1 import Http1Pool
 from serving.h2_output import ACK_BATCH, H2ClientOutput, streams_to_resume
 from serving.h2_stream import H2Stream
@@ -210,7 +210,7 @@ class H2ClientConnection(H2ClientOutput, asyncio.Protocol):
             validate_outbound_headers=not server.h2c,
             normalize_outbound_headers=not server.h2c,
         )
-        super().__init__(H2Connection(config), server.loop, server.goaways)
+        super().__init__(ProxyH2Connection(config), server.loop, server.goaways)
         self.server = server
         self.streams: dict[int, H2Stream] = {}
         self.peer = "unknown"

@@ -15,7 +15,6 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -30,6 +29,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes, Settings
 
+from serving.h2_connection import ProxyH2Connection
 from serving.h2_output import CoalescedOutput, Headers, streams_to_resume
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class H2UpstreamConnection(CoalescedOutput, asyncio.Protocol):
             normalize_outbound_headers=False,
             normalize_inbound_headers=False,  # it joins `cookie` fields: a request's, not ours
         )
-        super().__init__(H2Connection(config), pool.loop)
+        super().__init__(ProxyH2Connection(config), pool.loop)
         self.pool = pool
         self.streams: dict[int, UpstreamStream] = {}
         self.usable = True
