@@ -12,9 +12,9 @@ import os
 import signal
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from rich import box
@@ -22,10 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from envs.episode import SUMMARY_KEYS, run_episode, summarise
+from envs.record_cache import RecordCache
 from rl_lb.balancers import make_balancer
 from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
 
-__all__ = ["RECORD_KEYS", "evaluate", "render", "short_labels", "student_t"]
+__all__ = ["RECORD_KEYS", "EvaluationPool", "evaluate", "render", "short_labels", "student_t"]
 
 RECORD_KEYS: tuple[str, ...] = ("scenario", "balancer", "seed", *SUMMARY_KEYS)
 PARALLEL_FROM = 8
@@ -67,6 +68,9 @@ _T975 = (
 Progress = Callable[[int, int], None]
 """Called with (jobs done, jobs in all) after each episode."""
 ScenarioSource = str | Path | Scenario | ScenarioFamily
+_T = TypeVar("_T")
+Job = tuple[Scenario, str, int]
+"""One episode: (sampled scenario, balancer name, seed)."""
 
 
 def student_t(df: int) -> float:
@@ -98,14 +102,20 @@ def evaluate(
     progress: Progress | None = None,
     workers: int | None = None,
     ray_address: str | None = None,
+    cache: RecordCache | None = None,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """One record per (scenario, balancer, seed), keys `RECORD_KEYS`, in that nested order.
 
     `seeds` is a count (seeds 0..N-1) or the seeds themselves. A scenario family is sampled with
     the seed; the simulator runs with it too. Invalid scenarios raise `ScenarioError` and
     unknown balancers `ConfigError` before anything runs. `workers` defaults to 2 processes when
-    there are at least `PARALLEL_FROM` episodes and 2 cores, else 1. `ray_address` ("local"
-    or a cluster's address) runs the episodes as Ray tasks instead (envs/ray_runs.py).
+    there are at least `PARALLEL_FROM` episodes to run and 2 cores, else 1. `ray_address`
+    ("local" or a cluster's address) runs the episodes as Ray tasks instead (envs/ray_runs.py).
+    With a `cache` (envs/record_cache.py) the heuristics' records found there are not run again
+    and those run are stored: the records are the same either way. An `executor` (such as an
+    `EvaluationPool` kept for many calls) runs the episodes instead of a pool of this call's own
+    (unless `workers` is 1); it is left running.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     families = [
@@ -119,31 +129,122 @@ def evaluate(
         for name in balancers
         for seed in seed_list
     ]
-    if workers is None:
-        workers = 2 if len(jobs) >= PARALLEL_FROM and (os.cpu_count() or 1) >= 2 else 1
     records: list[dict[str, Any] | None] = [None] * len(jobs)
+    if cache is not None:
+        records = [cache.get(*job) for job in jobs]
+    todo = [i for i, record in enumerate(records) if record is None]
+    found = len(jobs) - len(todo)
+    if progress is not None and found:
+        progress(found, len(jobs))
+
+    def done(k: int, record: dict[str, Any]) -> None:
+        """The `k`-th episode to run has its record: kept, and stored as soon as it exists, so a
+        stopped evaluation keeps what it ran."""
+        records[todo[k]] = record
+        if cache is not None:
+            cache.put(jobs[todo[k]][0], record)
+
+    todo_jobs = [jobs[i] for i in todo]
+    _run(todo_jobs, done, workers, ray_address, _offset(progress, found, len(jobs)), executor)
+    return [r for r in records if r is not None]
+
+
+def _offset(progress: Progress | None, found: int, total: int) -> Progress | None:
+    """`progress` counting the `found` cached records as done, out of all `total`."""
+    if progress is None or not found:
+        return progress
+    return lambda done, _: progress(found + done, total)
+
+
+def _run(
+    jobs: list[Job],
+    done: Callable[[int, dict[str, Any]], None],
+    workers: int | None,
+    ray_address: str | None,
+    progress: Progress | None,
+    executor: Executor | None,
+) -> None:
+    """Run `jobs`, telling `done` (job index, record) as each finishes."""
+    if not jobs:
+        return
+    if workers is None:
+        # A pool that is already running costs nothing to use; a new one pays its start-up.
+        enough = executor is not None or len(jobs) >= PARALLEL_FROM
+        workers = 2 if enough and (os.cpu_count() or 1) >= 2 else 1
     if ray_address is not None:
         from envs.ray_runs import run_on_ray
 
-        records = run_on_ray(_job, jobs, ray_address, progress)
+        for i, record in enumerate(run_on_ray(_job, jobs, ray_address, progress)):
+            done(i, record)
     elif workers <= 1:
         for i, job in enumerate(jobs):
-            records[i] = _job(*job)
+            done(i, _job(*job))
             if progress is not None:
                 progress(i + 1, len(jobs))
+    elif executor is not None:
+        _run_on(executor, jobs, done, progress)
     else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_ctrl_c) as pool:
-            futures = {pool.submit(_job, *job): i for i, job in enumerate(jobs)}
+        with _process_pool(workers) as pool:
             try:
-                for done, future in enumerate(as_completed(futures), start=1):
-                    records[futures[future]] = future.result()
-                    if progress is not None:
-                        progress(done, len(jobs))
+                _run_on(pool, jobs, done, progress)
             except BaseException:  # Ctrl-C or a failed job: drop the queued ones, not run them
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    return [r for r in records if r is not None]
+
+
+def _run_on(
+    executor: Executor,
+    jobs: list[Job],
+    done: Callable[[int, dict[str, Any]], None],
+    progress: Progress | None,
+) -> None:
+    """`jobs` on `executor`, records told to `done` in the order they finish (each is filed
+    under its own index, so the order the workers took them in changes nothing)."""
+    futures = {executor.submit(_job, *job): i for i, job in enumerate(jobs)}
+    try:
+        for finished, future in enumerate(as_completed(futures), start=1):
+            done(futures[future], future.result())
+            if progress is not None:
+                progress(finished, len(jobs))
+    except BaseException:  # the queued jobs of this call are dropped, the pool is the caller's
+        for future in futures:
+            future.cancel()
+        raise
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """Worker processes started fresh ("spawn": no copy of the parent's torch or threads)."""
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_ctrl_c)
+
+
+class EvaluationPool(Executor):
+    """The process pool of many `evaluate` calls, started at the first job they submit.
+
+    Each new pool starts two Python processes that import numpy and load numba's cache: 1.3-1.6
+    s per `evaluate` call on the quiet 2-core VM, 3.2-3.6 s at load 3.7 (docs/training.md, "The
+    evaluation record cache"), paid at every periodic evaluation of a training run. Used as a
+    context manager, it stops its workers at the end, dropping queued jobs (Ctrl-C included).
+    Workers keep no state between jobs that a record depends on (jobs already share workers
+    within one call), so the records are those of a fresh pool.
+    """
+
+    def __init__(self, workers: int = 2) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        if self._pool is None:
+            self._pool = _process_pool(self.workers)
+        return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True, cancel_futures=True)
 
 
 LABEL_WIDTH = 20

@@ -9,31 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from tiny_scenarios import tiny
 
 from envs.episode import run_episode
 from envs.evaluate import RECORD_KEYS, evaluate, render, student_t
-from envs.factory import pool_scenario
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError, ScenarioError
-from rl_lb.scenarios import Event, ServiceDist, library_scenarios, load_scenario
+from rl_lb.scenarios import library_scenarios, load_scenario
 
 LIBRARY = {p.stem: p for p in library_scenarios()}
 
 
-def tiny(name: str, slowdown: float) -> object:
-    return pool_scenario(
-        3,
-        load=0.5,
-        duration_s=4.0,
-        service=ServiceDist("exponential", 0.01),
-        timeout_s=0.5,
-        events=[(0, Event(0.0, 4.0, slowdown=slowdown))],
-        name=name,
-    )
-
-
 def test_records_and_tables() -> None:
-    records = evaluate([tiny("a", 1.0), tiny("b", 6.0)], ["random", "least-latency"], 2, workers=1)
+    records = evaluate(
+        [tiny("a", 1.0, duration_s=4.0), tiny("b", 6.0, duration_s=4.0)],
+        ["random", "least-latency"],
+        2,
+        workers=1,
+    )
     assert [(r["scenario"], r["balancer"], r["seed"]) for r in records] == [
         (s, b, seed) for s in "ab" for b in ("random", "least-latency") for seed in (0, 1)
     ]
@@ -50,7 +43,7 @@ def test_records_and_tables() -> None:
 
 
 def test_parallel_workers_give_the_same_records() -> None:
-    jobs = ([tiny("a", 3.0)], ["random", "uniform+jsq"], [4, 5])
+    jobs = ([tiny("a", 3.0, duration_s=4.0)], ["random", "uniform+jsq"], [4, 5])
     assert evaluate(*jobs, workers=2) == evaluate(*jobs, workers=1)  # type: ignore[arg-type]
 
 
@@ -58,7 +51,7 @@ def test_bad_input_is_refused_before_running() -> None:
     with pytest.raises(ScenarioError):
         evaluate(["no-such-scenario"], ["random"], 1)
     with pytest.raises(ConfigError):
-        evaluate([tiny("a", 1.0)], ["no-such-balancer"], 1)
+        evaluate([tiny("a", 1.0, duration_s=4.0)], ["no-such-balancer"], 1)
 
 
 def test_student_t() -> None:

@@ -4,17 +4,22 @@ beside the baselines, scored (`training.evaluation`).
 `training.train` calls an `Evaluator` after every `eval.every_steps` steps (through
 `callbacks.EvalCallback`, which keeps the best checkpoint by the selection key) and once more on
 the best policy with the final seeds. The baselines do not change during a run, so they are run
-once per evaluator and their records reused.
+once per evaluator and their records reused; with a `RecordCache` (the trainer passes the one
+`RL_LB_RECORD_CACHE` names) they are not run again in the next stage or run either. The trainer
+also hands every evaluator of a run one `envs.evaluate.EvaluationPool`, so the worker processes
+start once per run rather than once per evaluation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.base_class import BaseAlgorithm
 
+from envs.record_cache import RecordCache
 from rl_lb.features import FeatureEncoder
 from rl_lb.policies.learned import DEFAULT_PICKER
 from training.evaluation import LEARNED, Table, eval_metrics, mean_table, score
@@ -50,18 +55,26 @@ class Evaluator:
         work: Path,
         tolerance: float = 1.05,
         picker: str = DEFAULT_PICKER,
+        cache: RecordCache | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.scenarios, self.seeds, self.baselines, self.work = scenarios, seeds, baselines, work
         self.tolerance = tolerance
         self.picker = picker
         """The environment's picker, recorded in each candidate so it is evaluated with it."""
         self.encoder = FeatureEncoder()
+        self.cache = cache
+        """Where the baselines' records are kept between processes (learned ones never are)."""
+        self.executor = executor
+        """The run's `EvaluationPool`: its workers serve every evaluation (None: one pool each)."""
         self._baseline_records: list[dict[str, Any]] | None = None
 
     def records(self, balancers: Sequence[str]) -> list[dict[str, Any]]:
         from envs.evaluate import evaluate
 
-        return evaluate(self.scenarios, list(balancers), self.seeds)
+        return evaluate(
+            self.scenarios, list(balancers), self.seeds, cache=self.cache, executor=self.executor
+        )
 
     def table(self, policy_dir: Path) -> Table:
         if self._baseline_records is None:

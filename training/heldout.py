@@ -31,6 +31,7 @@ from typing import Any
 
 from envs.cli import check_output_path
 from envs.evaluate import evaluate
+from envs.record_cache import RecordCache
 from envs.worlds import HELDOUT_SEED, World, generate_worlds
 from rl_lb.balancers import UNGUARDED_SUFFIX
 from rl_lb.errors import ConfigError, RlLbError
@@ -110,6 +111,7 @@ def run_heldout(
     workers: int | None = None,
     log: Callable[[str], None] | None = None,
     selection_only: bool = False,
+    record_cache: RecordCache | None = None,
 ) -> list[WorldResult]:
     """Select each world's best heuristic, then measure learned against it; files under `out`.
 
@@ -117,6 +119,7 @@ def run_heldout(
     no results: the policy-independent part of a long run, done ahead of the policy.
 
     `log` receives a line at every tenth of each stage (a full run takes tens of minutes).
+    `record_cache` (envs/record_cache.py) serves the heuristics' episodes run before.
     """
     learned = LEARNED if policy is None else f"{LEARNED}:{policy}"
     unguarded = learned + UNGUARDED_SUFFIX
@@ -145,6 +148,7 @@ def run_heldout(
             selection_seeds,
             workers=workers,
             progress=_progress(log, "selection"),
+            cache=record_cache,
         )
         cache.write_text(json.dumps({"key": key, "records": records}, default=float), "utf-8")
     selection = _by_world(records)
@@ -162,6 +166,7 @@ def run_heldout(
             evaluation_seeds,
             workers=workers,
             progress=_progress(log, f"evaluation, worlds whose best is {heuristic}"),
+            cache=record_cache,
         )
         measured |= _by_world(records)
         for record in records:
@@ -209,6 +214,12 @@ def main(argv: list[str] | None = None) -> None:
         help="run only the policy-independent selection (kept for the next run)",
     )
     parser.add_argument("--mlflow", default=None, metavar="EXPERIMENT", help="log the CSV there")
+    parser.add_argument(
+        "--record-cache",
+        action="store_true",
+        help="reuse and keep the heuristics' episode records in the evaluation record cache "
+        "(RL_LB_RECORD_CACHE; docs/training.md): same records, not simulated again",
+    )
     args = parser.parse_args(argv)
     if args.worlds < 1:
         raise ConfigError("--worlds", f"{args.worlds} worlds", "give at least 1")
@@ -222,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
         policy=args.policy,
         log=lambda line: print(line, flush=True),
         selection_only=args.selection_only,
+        record_cache=RecordCache.from_env() if args.record_cache else None,
     )
     if args.selection_only:
         print(f"selection kept in {args.out / SELECTION_FILE}")

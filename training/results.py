@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from envs.evaluate import evaluate, student_t
+from envs.record_cache import RecordCache
 from rl_lb.balancers import BALANCER_NAMES, UNGUARDED_SUFFIX
 from rl_lb.errors import RlLbError
 from rl_lb.policies.learned import LearnedPolicy
@@ -199,13 +200,20 @@ def main() -> None:
         help="a library scenario or a file (repeatable; default: the whole library). "
         "A quick look only: docs/results.md is the whole library",
     )
+    parser.add_argument(
+        "--record-cache",
+        action="store_true",
+        help="reuse and keep the heuristics' episode records in the evaluation record cache "
+        "(RL_LB_RECORD_CACHE; docs/training.md): same records, not simulated again",
+    )
     args = parser.parse_args()
     seeds = list(range(FIRST_SEED, FIRST_SEED + args.seeds))
     if args.seeds < 1:
         parser.exit(2, f"error: --seeds {args.seeds}: give 1 or more (2+ for intervals)\n")
     try:
         scenarios = [str(resolve_scenario(s)) for s in args.scenario or library_scenarios()]
-        records = evaluate(scenarios, [LEARNED, UNGUARDED, *HEURISTICS], seeds)
+        cache = RecordCache.from_env() if args.record_cache else None
+        records = evaluate(scenarios, [LEARNED, UNGUARDED, *HEURISTICS], seeds, cache=cache)
     except RlLbError as error:
         parser.exit(2, f"error: {error}\n")
     page = render_markdown(records, seeds, args.scenario or ())

@@ -34,6 +34,8 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from envs import ENV_ID
+from envs.evaluate import EvaluationPool
+from envs.record_cache import RecordCache
 from envs.worlds import write_worlds
 from rl_lb.errors import ConfigError
 from rl_lb.features import FeatureEncoder
@@ -207,12 +209,20 @@ def _print_table(console: Console, table: Table, baselines: list[str]) -> None:
 
 
 def _final_evaluation(
-    config: TrainConfig, scenarios: list[str], policy_dir: Path, run_dir: Path, console: Console
+    config: TrainConfig,
+    scenarios: list[str],
+    policy_dir: Path,
+    run_dir: Path,
+    console: Console,
+    cache: RecordCache | None,
+    pool: EvaluationPool,
 ) -> float:
     """The best policy on fresh seeds: `final/…` metrics, tables and plots; returns its score."""
     console.print("[bold]final evaluation[/bold] of the best checkpoint on fresh seeds…")
     baselines = config.eval.baselines
-    table = Evaluator(scenarios, config.eval.final_seeds, baselines, run_dir).table(policy_dir)
+    seeds = config.eval.final_seeds
+    evaluator = Evaluator(scenarios, seeds, baselines, run_dir, cache=cache, executor=pool)
+    table = evaluator.table(policy_dir)
     scores = score(table, baselines)
     metrics = eval_metrics(table, scores)
     mlflow.log_metrics({k.replace("eval/", "final/", 1): v for k, v in metrics.items()})
@@ -223,6 +233,13 @@ def _final_evaluation(
     plot_dir = plots.make_all(scenarios, baselines, policy_dir, seed, run_dir / "plots")
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots")
     return scores.geomean
+
+
+def _describe_cache(cache: RecordCache | None) -> str:
+    if cache is None:
+        return "baseline evaluation records: not cached (RL_LB_RECORD_CACHE=off)"
+    where = f"baseline evaluation records cached in {cache.folder}"
+    return f"{where} (RL_LB_RECORD_CACHE=off disables it)"
 
 
 def next_steps(policy_dir: Path, model_version: int | str) -> list[str]:
@@ -265,7 +282,10 @@ def run(
     run_name = f"{config.algo}-{datetime.now(UTC):%Y%m%d-%H%M%S}-s{config.seed}"
     run_dir = Path(config.out) / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
+    with (
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active,
+        EvaluationPool() as pool,  # one set of evaluation workers for the run, stopped at its end
+    ):
         run_id = active.info.run_id
         log_params(config.flat())
         mlflow.set_tags(
@@ -296,6 +316,8 @@ def run(
         model = _build_model(config, venv, resume)
         model.set_logger(Logger(folder=None, output_formats=[MlflowWriter()]))
 
+        record_cache = RecordCache.from_env()
+        console.print(_describe_cache(record_cache), highlight=False)
         evaluator = Evaluator(
             eval_scenarios,
             config.eval.seeds,
@@ -303,6 +325,8 @@ def run(
             run_dir,
             config.eval.tolerance,
             picker=config.picker,
+            cache=record_cache,
+            executor=pool,
         )
         best_zip, best_policy = run_dir / "best.zip", run_dir / RUN_POLICY_FOLDERS[1]
 
@@ -333,7 +357,9 @@ def run(
             run_id,
             picker=config.picker,
         )
-        final_score = _final_evaluation(config, eval_scenarios, policy_dir, run_dir, console)
+        final_score = _final_evaluation(
+            config, eval_scenarios, policy_dir, run_dir, console, record_cache, pool
+        )
         mlflow.log_artifact(str(best_zip), artifact_path="model")
         mlflow.log_artifacts(str(policy_dir), artifact_path=POLICY_ARTIFACT_PATH)
         model_version = register_policy(run_id, active.info.artifact_uri)
