@@ -9,8 +9,12 @@ then prints the fitted concurrency and mean service time per server against the 
 replayed pool p99 against the recorded one; and, to compare, the replay of the service times
 the queue factor gives (what a sampled recording, 1 in k, is fitted with).
 
+It also writes `gunicorn-pool-at-R.toml`: the fitted pool under a constant R requests/s
+(`--serve-rate`, 55 by default: `benchmarks/pool_specialised.py`'s load), the edit a user makes
+to train for the load they serve (training/configs/specialise-gunicorn.toml trains on both).
+
     pip install httpbin gunicorn
-    .venv/bin/python benchmarks/fit_gunicorn.py --duration 120 --delay 0.1
+    .venv/bin/python benchmarks/fit_gunicorn.py --duration 120 --delay 0.1 --out g-work
 
 Bounds of the issue: concurrency within ±1, service time within ±15%, pool p99 within ±20%.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -80,8 +85,21 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=120.0, help="recording seconds")
     parser.add_argument("--delay", type=float, default=0.1, help="httpbin /delay seconds")
     parser.add_argument("--seeds", type=int, default=3, help="simulator seeds of the replay")
+    parser.add_argument(
+        "--out", type=Path, help="folder for the recording and fitted files (default: a new one)"
+    )
+    parser.add_argument(
+        "--serve-rate",
+        type=float,
+        default=55.0,
+        help="also write the fitted pool under this constant load (requests/s)",
+    )
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="fit-gunicorn-"))
+    if args.out is not None:
+        if args.out.exists() and any(args.out.iterdir()):
+            sys.exit(f"--out {args.out}: not empty; name a new or empty folder")
+        args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.out or Path(tempfile.mkdtemp(prefix="fit-gunicorn-"))
     capacity = sum(WORKERS) / args.delay
     with gunicorn_servers(WORKERS, workdir) as urls:
         run = asyncio.run(
@@ -103,6 +121,10 @@ def main() -> None:
         recorded_balancer(recording),
         seeds=args.seeds,
     )
+    served = dataclasses.replace(
+        world, name=f"gunicorn-pool-at-{args.serve_rate:g}", rate_rps=args.serve_rate, profile=()
+    )
+    (workdir / f"{served.name}.toml").write_text(render(served, [str(workdir / "rec")], None))
     queue_factor = fit_world(recording, "gunicorn-pool", departures=False)
     scenario_file.with_suffix(".queue-factor.toml").write_text(
         render(queue_factor, [str(workdir / "rec")], None)

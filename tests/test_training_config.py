@@ -174,3 +174,20 @@ def test_rl_lb_ui_serves_the_training_store_on_localhost_only(
     assert command[command.index("--backend-store-uri") + 1] == uri
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--port") + 1] == "5055"
+
+
+def test_the_gunicorn_specialisation_trains_on_what_the_fit_writes() -> None:
+    """training/configs/specialise-gunicorn.toml (docs/sim2real.md, "Learn your own pool"):
+    the two files `benchmarks/fit_gunicorn.py --out g-work` writes (the pool as recorded and at
+    its default --serve-rate of 55 requests/s), evaluated at the served load, from scratch, with
+    the picker the proxy's own view supports (gunicorn answers no Prequal probes)."""
+    config = load_config(CONFIGS / "specialise-gunicorn.toml")
+    fit = (CONFIGS.parents[1] / "benchmarks" / "fit_gunicorn.py").read_text()
+    assert 'f"gunicorn-pool-at-{args.serve_rate:g}"' in fit
+    assert "default=55.0" in fit
+    assert config.scenarios == ["g-work/gunicorn-pool-at-55.toml", "g-work/gunicorn-pool.toml"]
+    assert config.eval.scenarios == ["g-work/gunicorn-pool-at-55.toml"]
+    assert config.init == ""
+    assert config.picker == "p2c-latency"
+    assert set(config.env) <= set(inspect.signature(BackendPoolEnv).parameters)
+    assert config.timesteps <= 60_000  # the 43-second run of docs/sim2real.md
