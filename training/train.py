@@ -230,7 +230,7 @@ def _final_evaluation(
     for path in write_tables(table, run_dir):
         mlflow.log_artifact(str(path), artifact_path="evaluation")
     seed = config.eval.final_seeds[0]
-    plot_dir = plots.make_all(scenarios, baselines, policy_dir, seed, run_dir / "plots")
+    plot_dir = plots.make_all(scenarios, baselines, policy_dir, seed, run_dir / "plots", pool)
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots")
     return scores.geomean
 
