@@ -26,7 +26,16 @@ from envs.record_cache import RecordCache
 from rl_lb.balancers import make_balancer
 from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
 
-__all__ = ["RECORD_KEYS", "EvaluationPool", "evaluate", "render", "short_labels", "student_t"]
+__all__ = [
+    "RECORD_KEYS",
+    "EvaluationPool",
+    "as_family",
+    "draw",
+    "evaluate",
+    "render",
+    "short_labels",
+    "student_t",
+]
 
 RECORD_KEYS: tuple[str, ...] = ("scenario", "balancer", "seed", *SUMMARY_KEYS)
 PARALLEL_FROM = 8
@@ -94,6 +103,16 @@ def _job(scenario: Scenario, balancer: str, seed: int) -> dict[str, Any]:
     return {"scenario": scenario.name, "balancer": balancer, "seed": seed, **summarise(result)}
 
 
+def as_family(source: ScenarioSource) -> Scenario | ScenarioFamily:
+    """A scenario given by name, file or object; files are read and validated here."""
+    return source if isinstance(source, Scenario | ScenarioFamily) else load_scenario(source)
+
+
+def draw(family: Scenario | ScenarioFamily, seed: int) -> Scenario:
+    """The scenario an episode of `seed` runs: a family sampled with that seed."""
+    return family if isinstance(family, Scenario) else family.sample(np.random.default_rng(seed))
+
+
 def evaluate(
     scenarios: Sequence[ScenarioSource],
     balancers: Sequence[str],
@@ -118,16 +137,11 @@ def evaluate(
     (unless `workers` is 1); it is left running.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
-    families = [
-        s if isinstance(s, Scenario | ScenarioFamily) else load_scenario(s) for s in scenarios
-    ]
+    families = [as_family(s) for s in scenarios]
     for name in balancers:
         make_balancer(name)
     jobs = [
-        (f if isinstance(f, Scenario) else f.sample(np.random.default_rng(seed)), name, seed)
-        for f in families
-        for name in balancers
-        for seed in seed_list
+        (draw(f, seed), name, seed) for f in families for name in balancers for seed in seed_list
     ]
     records: list[dict[str, Any] | None] = [None] * len(jobs)
     if cache is not None:

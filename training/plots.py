@@ -75,16 +75,11 @@ def make_all(
     the other took about 40 s of each `make policy` stage.
     """
     from envs.episode import EpisodeResult, run_episode
-    from rl_lb.scenarios import Scenario, ScenarioFamily, load_scenario
+    from envs.evaluate import as_family, draw
 
     out.mkdir(parents=True, exist_ok=True)
     balancers = {**{b: b for b in baselines}, LEARNED: f"learned:{policy_dir}"}
-    families = [
-        s if isinstance(s, Scenario | ScenarioFamily) else load_scenario(s) for s in scenarios
-    ]
-    drawn = [
-        f if isinstance(f, Scenario) else f.sample(np.random.default_rng(seed)) for f in families
-    ]
+    drawn = [draw(as_family(source), seed) for source in scenarios]
     run = executor.submit if executor is not None else _now
 
     def start(scenario: Any) -> dict[str, Future[EpisodeResult]]:

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from grpc_helpers import UNARY, call_headers
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -23,15 +24,7 @@ from serving.h2_connection import (
     receive_frame_source_hash,
 )
 
-REQUEST = [
-    (b":method", b"POST"),
-    (b":scheme", b"http"),
-    (b":path", b"/echo.Echo/Say"),
-    (b":authority", b"127.0.0.1:50051"),
-    (b"content-type", b"application/grpc"),
-    (b"te", b"trailers"),
-    (b"grpc-timeout", b"4999813u"),
-]
+REQUEST = [*call_headers(UNARY), (b"grpc-timeout", b"4999813u")]
 
 
 def test_the_copied_receive_frame_is_the_installed_h2s() -> None:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from grpc_helpers import UNARY, call_headers
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamEnded, TrailersReceived
@@ -145,12 +146,7 @@ async def _calls(port: int) -> list[dict[bytes, bytes]]:
     for i in range(CALLS):
         sid = h2.get_next_available_stream_id()
         headers = [
-            (b":method", b"POST"),
-            (b":scheme", b"http"),
-            (b":authority", b"proxy"),
-            (b":path", b"/test.Echo/Unary"),
-            (b"content-type", b"application/grpc"),
-            (b"te", b"trailers"),
+            *call_headers(UNARY),
             (b"grpc-timeout", b"%du" % (4_999_000 + i)),
             (b"authorization", b"Bearer token-%d" % i),
         ]
