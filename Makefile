@@ -36,17 +36,21 @@ test: lint typecheck pytest
 demo: setup
 	$(BIN)/rl-lb demo
 
-# Reproduces the shipped policy (fixed seeds and configs, four stages; see docs/training.md).
-# Stage 4 starts from stage 3's export (its actor, a new critic) on the prequal picker.
+# Reproduces the shipped policy (fixed seeds and configs, four stages and a tempering; see
+# docs/training.md). Stage 4 starts from stage 3's export (its actor, a new critic) on the prequal
+# picker; the tempering scales stage 4's scores, chosen on worlds no stage trained on.
 policy: setup
-	rm -rf runs/shipped-stage1 runs/shipped-stage2 runs/shipped-stage3 runs/shipped-prequal
+	rm -rf runs/shipped-stage1 runs/shipped-stage2 runs/shipped-stage3 runs/shipped-prequal \
+		runs/shipped-temper
 	$(BIN)/rl-lb train --config training/configs/shipped.toml --out runs/shipped-stage1
 	$(BIN)/rl-lb train --config training/configs/shipped-finetune.toml --out runs/shipped-stage2 \
 		--resume "$$(ls runs/shipped-stage1/*/best.zip)"
 	$(BIN)/rl-lb train --config training/configs/shipped-stage3.toml --out runs/shipped-stage3 \
 		--resume "$$(ls runs/shipped-stage2/*/best.zip)"
 	$(BIN)/rl-lb train --config training/configs/shipped-prequal.toml --out runs/shipped-prequal \
-		--init "$$(ls -d runs/shipped-stage3/*/policy)" --export rl_lb/policies/shipped
+		--init "$$(ls -d runs/shipped-stage3/*/policy)"
+	$(BIN)/python -m training.temper "$$(ls -d runs/shipped-prequal/*/policy)" \
+		--out runs/shipped-temper --record-cache --export rl_lb/policies/shipped
 
 # The retrain on generated worlds (issue 17), on top of `make policy`'s stage 3 (run `make
 # policy` first): tried on 4 December 2026 and not shipped (docs/training.md says why).

@@ -90,3 +90,23 @@ def test_a_costly_or_often_absent_policy_misses_its_targets(
 def test_a_partial_run_names_its_scenarios_in_its_command() -> None:
     page = results.render_markdown(records(1.0, 0.0), SEEDS, ["bursty", "steady"])
     assert "training.results --seeds 2 --scenario bursty --scenario steady" in page
+
+
+@pytest.mark.parametrize(("heuristic_factor", "overlap"), [(1.5, "no"), (1.011, "yes")])
+def test_each_scenario_says_whether_the_intervals_of_learned_and_its_best_heuristic_overlap(
+    heuristic_factor: float, overlap: str
+) -> None:
+    """Two seeds 2% apart give each mean a 95% half-width of ~12.7% (t = 12.71): heuristics at
+    1.5× learned's are apart, at 1.011× they overlap (the ratio is learned / the best: 1/f)."""
+    page = results.render_markdown(
+        [
+            {**r, "effective_p99_ms": r["effective_p99_ms"] / 1.5 * heuristic_factor}
+            if r["balancer"] in results.HEURISTICS
+            else r
+            for r in records(1.0, 0.0)
+        ],
+        SEEDS,
+    )
+    bursty = target_row(page, "bursty")
+    assert bursty[-2] == f"{1 / heuristic_factor:.3f} (round-robin)"
+    assert bursty[-1] == overlap

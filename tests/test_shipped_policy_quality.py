@@ -49,12 +49,14 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-010444-s9@120000, on `prequal`) measures 0.289, 0.285 and
-0.786 here (per seed 0.179, 0.347, 0.390; 0.367, 0.247, 0.254; 0.823, 0.743, 0.794); the one
-before it, seed 7 of the same recipe (ppo-20261204-203611-s7@40000), 0.327, 0.286 and 0.889. Its
-predecessor on `p2c-latency` (ppo-20261204-121900-s7@350280) measured 0.40 and 0.29 on the
-first two; the best of 12 random networks drawn with tests/random_policy.py reached 0.89 on
-heterogeneous against least-latency with that picker, an untrained one about 1.2."""
+"""The shipped policy (ppo-20261205-010444-s9@120000~t0.35, on `prequal`: seed 9's stage 4 with
+its scores tempered to 0.35, training/temper.py) measures 0.300, 0.291 and 0.815 here (per seed
+0.189, 0.370, 0.387; 0.382, 0.249, 0.259; 0.868, 0.791, 0.787); untempered it measured 0.289,
+0.285 and 0.786 (per seed 0.179, 0.347, 0.390; 0.367, 0.247, 0.254; 0.823, 0.743, 0.794); the
+one before it, seed 7 of the same recipe (ppo-20261204-203611-s7@40000), 0.327, 0.286 and
+0.889. Its predecessor on `p2c-latency` (ppo-20261204-121900-s7@350280) measured 0.40 and 0.29
+on the first two; the best of 12 random networks drawn with tests/random_policy.py reached 0.89
+on heterogeneous against least-latency with that picker, an untrained one about 1.2."""
 SEEDS = (1, 2, 3)
 DURATION_S = 30.0
 """Each episode cut from 120 s: long enough for the policy's history to fill and the small

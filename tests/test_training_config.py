@@ -109,15 +109,18 @@ def test_the_shipped_configs_are_the_four_stages_docs_training_describes() -> No
     makefile = (CONFIGS.parents[1] / "Makefile").read_text()
     recipe = makefile[makefile.index("\npolicy:") : makefile.index("\npolicy-worlds:")]
     assert recipe.count("rl-lb train") == 4
-    assert '--init "$$(ls -d runs/shipped-stage3/*/policy)" --export rl_lb/policies/shipped' in (
-        recipe
-    )
+    assert '--init "$$(ls -d runs/shipped-stage3/*/policy)"\n' in recipe
+    assert recipe.count("--export") == 1  # only the tempering exports, after stage 4
+    assert 'training.temper "$$(ls -d runs/shipped-prequal/*/policy)"' in recipe
+    assert "--record-cache --export rl_lb/policies/shipped\n" in recipe
     shipped = json.loads((SHIPPED_DIR / HEADER_FILE).read_text())
     assert shipped["picker"] == stage4.picker
     assert shipped["architecture"]["slot_net"] == stage4.policy.slot_net
     assert shipped["architecture"]["head_net"] == stage4.policy.head_net
     assert shipped["activation"] == stage4.policy.activation
-    steps = int(shipped["version"].rpartition("@")[2])  # an evaluation of stage 4 (PPO rollouts)
+    trained = shipped["temper"]["trained_version"]  # stage 4's export, before the tempering
+    assert shipped["version"] == f"{trained}~t{shipped['temper']['scale']:g}"
+    steps = int(trained.rpartition("@")[2])  # an evaluation of stage 4 (PPO rollouts)
     assert stage4.critic_warmup_steps < steps
     assert steps < stage4.timesteps + stage4.algo_params.n_steps * stage4.n_envs
 

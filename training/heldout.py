@@ -23,18 +23,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from envs.cli import check_output_path
 from envs.evaluate import evaluate
 from envs.record_cache import RecordCache
 from envs.worlds import HELDOUT_SEED, World, generate_worlds
 from rl_lb.balancers import UNGUARDED_SUFFIX
-from rl_lb.errors import ConfigError, RlLbError
+from rl_lb.errors import ConfigError
 from training.evaluation import LEARNED, REFERENCE
 from training.heldout_report import (
     BEGIN,
@@ -46,12 +44,15 @@ from training.heldout_report import (
     TARGETS,
     WorldResult,
     _mean,
+    by_world,
     log_to_mlflow,
+    pick_best,
     render_summary,
     summarise,
     update_results_page,
     write_csv,
 )
+from training.script import add_record_cache_flag, run_script
 
 __all__ = [
     "BEGIN",
@@ -65,6 +66,7 @@ __all__ = [
     "WorldResult",
     "log_to_mlflow",
     "main",
+    "progress_log",
     "render_summary",
     "run_heldout",
     "summarise",
@@ -75,21 +77,10 @@ __all__ = [
 SELECTION_FILE = "selection.json"
 
 
-def _by_world(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, float]]]:
-    table: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    for record in records:
-        table[record["scenario"]][record["balancer"]][int(record["seed"])] = float(
-            record["effective_p99_ms"]
-        )
-    return table
-
-
-def _pick_best(selection: dict[str, dict[int, float]]) -> str:
-    """The heuristic with the lowest mean effective p99 over the selection seeds (first on ties)."""
-    return min(HEURISTICS, key=lambda h: _mean(list(selection[h].values())))
-
-
-def _progress(log: Callable[[str], None] | None, stage: str) -> Callable[[int, int], None] | None:
+def progress_log(
+    log: Callable[[str], None] | None, stage: str
+) -> Callable[[int, int], None] | None:
+    """`evaluate`'s progress as a line to `log` at every tenth of `stage`; None without a log."""
     if log is None:
         return None
     report = log
@@ -147,12 +138,12 @@ def run_heldout(
             HEURISTICS,
             selection_seeds,
             workers=workers,
-            progress=_progress(log, "selection"),
+            progress=progress_log(log, "selection"),
             cache=record_cache,
         )
         cache.write_text(json.dumps({"key": key, "records": records}, default=float), "utf-8")
-    selection = _by_world(records)
-    best = {name: _pick_best(selection[name]) for name in families}
+    selection = by_world(records)
+    best = {name: pick_best(selection[name]) for name in families}
     if selection_only:
         return []
     measured: dict[str, dict[str, dict[int, float]]] = {}
@@ -165,10 +156,10 @@ def run_heldout(
             balancers,
             evaluation_seeds,
             workers=workers,
-            progress=_progress(log, f"evaluation, worlds whose best is {heuristic}"),
+            progress=progress_log(log, f"evaluation, worlds whose best is {heuristic}"),
             cache=record_cache,
         )
-        measured |= _by_world(records)
+        measured |= by_world(records)
         for record in records:
             if record["balancer"] == learned:
                 fallback[record["scenario"]].append(float(record["fallback_share"]))
@@ -214,12 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         help="run only the policy-independent selection (kept for the next run)",
     )
     parser.add_argument("--mlflow", default=None, metavar="EXPERIMENT", help="log the CSV there")
-    parser.add_argument(
-        "--record-cache",
-        action="store_true",
-        help="reuse and keep the heuristics' episode records in the evaluation record cache "
-        "(RL_LB_RECORD_CACHE; docs/training.md): same records, not simulated again",
-    )
+    add_record_cache_flag(parser)
     args = parser.parse_args(argv)
     if args.worlds < 1:
         raise ConfigError("--worlds", f"{args.worlds} worlds", "give at least 1")
@@ -256,11 +242,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except RlLbError as error:  # one line, exit 2, as the `rl-lb` command does
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
-    except KeyboardInterrupt:  # one line, exit 130, as the `rl-lb` command does
-        print("interrupted (Ctrl-C): stopped before the end", file=sys.stderr)
-        raise SystemExit(130) from None
+    run_script(main)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,10 @@ __all__ = [
     "SELECTION_SEEDS",
     "TARGETS",
     "WorldResult",
+    "by_world",
+    "geomean",
     "log_to_mlflow",
+    "pick_best",
     "render_summary",
     "summarise",
     "update_results_page",
@@ -78,8 +82,23 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def _geomean(values: Sequence[float]) -> float:
+def geomean(values: Sequence[float]) -> float:
     return math.exp(_mean([math.log(max(v, 1e-9)) for v in values]))
+
+
+def by_world(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[int, float]]]:
+    """Evaluation records as world → balancer → seed → effective p99 (ms)."""
+    table: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for record in records:
+        table[record["scenario"]][record["balancer"]][int(record["seed"])] = float(
+            record["effective_p99_ms"]
+        )
+    return table
+
+
+def pick_best(selection: dict[str, dict[int, float]]) -> str:
+    """The heuristic with the lowest mean effective p99 over the selection seeds (first on ties)."""
+    return min(HEURISTICS, key=lambda h: _mean(list(selection[h].values())))
 
 
 def summarise(results: Sequence[WorldResult], role: str = "learned") -> dict[str, Any]:
@@ -91,8 +110,8 @@ def summarise(results: Sequence[WorldResult], role: str = "learned") -> dict[str
         "share_within": sum(v <= WITHIN for v in vs_best) / len(vs_best),
         "max_vs_best": worst.vs_best[role],
         "max_world": worst.world.name,
-        "geomean_vs_best": _geomean(vs_best),
-        "geomean_vs_reference": _geomean([r.vs_reference[role] for r in results]),
+        "geomean_vs_best": geomean(vs_best),
+        "geomean_vs_reference": geomean([r.vs_reference[role] for r in results]),
         "not_separating": sum(not r.separates for r in results),
     }
 

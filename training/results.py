@@ -30,6 +30,7 @@ from training.evaluation import LEARNED, REFERENCE
 from training.heldout_report import BEGIN as HELDOUT_BEGIN
 from training.heldout_report import END as HELDOUT_END
 from training.heldout_report import update_results_page
+from training.script import add_record_cache_flag
 
 __all__ = ["main", "render_markdown"]
 
@@ -153,11 +154,19 @@ def render_markdown(
     lines += ["", "## Effective p99 (ms) per scenario", ""]
     balancers = [LEARNED, UNGUARDED, *HEURISTICS]
     header = " | ".join(_label(b) for b in balancers)
-    lines.append(f"| scenario | {header} | learned / best heuristic |")
-    lines.append("|---" * (len(balancers) + 2) + "|")
+    lines.append(
+        f"| scenario | {header} | learned / best heuristic | 95% intervals of the two overlap |"
+    )
+    lines.append("|---" * (len(balancers) + 3) + "|")
     for s in scenarios:
         row = [f"{mean[(s, b)][0]:.1f} ± {mean[(s, b)][1]:.1f}" for b in balancers]
-        lines.append(f"| {s} | " + " | ".join(row) + f" | {vs_best[s]:.3f} |")
+        best_name = min(HEURISTICS, key=lambda h: mean[(s, h)][0])
+        ours, theirs = mean[(s, LEARNED)], mean[(s, best_name)]
+        overlap = abs(ours[0] - theirs[0]) <= ours[1] + theirs[1]
+        lines.append(
+            f"| {s} | " + " | ".join(row) + f" | {vs_best[s]:.3f} ({best_name}) "
+            f"| {'yes' if overlap else 'no'} |"
+        )
     lines += ["", "## Error rate (%) per scenario", ""]
     lines.append(f"| scenario | {header} |")
     lines.append("|---" * (len(balancers) + 1) + "|")
@@ -200,12 +209,7 @@ def main() -> None:
         help="a library scenario or a file (repeatable; default: the whole library). "
         "A quick look only: docs/results.md is the whole library",
     )
-    parser.add_argument(
-        "--record-cache",
-        action="store_true",
-        help="reuse and keep the heuristics' episode records in the evaluation record cache "
-        "(RL_LB_RECORD_CACHE; docs/training.md): same records, not simulated again",
-    )
+    add_record_cache_flag(parser)
     args = parser.parse_args()
     seeds = list(range(FIRST_SEED, FIRST_SEED + args.seeds))
     if args.seeds < 1:

@@ -1,0 +1,34 @@
+"""What the `python -m training.X` measurement commands share: the record-cache flag, and how
+they end (one line and exit 2 on a bad input, one line and 130 on Ctrl-C, as `rl-lb` ends)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from rl_lb.errors import RlLbError
+
+__all__ = ["add_record_cache_flag", "run_script"]
+
+
+def add_record_cache_flag(parser: argparse.ArgumentParser) -> None:
+    """`--record-cache`: the heuristics' episodes come from and go to `envs.record_cache`."""
+    parser.add_argument(
+        "--record-cache",
+        action="store_true",
+        help="reuse and keep the heuristics' episode records in the evaluation record cache "
+        "(RL_LB_RECORD_CACHE; docs/training.md): same records, not simulated again",
+    )
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a command's `main`, turning a bad input and Ctrl-C into one line and an exit status."""
+    try:
+        main()
+    except RlLbError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): stopped before the end", file=sys.stderr)
+        raise SystemExit(130) from None
