@@ -119,6 +119,11 @@ def test_the_command_exports_the_chosen_scale_byte_for_byte_again(
     assert "(chosen)" in (tmp_path / "o-a" / "temper.md").read_text()
 
 
+def test_a_policy_given_as_its_npz_file_is_refused(trained: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a folder"):
+        main([str(trained / WEIGHTS_FILE), "--export", str(tmp_path / "e"), "--out", str(tmp_path)])
+
+
 @pytest.mark.parametrize(
     ("args", "what"),
     [

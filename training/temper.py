@@ -241,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
             "--seed", f"{args.seed} is not a training seed", f"give 0 to {HELDOUT_SEED - 1}"
         )
     LearnedPolicy.load(args.policy)  # a broken or missing policy: one error line, before any run
+    if not args.policy.is_dir():
+        raise ConfigError(
+            "policy", f"{args.policy} is not a folder", "give the folder `rl-lb train` exported"
+        )
     results = run_temper(
         args.policy,
         generate_worlds(args.seed, args.worlds),
