@@ -33,6 +33,7 @@ from envs.record_cache import RecordCache
 from envs.worlds import HELDOUT_SEED, World, generate_worlds
 from rl_lb.balancers import UNGUARDED_SUFFIX
 from rl_lb.errors import ConfigError
+from rl_lb.scenarios import ScenarioFamily
 from training.evaluation import LEARNED, REFERENCE
 from training.heldout_report import (
     BEGIN,
@@ -72,6 +73,7 @@ __all__ = [
     "summarise",
     "update_results_page",
     "write_csv",
+    "write_worlds",
 ]
 
 SELECTION_FILE = "selection.json"
@@ -90,6 +92,18 @@ def progress_log(
             report(f"{stage}: {done}/{total} episodes")
 
     return progress
+
+
+def write_worlds(worlds: Sequence[World], folder: Path) -> dict[str, ScenarioFamily]:
+    """Each world's file into `folder` (created), and its family read back from that file, so
+    the episodes run what a person can open and replay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    families = {}
+    for world in worlds:
+        path = folder / world.file_name
+        path.write_text(world.text, encoding="utf-8")
+        families[world.name] = world.family(path)
+    return families
 
 
 def run_heldout(
@@ -115,12 +129,7 @@ def run_heldout(
     learned = LEARNED if policy is None else f"{LEARNED}:{policy}"
     unguarded = learned + UNGUARDED_SUFFIX
     folder = out / "worlds"
-    folder.mkdir(parents=True, exist_ok=True)
-    families = {}
-    for world in worlds:
-        path = folder / world.file_name
-        path.write_text(world.text, encoding="utf-8")
-        families[world.name] = world.family(path)
+    families = write_worlds(worlds, folder)
     key = {
         "worlds": {w.name: hashlib.sha256(w.text.encode()).hexdigest() for w in worlds},
         "seeds": list(selection_seeds),

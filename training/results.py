@@ -135,10 +135,8 @@ def render_markdown(
         "| target | measured | required | met |",
         "|---|---|---|---|",
     ]
-    vs_best = {}
-    for s in scenarios:
-        best = min(mean[(s, h)][0] for h in HEURISTICS)
-        vs_best[s] = mean[(s, LEARNED)][0] / best
+    best_of = {s: min(HEURISTICS, key=lambda h: mean[(s, h)][0]) for s in scenarios}
+    vs_best = {s: mean[(s, LEARNED)][0] / mean[(s, best_of[s])][0] for s in scenarios}
     worst = max(vs_best, key=vs_best.__getitem__)
     most_fallback = max(scenarios, key=lambda s: shares[s][0])
     for label, other, bound in TARGETS:
@@ -160,11 +158,10 @@ def render_markdown(
     lines.append("|---" * (len(balancers) + 3) + "|")
     for s in scenarios:
         row = [f"{mean[(s, b)][0]:.1f} ± {mean[(s, b)][1]:.1f}" for b in balancers]
-        best_name = min(HEURISTICS, key=lambda h: mean[(s, h)][0])
-        ours, theirs = mean[(s, LEARNED)], mean[(s, best_name)]
+        ours, theirs = mean[(s, LEARNED)], mean[(s, best_of[s])]
         overlap = abs(ours[0] - theirs[0]) <= ours[1] + theirs[1]
         lines.append(
-            f"| {s} | " + " | ".join(row) + f" | {vs_best[s]:.3f} ({best_name}) "
+            f"| {s} | " + " | ".join(row) + f" | {vs_best[s]:.3f} ({best_of[s]}) "
             f"| {'yes' if overlap else 'no'} |"
         )
     lines += ["", "## Error rate (%) per scenario", ""]

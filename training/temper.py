@@ -49,7 +49,7 @@ from envs.record_cache import RecordCache
 from envs.worlds import HELDOUT_SEED, World, generate_worlds
 from rl_lb.errors import ConfigError
 from rl_lb.policies.learned import HEADER_FILE, WEIGHTS_FILE, LearnedPolicy
-from training.heldout import progress_log
+from training.heldout import progress_log, write_worlds
 from training.heldout_report import (
     EVALUATION_SEEDS,
     HEURISTICS,
@@ -141,13 +141,7 @@ def run_temper(
     `log` receives a line at every tenth of each stage.
     """
     drawn = list(worlds)
-    folder = out / "worlds"
-    folder.mkdir(parents=True, exist_ok=True)
-    families = []
-    for world in drawn:
-        path = folder / world.file_name
-        path.write_text(world.text, encoding="utf-8")
-        families.append(world.family(path))
+    families = list(write_worlds(drawn, out / "worlds").values())
     selection = by_world(
         evaluate(
             families,
