@@ -128,14 +128,15 @@ def _events(fit: BackendFit, duration: float) -> list[str]:
             continue
         slowdown = next((c.slowdown for c in fit.changes if c.at_s <= at < c.until_s), 1.0)
         fields = [f"at_s = {_g(at)}", f"until_s = {_g(until)}"]
-        if slowdown != 1.0:
+        if _g(slowdown) != _g(1.0):  # as written: 1.00001 reads back as 1
             fields.append(f"slowdown = {_g(slowdown)}")
         if fit.error_rate > 0:
             fields += [
                 f"error_rate = {_g(fit.error_rate)}",
                 f"error_latency_s = {_g(fit.error_latency_s)}",
             ]
-        events.append("{ " + ", ".join(fields) + " }")
+        if len(fields) > 2:  # a window between changes, without errors, is no event at all
+            events.append("{ " + ", ".join(fields) + " }")
     return events
 
 

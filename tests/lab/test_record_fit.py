@@ -257,3 +257,17 @@ def test_bench_pool_refuses_bad_input_in_one_line(capsys: pytest.CaptureFixture[
     assert "--rate, --duration and --seeds must be positive" in capsys.readouterr().err
     assert main([*base, "--rate", "5", "--path", "api"]) == 2
     assert "does not start with '/'" in capsys.readouterr().err
+
+
+def test_a_change_window_without_errors_leaves_no_empty_events_around_it() -> None:
+    """Between and around change windows, a backend without errors has nothing to say: an event
+    there (only at_s and until_s) is refused by the scenario parser ("event changes nothing")."""
+    from lab.fit.backend_fit import BackendFit, ChangeWindow
+    from lab.fit.world import _events
+
+    fit = BackendFit(
+        name="b", requests=100, concurrency=1, concurrency_seen=1, service=None,  # type: ignore[arg-type]
+        error_rate=0.0, error_latency_s=0.0,
+        changes=(ChangeWindow(10.0, 20.0, 3.0), ChangeWindow(30.0, 40.0, 1.00001)),
+    )  # fmt: skip
+    assert _events(fit, 60.0) == ["{ at_s = 10, until_s = 20, slowdown = 3 }"]
