@@ -104,6 +104,22 @@ def _paused_before(sp: Spec, b: int, t: float) -> float:
 
 
 @jit
+def _resumes_at(sp: Spec, b: int, t: float) -> float:
+    """`t`, or the end of the pause of backend b that `t` falls in: a paused backend answers
+    nothing, its Prequal probes included (as `lab.backends` and a real GC pause stall them)."""
+    lo, hi = sp.pz_ptr[b], sp.pz_ptr[b + 1]
+    if lo == hi or t < sp.pz_start[lo]:
+        return t
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if sp.pz_start[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    return float(max(t, sp.pz_end[lo]))
+
+
+@jit
 def _service_time(sp: Spec, b: int, rng: np.ndarray) -> float:
     kind = sp.svc_kind[b]
     if kind == EXPONENTIAL:
@@ -263,9 +279,19 @@ def _send_probes(st: State, p: int, t: float, rng: np.ndarray) -> None:
 @jit
 def _probe_answer(sp: Spec, st: State, key: int, t: float) -> None:
     """A probe answer reaches its proxy: the backend's true RIF and latency estimate now (none
-    from a down backend)."""
+    from a down backend). A probe that reached a paused backend is answered when the pause
+    ends, half a round trip later, or never if that is after `max_age_s` from its sending (the
+    proxy's probe timeout, serving.prequal_probe): during a pause nothing completes, so an
+    answer then would show a latency from before it and invite the requests the pause stalls."""
     n = st.busy.shape[0]
     p, b = key // n, key % n
+    half_rtt = 0.5 * st.pq.probe_rtt_s
+    reached = t - half_rtt
+    resumed = _resumes_at(sp, b, reached)
+    if resumed > reached:
+        if resumed - reached + st.pq.probe_rtt_s <= st.pq.max_age_s:
+            push(st, resumed + half_rtt, key, _PROBE)
+        return
     if _conditions(sp, b, t)[3]:
         return
     rif = st.busy[b] + st.q_len[b]

@@ -129,3 +129,39 @@ def test_fast_failing_backend_is_ejected_within_the_max_ejection_share() -> None
     r = sim.records()
     late = r.arrival_s > 3.0
     assert (r.backend[late] == ejected).sum() == 0
+
+
+def test_a_paused_backend_answers_prequals_probes_only_after_its_pause() -> None:
+    """A probe reaching a paused backend waits out the pause, as everything sent to it does
+    (lab.backends; a real GC pause): no answer from it is stamped inside a pause, and answers
+    that come later than `max_age_s` after their probe were given up (the proxy's timeout)."""
+    scenario = pool_scenario(
+        4,
+        load=0.6,
+        duration_s=20.0,
+        concurrency=2,
+        service=FAST,
+        pauses=[(0, Pauses(every_s=2.0, duration_s=0.5))],
+    )
+    sim = Simulator(scenario, 1)
+    for p in range(sim.proxies):
+        sim.set_decision(p, np.ones(4), "prequal")
+    spec, pool = sim.spec, sim.state.pq
+    starts = spec.pz_start[spec.pz_ptr[0] : spec.pz_ptr[1]]
+    ends = spec.pz_end[spec.pz_ptr[0] : spec.pz_ptr[1]]
+    half_rtt = 0.5 * pool.probe_rtt_s
+    stamps: set[float] = set()
+    pauses = list(zip(starts, ends, strict=True))
+    t = 0.0
+    while t < 20.0:
+        t += 0.005
+        sim.run_until(t)
+        pool = sim.state.pq
+        slots = zip(pool.slot_backend[0], pool.slot_at[0], strict=True)
+        stamps.update(float(at) for b, at in slots if b == 0)
+    assert len(pauses) >= 5
+    assert len(stamps) > 50
+    inside = [s for s in stamps if any(a + half_rtt < s < e + half_rtt for a, e in pauses)]
+    assert inside == []
+    after = [s for s in stamps if any(abs(s - (e + half_rtt)) < 1e-9 for e in ends)]
+    assert after, "the probes a pause held are answered when it ends"
