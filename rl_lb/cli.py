@@ -7,7 +7,9 @@ wing that is not installed simply adds no commands.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from importlib.metadata import entry_points
 from typing import Annotated, Any
 
@@ -94,9 +96,53 @@ INTERRUPTED = 130
 """The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
 
 
+TERMINATED = 143
+"""The exit status of a command stopped by SIGTERM (128 + 15)."""
+
+
+class _Terminate:
+    """SIGTERM, left at its default action, would kill the command at once and orphan the worker
+    processes it started (evaluation pools, simulator environments). Raised as a Ctrl-C instead,
+    it takes the path every command already has for one: workers stopped, nothing half-written.
+    Commands that handle SIGTERM themselves (`rl-lb serve`) install their own handler over it."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        self.received = True
+        raise KeyboardInterrupt
+
+    def install(self) -> bool:
+        """Handle SIGTERM here if nothing else does (and this is the main thread)."""
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        if not on_main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return False
+        signal.signal(signal.SIGTERM, self)
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one red line and exit status 2."""
     _register_wings()
+    terminate = _Terminate()
+    installed = terminate.install()
+    try:
+        result = _run(argv, terminate)
+    except KeyboardInterrupt:
+        result = INTERRUPTED
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if terminate.received:
+        err_console.print("terminated (SIGTERM): stopped before the end", highlight=False)
+        return TERMINATED
+    if result == INTERRUPTED:  # typer's answer to a Ctrl-C that the command left alone
+        err_console.print("interrupted (Ctrl-C): stopped before the end", highlight=False)
+    return result
+
+
+def _run(argv: list[str] | None, terminate: _Terminate) -> int:
     try:
         command = _without_flag_placeholders(typer.main.get_command(app))
         args = argv if argv is not None else sys.argv[1:]
@@ -107,13 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Exit as done:
         return int(done.exit_code or 0)
     except typer.Abort:
-        err_console.print("[red]aborted")
+        if not terminate.received:
+            err_console.print("[red]aborted")
         return INTERRUPTED
     except ClickException as error:
         error.show()
         return error.exit_code
-    if result == INTERRUPTED:  # typer's answer to a Ctrl-C that the command left alone
-        err_console.print("interrupted (Ctrl-C): stopped before the end", highlight=False)
     return result if isinstance(result, int) else 0
 
 

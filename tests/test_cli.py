@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
 
 from rl_lb import __version__
@@ -32,3 +34,57 @@ def test_console_script_runs_without_importing_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     assert out.strip().endswith("False")
+
+
+def test_sigterm_stops_a_command_and_its_workers_like_ctrl_c(tmp_path: Path) -> None:
+    """SIGTERM to the command alone (what `docker stop` or a batch scheduler sends) goes the way
+    of a Ctrl-C: its worker processes stopped, one line, status 143. Left at the default action
+    it killed the command and left its pool's workers running with no parent."""
+    import os
+    import signal
+    import time
+
+    from commands import end_session, session_groups
+
+    argv = ["evaluate", "--scenario", "park", "--balancer", "prequal", "--balancer", "jsq"]
+    env = {**os.environ, "RL_LB_RECORD_CACHE": "off", "COLUMNS": "80"}
+    stderr = (tmp_path / "stderr").open("w")  # a pipe would stay open while orphans hold it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rl_lb.cli", *argv, "--seeds", "400"],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        command = psutil.Process(process.pid)
+        deadline = time.monotonic() + 120
+        while not _started(command.children()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        workers = command.children(recursive=True)
+        assert _started(workers), "the evaluation pool never started"
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+        err = (tmp_path / "stderr").read_text()
+        assert process.returncode == 143
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1] == "terminated (SIGTERM): stopped before the end"
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert alive == []
+        assert session_groups(process.pid) == set()
+    finally:
+        end_session(process)
+        stderr.close()
+
+
+def _started(workers: list[psutil.Process]) -> bool:
+    """The pool's workers past their start-up (1 s of CPU each: unpickling what the parent sent,
+    importing the simulator; the resource tracker beside them does neither). A signal that ends
+    the parent while a worker still reads from it makes that worker print an EOFError, which is
+    multiprocessing's, not the command's."""
+    try:
+        pool = [w for w in workers if "spawn_main" in " ".join(w.cmdline())]
+        return bool(pool) and all(sum(w.cpu_times()[:2]) >= 1.0 for w in pool)
+    except psutil.NoSuchProcess:
+        return False
