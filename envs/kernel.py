@@ -63,7 +63,9 @@ __all__ = [
 PENDING, OK, ERROR, TIMEOUT, REJECTED, NO_BACKEND = -1, 0, 1, 2, 3, 4
 OUTCOMES: tuple[str, ...] = ("ok", "error", "timeout", "rejected", "no-backend")
 REACHED, NEED_ROOM = 0, 1
-_SERVICE, _ERROR_ANSWER, _PROBE = 0, 1, 2
+_SERVICE, _ERROR_ANSWER, _PROBE, _HELD_PROBE = 0, 1, 2, 3
+"""Heap event kinds; `_HELD_PROBE`: a probe answer a pause held, never held again (recomputing
+where the answer stands from its time could land a rounding short of the pause's end)."""
 HEAP_ROOM = 18
 """Heap slots one arrival may fill: its answer and up to 16 (+1) probes (`prequal-probes`)."""
 EXPONENTIAL, LOGNORMAL, PARETO, CONSTANT = 0, 1, 2, 3
@@ -277,21 +279,23 @@ def _send_probes(st: State, p: int, t: float, rng: np.ndarray) -> None:
 
 
 @jit
-def _probe_answer(sp: Spec, st: State, key: int, t: float) -> None:
+def _probe_answer(sp: Spec, st: State, key: int, t: float, held: bool) -> None:
     """A probe answer reaches its proxy: the backend's true RIF and latency estimate now (none
     from a down backend). A probe that reached a paused backend is answered when the pause
     ends, half a round trip later, or never if that is after `max_age_s` from its sending (the
     proxy's probe timeout, serving.prequal_probe): during a pause nothing completes, so an
-    answer then would show a latency from before it and invite the requests the pause stalls."""
+    answer then would show a latency from before it and invite the requests the pause stalls.
+    `held`: this is that later answer."""
     n = st.busy.shape[0]
     p, b = key // n, key % n
-    half_rtt = 0.5 * st.pq.probe_rtt_s
-    reached = t - half_rtt
-    resumed = _resumes_at(sp, b, reached)
-    if resumed > reached:
-        if resumed - reached + st.pq.probe_rtt_s <= st.pq.max_age_s:
-            push(st, resumed + half_rtt, key, _PROBE)
-        return
+    if not held:
+        half_rtt = 0.5 * st.pq.probe_rtt_s
+        reached = t - half_rtt
+        resumed = _resumes_at(sp, b, reached)
+        if resumed > reached:
+            if resumed - reached + st.pq.probe_rtt_s <= st.pq.max_age_s:
+                push(st, resumed + half_rtt, key, _HELD_PROBE)
+            return
     if _conditions(sp, b, t)[3]:
         return
     rif = st.busy[b] + st.q_len[b]
@@ -385,8 +389,8 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
         if t_answer == t:
             r, kind = st.h_r[0], st.h_kind[0]
             pop(st)
-            if kind == _PROBE:
-                _probe_answer(sp, st, r, t)
+            if kind >= _PROBE:  # _PROBE or _HELD_PROBE
+                _probe_answer(sp, st, r, t, kind == _HELD_PROBE)
                 continue
             b, s = int(st.r_backend[r]), _slot(st, r)
             if kind == _ERROR_ANSWER:
