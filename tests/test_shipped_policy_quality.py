@@ -49,8 +49,11 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-010444-s9@120000~t0.35, on `prequal`: seed 9's stage 4 with
-its scores tempered to 0.35, training/temper.py) measures 0.300, 0.291 and 0.815 here (per seed
+"""The shipped policy (ppo-20261205-085226-s9@40000~t0.25, on `prequal`: seed 9's stage 4 with
+its scores tempered to 0.25, training/temper.py, retrained on the simulator whose paused
+backends hold their probes) measures 0.314, 0.292 and 0.854 here (per seed 0.194, 0.387, 0.414;
+0.372, 0.256, 0.262; 0.894, 0.827, 0.842). Its predecessor, ppo-20261205-010444-s9@120000~t0.35,
+measured 0.300, 0.291 and 0.815 (per seed
 0.189, 0.370, 0.387; 0.382, 0.249, 0.259; 0.868, 0.791, 0.787); untempered it measured 0.289,
 0.285 and 0.786 (per seed 0.179, 0.347, 0.390; 0.367, 0.247, 0.254; 0.823, 0.743, 0.794); the
 one before it, seed 7 of the same recipe (ppo-20261204-203611-s7@40000), 0.327, 0.286 and
