@@ -91,34 +91,37 @@ def _conditions(sp: Spec, b: int, t: float) -> tuple[float, float, float, bool]:
 
 
 @jit
-def _paused_before(sp: Spec, b: int, t: float) -> float:
-    """Total pause time of backend b in [0, t]."""
+def _last_pause(sp: Spec, b: int, t: float) -> int:
+    """Index of backend b's last pause that starts at or before `t`, -1 if none does."""
     lo, hi = sp.pz_ptr[b], sp.pz_ptr[b + 1]
-    if lo == hi or t <= sp.pz_start[lo]:
-        return 0.0
+    if lo == hi or t < sp.pz_start[lo]:
+        return -1
     while hi - lo > 1:
         mid = (lo + hi) >> 1
         if sp.pz_start[mid] <= t:
             lo = mid
         else:
             hi = mid
-    return float(sp.pz_cum[lo] + min(t, sp.pz_end[lo]) - sp.pz_start[lo])
+    return int(lo)
+
+
+@jit
+def _paused_before(sp: Spec, b: int, t: float) -> float:
+    """Total pause time of backend b in [0, t]."""
+    k = _last_pause(sp, b, t)
+    if k < 0:
+        return 0.0
+    return float(sp.pz_cum[k] + min(t, sp.pz_end[k]) - sp.pz_start[k])
 
 
 @jit
 def _resumes_at(sp: Spec, b: int, t: float) -> float:
     """`t`, or the end of the pause of backend b that `t` falls in: a paused backend answers
     nothing, its Prequal probes included (as `lab.backends` and a real GC pause stall them)."""
-    lo, hi = sp.pz_ptr[b], sp.pz_ptr[b + 1]
-    if lo == hi or t < sp.pz_start[lo]:
+    k = _last_pause(sp, b, t)
+    if k < 0:
         return t
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if sp.pz_start[mid] <= t:
-            lo = mid
-        else:
-            hi = mid
-    return float(max(t, sp.pz_end[lo]))
+    return float(max(t, sp.pz_end[k]))
 
 
 @jit
