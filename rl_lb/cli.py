@@ -130,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = _run(argv, terminate)
     except KeyboardInterrupt:
-        result = INTERRUPTED
+        if not terminate.received:
+            raise
+        result = TERMINATED  # raised before or after click's own handling of it
     finally:
         if installed:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if terminate.received:
         err_console.print("terminated (SIGTERM): stopped before the end", highlight=False)
         return TERMINATED
-    if result == INTERRUPTED:  # typer's answer to a Ctrl-C that the command left alone
-        err_console.print("interrupted (Ctrl-C): stopped before the end", highlight=False)
     return result
 
 
@@ -159,6 +159,9 @@ def _run(argv: list[str] | None, terminate: _Terminate) -> int:
     except ClickException as error:
         error.show()
         return error.exit_code
+    if result == INTERRUPTED and not terminate.received:
+        # typer's answer to a Ctrl-C that the command left alone
+        err_console.print("interrupted (Ctrl-C): stopped before the end", highlight=False)
     return result if isinstance(result, int) else 0
 
 
