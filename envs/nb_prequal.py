@@ -211,8 +211,9 @@ def _reuse_budget(pq: PrequalState, backends: int) -> int:
 
 
 @jit
-def _choose(pq: PrequalState, p: int, now: float) -> int:
-    """`ProbePool.choose` over the candidates in `pq.candidate`; -1 with < 2 usable answers."""
+def _choose(pq: PrequalState, p: int, now: float, w: FloatArray, count: int, equal: bool) -> int:
+    """`ProbePool.choose` over the `count` candidates in `pq.candidate` and `pq.order`, with
+    their weights' `relative_shares` unless `equal`; -1 with < 2 usable answers."""
     size = pq.slot_backend.shape[1]
     usable = 0
     for s in range(size):
@@ -224,16 +225,23 @@ def _choose(pq: PrequalState, p: int, now: float) -> int:
     if usable < 2:
         return -1
     theta = threshold(pq, p)
+    total = 0.0  # as `accumulate` sums them: in backend order
+    if not equal:
+        for k in range(count):
+            total += w[pq.order[k]]
     cold, hot = -1, -1
+    hot_load = 0.0
     for s in range(size):
         b = pq.slot_backend[p, s]
         if b < 0 or not pq.candidate[b]:
             continue
-        if pq.slot_rif[p, s] <= theta:
+        share = 1.0 if equal else w[b] * count / total
+        if pq.slot_rif[p, s] <= theta * share:
             if cold < 0 or pq.slot_latency[p, s] < pq.slot_latency[p, cold]:
                 cold = s
-        elif hot < 0 or pq.slot_rif[p, s] < pq.slot_rif[p, hot]:
+        elif hot < 0 or pq.slot_rif[p, s] / share < hot_load:
             hot = s
+            hot_load = pq.slot_rif[p, s] / share
     best = cold if cold >= 0 else hot
     chosen = pq.slot_backend[p, best]
     pq.slot_rif[p, best] += 1
@@ -241,7 +249,10 @@ def _choose(pq: PrequalState, p: int, now: float) -> int:
     if pq.slot_uses[p, best] >= _reuse_budget(pq, pq.candidate.shape[0]):
         pq.slot_backend[p, best] = -1
     for _ in range(pq.removals):
-        slot = _worst(pq, p, theta) if pq.meta[p, 2] == 1 else _oldest(pq, p)
+        if pq.meta[p, 2] == 1:
+            slot = _worst(pq, p, theta, w, count, equal, total)
+        else:
+            slot = _oldest(pq, p)
         if slot < 0:
             break
         pq.slot_backend[p, slot] = -1
@@ -250,14 +261,21 @@ def _choose(pq: PrequalState, p: int, now: float) -> int:
 
 
 @jit
-def _worst(pq: PrequalState, p: int, theta: float) -> int:
-    """The hot answer with the highest RIF, else the one with the highest latency."""
+def _worst(
+    pq: PrequalState, p: int, theta: float, w: FloatArray, count: int, equal: bool, total: float
+) -> int:
+    """The hot answer with the highest RIF / share, else the one with the highest latency (a
+    backend that is no candidate has share 1)."""
     hot, slow = -1, -1
+    hot_load = 0.0
     for s in range(pq.slot_backend.shape[1]):
-        if pq.slot_backend[p, s] < 0:
+        b = pq.slot_backend[p, s]
+        if b < 0:
             continue
-        if pq.slot_rif[p, s] > theta and (hot < 0 or pq.slot_rif[p, s] > pq.slot_rif[p, hot]):
-            hot = s
+        share = 1.0 if equal or not pq.candidate[b] else w[b] * count / total
+        load = pq.slot_rif[p, s] / share
+        if pq.slot_rif[p, s] > theta * share and (hot < 0 or load > hot_load):
+            hot, hot_load = s, load
         if slow < 0 or pq.slot_latency[p, s] > pq.slot_latency[p, slow]:
             slow = s
     return hot if hot >= 0 else slow
@@ -291,7 +309,7 @@ def pick(
     count, equal = _candidates(pq, w, avail)
     if count == 0:
         return -1
-    chosen = _choose(pq, p, now)
+    chosen = _choose(pq, p, now, w, count, equal)
     if chosen < 0:
         chosen = pq.order[_draw_index(pq, w, 0, count, equal, rng)]
     return int(chosen)

@@ -26,10 +26,13 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   answers), then asks its prober to probe `probes` random backends, whose answers serve later
   requests, never the current one. Weights steer the randomness: a backend of weight 0 is never
   a candidate, and when the candidates' weights differ, both the probe targets (drawn without
-  replacement) and the pick without answers are drawn in proportion to them. Equal weights (the
-  `prequal` preset's) draw exactly as the published algorithm, uniformly. This is how a weight
-  policy steers Prequal: the learned one pairs with it to keep Prequal's hot-cold choice and
-  still shun what Prequal cannot see in a probe (a backend that fails fast looks idle and fast).
+  replacement) and the pick without answers are drawn in proportion to them, and the hot-cold
+  rule reads each backend's RIF against its share of the weight (`relative_shares`: hot above
+  θ × weight / mean weight), so a backend built for four times the mean load is not hot at the
+  load it is built for. Equal weights (the `prequal` preset's) give exactly the published
+  algorithm: uniform draws, θ for all. This is how a weight policy steers Prequal: the learned
+  one pairs with it to keep Prequal's hot-cold choice and still shun what Prequal cannot see in
+  a probe (a backend that fails fast looks idle and fast) and say which backends are big.
   Without a prober it answers its own probes from what the proxy sees (`LoadView`: in-flight
   and peak-EWMA latency) — the proxy's fallback for backends that do not answer probes.
 
@@ -64,6 +67,7 @@ __all__ = [  # LATENCY_*: the backend side's, re-exported so the twin's check co
     "PrequalPicker",
     "ProbePool",
     "Prober",
+    "relative_shares",
     "reuse_budget",
     "rif_threshold",
 ]
@@ -147,9 +151,16 @@ class ProbePool:
     def entries(self) -> int:
         return sum(b >= 0 for b in self.backend)
 
-    def choose(self, candidate: Sequence[bool], now: float) -> int:
+    def choose(
+        self, candidate: Sequence[bool], now: float, share: Sequence[float] | None = None
+    ) -> int:
         """The hot-cold choice among usable answers, its +1 and removals; -1 when fewer than 2
-        answers are usable (fresh, of a `candidate` backend)."""
+        answers are usable (fresh, of a `candidate` backend).
+
+        `share`: each candidate's weight relative to the candidates' mean (`relative_shares`);
+        an answer is hot when its RIF exceeds θ × its share, with every answer hot the lowest
+        RIF / share wins, and the worst answer to remove is the hot one of the highest RIF /
+        share. None (equal weights) is the published rule."""
         settings = self.settings
         for slot, b in enumerate(self.backend):
             if b >= 0 and now - self.received_at[slot] > settings.max_age_s:
@@ -158,11 +169,12 @@ class ProbePool:
         if len(usable) < 2:
             return -1
         theta = self.threshold()
-        cold = [s for s in usable if self.rif[s] <= theta]
+        scale = [1.0 if share is None else share[self.backend[s]] for s in usable]
+        cold = [s for s, k in zip(usable, scale, strict=True) if self.rif[s] <= theta * k]
         if cold:
             best = min(cold, key=lambda s: self.latency_s[s])
         else:
-            best = min(usable, key=lambda s: self.rif[s])
+            best = usable[min(range(len(usable)), key=lambda i: self.rif[usable[i]] / scale[i])]
         chosen = self.backend[best]
         self.rif[best] += 1
         self.uses[best] += 1
@@ -172,7 +184,10 @@ class ProbePool:
             occupied = [s for s, b in enumerate(self.backend) if b >= 0]
             if not occupied:
                 break
-            slot = self._worst(occupied, theta) if self._remove_worst_next else self._oldest()
+            if self._remove_worst_next:
+                slot = self._worst(occupied, theta, candidate, share)
+            else:
+                slot = self._oldest()
             self.backend[slot] = -1
             self._remove_worst_next = not self._remove_worst_next
         return chosen
@@ -181,10 +196,23 @@ class ProbePool:
         occupied = [s for s, b in enumerate(self.backend) if b >= 0]
         return min(occupied, key=lambda s: self.received_at[s])
 
-    def _worst(self, occupied: list[int], theta: float) -> int:
-        hot = [s for s in occupied if self.rif[s] > theta]
+    def _worst(
+        self,
+        occupied: list[int],
+        theta: float,
+        candidate: Sequence[bool],
+        share: Sequence[float] | None,
+    ) -> int:
+        """The hot entry with the highest RIF / share, else the one with the highest latency:
+        hot as `choose` judges it (an answer of a backend that is no candidate has share 1)."""
+
+        def scale(s: int) -> float:
+            b = self.backend[s]
+            return 1.0 if share is None or not candidate[b] else share[b]
+
+        hot = [s for s in occupied if self.rif[s] > theta * scale(s)]
         if hot:
-            return max(hot, key=lambda s: (self.rif[s], -s))
+            return max(hot, key=lambda s: (self.rif[s] / scale(s), -s))
         return max(occupied, key=lambda s: (self.latency_s[s], -s))
 
 
@@ -204,6 +232,9 @@ class _Candidates(NamedTuple):
     weight: npt.NDArray[np.float64]
     """The weight of each entry of `backends` (swapped with them) when unequal, else empty: a
     draw from the rest of the list adds them in numpy."""
+    share: list[float] | None
+    """Per backend: its weight relative to the candidates' mean (`relative_shares`); None
+    when `equal`."""
 
 
 def _candidates_table(mask: list[bool], weights: Sequence[float], sized: bool) -> _Candidates:
@@ -212,7 +243,24 @@ def _candidates_table(mask: list[bool], weights: Sequence[float], sized: bool) -
     equal = not sized or not backends or all(weights[b] == weights[backends[0]] for b in backends)
     cum = [] if equal else list(accumulate(weights[b] for b in backends))
     weight = np.array([] if equal else [weights[b] for b in backends], dtype=np.float64)
-    return _Candidates(mask, backends, equal, cum, weight)
+    share = None if equal else relative_shares(weights, backends, cum[-1])
+    return _Candidates(mask, backends, equal, cum, weight, share)
+
+
+def relative_shares(weights: Sequence[float], backends: Sequence[int], total: float) -> list[float]:
+    """Per backend: weight × candidates / the candidates' total weight (1 for each of equal
+    weights; 0 off the candidates). Why the hot-cold rule reads it: Prequal's θ is a quantile of
+    the RIFs of a fleet of equal replicas, so a backend able to serve four times the average
+    looks hot at the RIF it is built for, and Prequal sends the request to an idle slow one
+    instead — in a pool of 2 fast 8-worker and 4 slow 1-worker backends, ~4x capacity's p99.
+    Weighted like Envoy's least-request (active requests / weight), a backend the policy trusts
+    with k times the mean weight is hot only above k × θ, so a weight policy can say which
+    backends are big; with equal weights the rule is the published one."""
+    count = len(backends)
+    share = [0.0] * len(weights)
+    for b in backends:
+        share[b] = weights[b] * count / total
+    return share
 
 
 def probe_count(probes: float, candidates: int, draw: Callable[[], float]) -> int:
@@ -307,7 +355,7 @@ class PrequalPicker:
         if not backends:
             raise NoBackendAvailable("no backend is available (all unhealthy or ejected)")
         now = self.clock()
-        chosen = self.pool.choose(table.mask, now)
+        chosen = self.pool.choose(table.mask, now, table.share)
         self.picks += 1
         if chosen < 0:
             self.blind_picks += 1

@@ -26,6 +26,7 @@ from rl_lb.prequal import (
     ProbePool,
     Prober,
     probe_count,
+    relative_shares,
     reuse_budget,
     rif_threshold,
 )
@@ -77,6 +78,32 @@ def test_all_hot_gives_the_lowest_rif() -> None:
     pool.add(0, 7, 0.5, 0.0)
     pool.add(1, 5, 0.9, 0.0)  # history [0, 0, 0, 7, 5]: θ = 0, so both candidates are hot
     assert pool.choose([True, True, False, False], 0.1) == 1
+
+
+def test_a_backend_of_k_times_the_mean_weight_is_hot_only_above_k_times_theta() -> None:
+    def pool_of_three() -> ProbePool:
+        pool = _pool(q_rif=0.5, removals=0)
+        pool.add(0, 4, 0.001, 0.0)  # fastest, RIF 4
+        pool.add(1, 1, 0.5, 0.0)
+        pool.add(2, 2, 0.9, 0.0)  # θ = 2nd smallest of [4, 1, 2] = 2
+        return pool
+
+    three = [True, True, True, False]
+    assert pool_of_three().choose(three, 0.1) == 1  # published: 0 hot, 1 and 2 cold
+    share = relative_shares([0.6, 0.2, 0.2, 0.0], [0, 1, 2], 1.0)
+    assert share == pytest.approx([1.8, 0.6, 0.6, 0.0])
+    assert pool_of_three().choose(three, 0.1, share) == 1  # 0 hot above 3.6, 2 above 1.2
+    share = relative_shares([0.8, 0.1, 0.1, 0.0], [0, 1, 2], 1.0)
+    assert pool_of_three().choose(three, 0.1, share) == 0  # 0 cold up to 4.8; 1, 2 hot
+
+
+def test_all_hot_gives_the_lowest_rif_per_share() -> None:
+    pool = _pool(q_rif=0.5, removals=0)
+    for _ in range(3):
+        pool.add(3, 0, 0.001, 0.0)
+    pool.add(0, 7, 0.5, 0.0)
+    pool.add(1, 5, 0.9, 0.0)  # θ = 0: both hot; 7 / 2 < 5 / 1
+    assert pool.choose([True, True, False, False], 0.1, [2.0, 1.0, 0.0, 0.0]) == 0
 
 
 def test_stale_entries_are_dropped_and_fewer_than_two_usable_is_no_choice() -> None:
@@ -425,6 +452,42 @@ def test_in_overload_prequal_spreads_by_capacity_rather_than_herding() -> None:
     assert deviation["prequal"] < deviation["least-request"], deviation
 
 
+BIG_AND_SMALL = """
+name = "big-and-small"
+duration_s = 40
+[arrivals]
+process = "poisson"
+load = 0.6
+[[backends]]
+name = "big"
+count = 2
+concurrency = 8
+service = { dist = "exponential", mean_s = 0.01 }
+[[backends]]
+name = "small"
+count = 4
+concurrency = 1
+service = { dist = "exponential", mean_s = 0.04 }
+"""
+
+
+def test_weights_tell_prequal_which_backends_are_big(tmp_path: Path) -> None:
+    """Two 8-worker backends and four 1-worker ones 4× slower (94% of the capacity is the big
+    two). Published Prequal calls a big one hot at the RIF it is built for and sends the request
+    to an idle small one. Steered by capacity's weights, each backend is hot only above its
+    share of θ: the pair's p99 was 0.13× published Prequal's (52 vs 402 ms, 3 seeds); with the
+    hot rule blind to the weights it was 0.47× (190 ms)."""
+    world = tmp_path / "big-and-small.toml"
+    world.write_text(BIG_AND_SMALL)
+    balancers = ["prequal", "capacity+prequal"]
+    records = evaluate([world], balancers, 3, workers=1)
+    p99 = {
+        b: float(np.mean([r["effective_p99_ms"] for r in records if r["balancer"] == b]))
+        for b in balancers
+    }
+    assert p99["capacity+prequal"] < 0.3 * p99["prequal"], p99
+
+
 # --- the kept candidates: the same picks as rebuilding them on every request ---------------------
 
 
@@ -458,7 +521,18 @@ class RebuildingPicker:
         if not backends:
             raise NoBackendAvailable("none")
         now = self.clock()
-        chosen = self.pool.choose(candidate, now)
+        share = None
+        if len(weights) == self._backends and any(
+            weights[b] != weights[backends[0]] for b in backends
+        ):
+            total = 0.0
+            for b in backends:
+                total += weights[b]
+            share = [
+                weights[b] * len(backends) / total if candidate[b] else 0.0
+                for b in range(len(weights))
+            ]
+        chosen = self.pool.choose(candidate, now, share)
         if chosen < 0:
             chosen = backends[self._draw_index(backends, 0)]
         count = probe_count(self.pool.settings.probes, len(backends), self._rng.random)
