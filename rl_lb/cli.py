@@ -7,9 +7,7 @@ wing that is not installed simply adds no commands.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from importlib.metadata import entry_points
 from typing import Annotated, Any
 
@@ -21,6 +19,7 @@ from typer.core import TyperGroup, TyperOption
 
 from rl_lb import __version__
 from rl_lb.errors import RlLbError
+from rl_lb.terminate import INTERRUPTED, TERMINATED, TERMINATED_LINE, SigtermAsInterrupt
 
 __all__ = ["app", "main"]
 
@@ -92,41 +91,11 @@ def _register_wings() -> None:
         _registered.add(entry.name)
 
 
-INTERRUPTED = 130
-"""The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
-
-
-TERMINATED = 143
-"""The exit status of a command stopped by SIGTERM (128 + 15)."""
-
-
-class _Terminate:
-    """SIGTERM, left at its default action, would kill the command at once and orphan the worker
-    processes it started (evaluation pools, simulator environments). Raised as a Ctrl-C instead,
-    it takes the path every command already has for one: workers stopped, nothing half-written.
-    Commands that handle SIGTERM themselves (`rl-lb serve`) install their own handler over it."""
-
-    def __init__(self) -> None:
-        self.received = False
-
-    def __call__(self, signum: int, frame: object) -> None:
-        self.received = True
-        raise KeyboardInterrupt
-
-    def install(self) -> bool:
-        """Handle SIGTERM here if nothing else does (and this is the main thread)."""
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        if not on_main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return False
-        signal.signal(signal.SIGTERM, self)
-        return True
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors become one red line and exit status 2."""
     _register_wings()
-    terminate = _Terminate()
-    installed = terminate.install()
+    terminate = SigtermAsInterrupt()
+    terminate.install()
     try:
         result = _run(argv, terminate)
     except KeyboardInterrupt:
@@ -134,15 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         result = TERMINATED  # raised before or after click's own handling of it
     finally:
-        if installed:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        terminate.uninstall()
     if terminate.received:
-        err_console.print("terminated (SIGTERM): stopped before the end", highlight=False)
+        err_console.print(TERMINATED_LINE, highlight=False)
         return TERMINATED
     return result
 
 
-def _run(argv: list[str] | None, terminate: _Terminate) -> int:
+def _run(argv: list[str] | None, terminate: SigtermAsInterrupt) -> int:
     try:
         command = _without_flag_placeholders(typer.main.get_command(app))
         args = argv if argv is not None else sys.argv[1:]

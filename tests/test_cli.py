@@ -36,21 +36,30 @@ def test_console_script_runs_without_importing_torch() -> None:
     assert out.strip().endswith("False")
 
 
-def test_sigterm_stops_a_command_and_its_workers_like_ctrl_c(tmp_path: Path) -> None:
+SIGTERM_COMMANDS = {
+    "rl-lb evaluate": ["rl_lb.cli", "evaluate", "--scenario", "park", "--balancer", "prequal"],
+    "python -m training.results": ["training.results", "--scenario", "park", "--out", "{tmp}/r.md"],
+}
+"""`python -m` arguments; {tmp}: the test's own folder."""
+
+
+@pytest.mark.parametrize("name", SIGTERM_COMMANDS)
+def test_sigterm_stops_a_command_and_its_workers_like_ctrl_c(tmp_path: Path, name: str) -> None:
     """SIGTERM to the command alone (what `docker stop` or a batch scheduler sends) goes the way
     of a Ctrl-C: its worker processes stopped, one line, status 143. Left at the default action
-    it killed the command and left its pool's workers running with no parent."""
+    it killed the command and left its pool's workers running with no parent (`rl-lb`, and the
+    `python -m training.X` commands of `training.script.run_script`)."""
     import os
     import signal
     import time
 
     from commands import end_session, session_groups
 
-    argv = ["evaluate", "--scenario", "park", "--balancer", "prequal", "--balancer", "jsq"]
+    argv = [arg.format(tmp=tmp_path) for arg in SIGTERM_COMMANDS[name]]
     env = {**os.environ, "RL_LB_RECORD_CACHE": "off", "COLUMNS": "80"}
     stderr = (tmp_path / "stderr").open("w")  # a pipe would stay open while orphans hold it
     process = subprocess.Popen(
-        [sys.executable, "-m", "rl_lb.cli", *argv, "--seeds", "400"],
+        [sys.executable, "-m", *argv, "--seeds", "400"],
         stdout=subprocess.DEVNULL,
         stderr=stderr,
         text=True,

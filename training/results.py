@@ -30,7 +30,7 @@ from training.evaluation import LEARNED, REFERENCE
 from training.heldout_report import BEGIN as HELDOUT_BEGIN
 from training.heldout_report import END as HELDOUT_END
 from training.heldout_report import update_results_page
-from training.script import add_record_cache_flag
+from training.script import add_record_cache_flag, run_script
 
 __all__ = ["main", "render_markdown"]
 
@@ -228,4 +228,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

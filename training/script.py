@@ -1,5 +1,6 @@
 """What the `python -m training.X` measurement commands share: the record-cache flag, and how
-they end (one line and exit 2 on a bad input, one line and 130 on Ctrl-C, as `rl-lb` ends)."""
+they end (one line and exit 2 on a bad input, one line and 130 on Ctrl-C, one line and 143 on
+SIGTERM, its workers stopped, as `rl-lb` ends)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from rl_lb.errors import RlLbError
+from rl_lb.terminate import INTERRUPTED, TERMINATED, TERMINATED_LINE, SigtermAsInterrupt
 
 __all__ = ["add_record_cache_flag", "run_script"]
 
@@ -23,12 +25,20 @@ def add_record_cache_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def run_script(main: Callable[[], None]) -> None:
-    """Run a command's `main`, turning a bad input and Ctrl-C into one line and an exit status."""
+    """Run a command's `main`, turning a bad input, Ctrl-C and SIGTERM into one line and an exit
+    status."""
+    terminate = SigtermAsInterrupt()
+    terminate.install()
     try:
         main()
     except RlLbError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(error.exit_code) from None
     except KeyboardInterrupt:
+        if terminate.received:
+            print(TERMINATED_LINE, file=sys.stderr)
+            raise SystemExit(TERMINATED) from None
         print("interrupted (Ctrl-C): stopped before the end", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(INTERRUPTED) from None
+    finally:
+        terminate.uninstall()

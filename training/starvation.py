@@ -32,6 +32,7 @@ from rl_lb.balancers import Balancer
 from rl_lb.features import SCORE_SCALE
 from rl_lb.policies.learned import LearnedPolicy
 from rl_lb.scenarios import Scenario, ServiceDist
+from training.script import run_script
 
 STARVED = 0.1
 """A backend is starved below this fraction of the uniform weight 1/N."""
@@ -136,4 +137,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
