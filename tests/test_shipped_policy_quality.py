@@ -49,10 +49,13 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-085226-s9@40000~t0.25, on `prequal`: seed 9's stage 4 with
-its scores tempered to 0.25, training/temper.py, retrained on the simulator whose paused
-backends hold their probes) measures 0.314, 0.292 and 0.854 here (per seed 0.194, 0.387, 0.414;
-0.372, 0.256, 0.262; 0.894, 0.827, 0.842). Its predecessor, ppo-20261205-010444-s9@120000~t0.35,
+"""The shipped policy (ppo-20261205-112219-s9@40000~t0.2, on `prequal`: seed 9's stage 4 with
+its scores tempered to 0.2, training/temper.py, retrained after Prequal's hot rule began to read
+the weights) measures 0.279, 0.287 and 0.756 here (per seed 0.170, 0.342, 0.373; 0.381, 0.245,
+0.253; 0.781, 0.731, 0.758). Its predecessor, ppo-20261205-085226-s9@40000~t0.25 (retrained on
+the simulator whose paused backends hold their probes), measured 0.314, 0.292 and 0.854 (per
+seed 0.194, 0.387, 0.414; 0.372, 0.256, 0.262; 0.894, 0.827, 0.842); the one before it,
+ppo-20261205-010444-s9@120000~t0.35,
 measured 0.300, 0.291 and 0.815 (per seed
 0.189, 0.370, 0.387; 0.382, 0.249, 0.259; 0.868, 0.791, 0.787); untempered it measured 0.289,
 0.285 and 0.786 (per seed 0.179, 0.347, 0.390; 0.367, 0.247, 0.254; 0.823, 0.743, 0.794); the
