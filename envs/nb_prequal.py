@@ -235,7 +235,7 @@ def _choose(pq: PrequalState, p: int, now: float, w: FloatArray, count: int, equ
         b = pq.slot_backend[p, s]
         if b < 0 or not pq.candidate[b]:
             continue
-        share = 1.0 if equal else w[b] * count / total
+        share = _share_of(pq, b, w, count, equal, total)
         if pq.slot_rif[p, s] <= theta * share:
             if cold < 0 or pq.slot_latency[p, s] < pq.slot_latency[p, cold]:
                 cold = s
@@ -261,18 +261,26 @@ def _choose(pq: PrequalState, p: int, now: float, w: FloatArray, count: int, equ
 
 
 @jit
+def _share_of(
+    pq: PrequalState, b: int, w: FloatArray, count: int, equal: bool, total: float
+) -> float:
+    """`ProbePool._share_of` for backend b: its `relative_shares` entry, 1 under the published
+    rule (`equal`) and for a backend that is no candidate."""
+    return 1.0 if equal or not pq.candidate[b] else w[b] * count / total
+
+
+@jit
 def _worst(
     pq: PrequalState, p: int, theta: float, w: FloatArray, count: int, equal: bool, total: float
 ) -> int:
-    """The hot answer with the highest RIF / share, else the one with the highest latency (a
-    backend that is no candidate has share 1)."""
+    """The hot answer with the highest RIF / share, else the one with the highest latency."""
     hot, slow = -1, -1
     hot_load = 0.0
     for s in range(pq.slot_backend.shape[1]):
         b = pq.slot_backend[p, s]
         if b < 0:
             continue
-        share = 1.0 if equal or not pq.candidate[b] else w[b] * count / total
+        share = _share_of(pq, b, w, count, equal, total)
         load = pq.slot_rif[p, s] / share
         if pq.slot_rif[p, s] > theta * share and (hot < 0 or load > hot_load):
             hot, hot_load = s, load

@@ -19,7 +19,13 @@ from typer.core import TyperGroup, TyperOption
 
 from rl_lb import __version__
 from rl_lb.errors import RlLbError
-from rl_lb.terminate import INTERRUPTED, TERMINATED, TERMINATED_LINE, SigtermAsInterrupt
+from rl_lb.terminate import (
+    INTERRUPTED,
+    INTERRUPTED_LINE,
+    TERMINATED,
+    TERMINATED_LINE,
+    SigtermAsInterrupt,
+)
 
 __all__ = ["app", "main"]
 
@@ -129,7 +135,7 @@ def _run(argv: list[str] | None, terminate: SigtermAsInterrupt) -> int:
         return error.exit_code
     if result == INTERRUPTED and not terminate.received:
         # typer's answer to a Ctrl-C that the command left alone
-        err_console.print("interrupted (Ctrl-C): stopped before the end", highlight=False)
+        err_console.print(INTERRUPTED_LINE, highlight=False)
     return result if isinstance(result, int) else 0
 
 

@@ -169,7 +169,7 @@ class ProbePool:
         if len(usable) < 2:
             return -1
         theta = self.threshold()
-        scale = [1.0 if share is None else share[self.backend[s]] for s in usable]
+        scale = [self._share_of(s, candidate, share) for s in usable]
         cold = [s for s, k in zip(usable, scale, strict=True) if self.rif[s] <= theta * k]
         if cold:
             best = min(cold, key=lambda s: self.latency_s[s])
@@ -204,16 +204,20 @@ class ProbePool:
         share: Sequence[float] | None,
     ) -> int:
         """The hot entry with the highest RIF / share, else the one with the highest latency:
-        hot as `choose` judges it (an answer of a backend that is no candidate has share 1)."""
-
-        def scale(s: int) -> float:
-            b = self.backend[s]
-            return 1.0 if share is None or not candidate[b] else share[b]
-
-        hot = [s for s in occupied if self.rif[s] > theta * scale(s)]
+        hot as `choose` judges it."""
+        scale = {s: self._share_of(s, candidate, share) for s in occupied}
+        hot = [s for s in occupied if self.rif[s] > theta * scale[s]]
         if hot:
-            return max(hot, key=lambda s: (self.rif[s] / scale(s), -s))
+            return max(hot, key=lambda s: (self.rif[s] / scale[s], -s))
         return max(occupied, key=lambda s: (self.latency_s[s], -s))
+
+    def _share_of(
+        self, slot: int, candidate: Sequence[bool], share: Sequence[float] | None
+    ) -> float:
+        """The share the hot-cold rule scales `slot`'s answer by: 1 under the published rule
+        (`share` None) and for a backend that is no candidate (an answer kept from before)."""
+        b = self.backend[slot]
+        return 1.0 if share is None or not candidate[b] else share[b]
 
 
 class _Candidates(NamedTuple):

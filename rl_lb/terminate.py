@@ -12,12 +12,19 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["INTERRUPTED", "TERMINATED", "TERMINATED_LINE", "SigtermAsInterrupt"]
+__all__ = [
+    "INTERRUPTED",
+    "INTERRUPTED_LINE",
+    "TERMINATED",
+    "TERMINATED_LINE",
+    "SigtermAsInterrupt",
+]
 
 INTERRUPTED = 130
 """The exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells report it)."""
 TERMINATED = 143
 """The exit status of a command stopped by SIGTERM (128 + 15)."""
+INTERRUPTED_LINE = "interrupted (Ctrl-C): stopped before the end"
 TERMINATED_LINE = "terminated (SIGTERM): stopped before the end"
 
 
@@ -32,14 +39,12 @@ class SigtermAsInterrupt:
         self.received = True
         raise KeyboardInterrupt
 
-    def install(self) -> bool:
+    def install(self) -> None:
         """Handle SIGTERM here if nothing else does (and this is the main thread)."""
         on_main_thread = threading.current_thread() is threading.main_thread()
-        if not on_main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-            return False
-        signal.signal(signal.SIGTERM, self)
-        self._installed = True
-        return True
+        if on_main_thread and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self)
+            self._installed = True
 
     def uninstall(self) -> None:
         """Back to SIGTERM's default action, if `install` set this handler."""

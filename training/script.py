@@ -9,7 +9,13 @@ import sys
 from collections.abc import Callable
 
 from rl_lb.errors import RlLbError
-from rl_lb.terminate import INTERRUPTED, TERMINATED, TERMINATED_LINE, SigtermAsInterrupt
+from rl_lb.terminate import (
+    INTERRUPTED,
+    INTERRUPTED_LINE,
+    TERMINATED,
+    TERMINATED_LINE,
+    SigtermAsInterrupt,
+)
 
 __all__ = ["add_record_cache_flag", "run_script"]
 
@@ -38,7 +44,7 @@ def run_script(main: Callable[[], None]) -> None:
         if terminate.received:
             print(TERMINATED_LINE, file=sys.stderr)
             raise SystemExit(TERMINATED) from None
-        print("interrupted (Ctrl-C): stopped before the end", file=sys.stderr)
+        print(INTERRUPTED_LINE, file=sys.stderr)
         raise SystemExit(INTERRUPTED) from None
     finally:
         terminate.uninstall()
