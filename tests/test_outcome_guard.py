@@ -30,6 +30,7 @@ from rl_lb.outcome_guard import (
     fallback_shares,
     forced_pair_share,
     pair_share_bound,
+    ranked_shares,
     spread_weights,
 )
 from rl_lb.pickers import make_picker
@@ -75,6 +76,37 @@ def test_the_fallback_estimate_is_least_latencys_routing() -> None:
     assert estimate(pool([0.02, 0.02], [1.0, 0.0]), SETTINGS.min_answers) is None  # one known
 
 
+def test_backends_of_equal_typical_cost_share_their_ranks() -> None:
+    shares = ranked_shares(np.array([0.02, 0.01, 0.02, 0.03]))
+    assert list(shares) == pytest.approx([1 / 4, 3 / 6, 1 / 4, 0.0])
+    assert list(ranked_shares(np.array([0.05] * 4))) == pytest.approx([1 / 4] * 4)
+
+
+def test_one_slow_answer_is_not_a_regression_the_fallback_would_have_avoided() -> None:
+    """A tail on one backend (its p99 50x, its median as the others'), equal shares: least-
+    latency could not have seen it coming, so the fallback is priced as exposed to it like the
+    policy. Ranked by the p99 itself the fallback would dodge it: 7x, a trip at once. A backend
+    whose median is slow too is slow for good, and the fallback is credited with avoiding it."""
+    tail = pool(GOOD)
+    tail = dataclasses.replace(tail, p99_s=np.where(np.arange(8) == 0, 3.0, tail.p99_s))
+    once = estimate(tail, SETTINGS.min_answers)
+    assert once is not None
+    assert once.log_ratio == pytest.approx(0.0)
+    slow_for_good = dataclasses.replace(tail, p50_s=np.where(np.arange(8) == 0, 1.0, tail.p50_s))
+    assert estimate(slow_for_good, SETTINGS.min_answers).log_ratio > 1.0  # type: ignore[union-attr]
+
+
+def test_the_policy_is_judged_only_once_the_window_holds_its_own_traffic() -> None:
+    guard = OutcomeGuard(OutcomeGuardSettings(backoff_s=10.0))
+    bad = bad_shift(np.random.default_rng(4))
+    assert guard.observe(bad, 0.0, served_by_policy=True)
+    guard.observe(bad, 10.0, served_by_policy=False)  # the hold's last interval
+    window = bad.window_s
+    judged = [guard.observe(bad, 10.0 + t, served_by_policy=True) for t in range(1, 11)]
+    assert judged == [False] * (int(window) - 1) + [True]
+    assert guard.holding(10.0 + window)
+
+
 def test_errors_count_at_the_penalty() -> None:
     failing = pool(GOOD, error_rate=[0.5, 0.5] + [0.0] * 6)
     assert estimate(failing, SETTINGS.min_answers).policy_s > 0.5  # type: ignore[union-attr]
@@ -110,6 +142,7 @@ def test_the_backoff_doubles_then_caps_then_resets() -> None:
         holds.append(guard.hold_until - now)
         now = guard.hold_until
         guard.observe(bad, now, served_by_policy=False)  # the last fallback interval
+        now += bad.window_s  # the policy is judged once the window is its own traffic
     assert holds == [10.0, 20.0, 40.0, 40.0, 40.0]
     for t in range(41):  # a clean stretch as long as the cap forgives the past
         assert not guard.observe(pool(GOOD), now + t, served_by_policy=True)
