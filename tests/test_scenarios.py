@@ -224,6 +224,8 @@ def test_time_scaling_compresses_the_shared_memory_but_not_below_the_proxys_shor
     half = scenarios.time_scaled(s, 0.5)
     assert (half.control.metrics.window_s, half.control.metrics.ewma_tau_s) == (5.0, 5.0)
     assert half.control.health.interval_s == 0.5
+    guard = half.control.outcome_guard
+    assert (guard.backoff_s, guard.max_backoff_s) == (15.0, 300.0)
     assert half.control.ejection == s.control.ejection  # hardware and policy, not timeline
     assert half.control.retries == s.control.retries
     tiny = scenarios.time_scaled(s, 0.01)

@@ -2,13 +2,13 @@
 
 A 120 s scenario run live takes 120 s per balancer and seed; `time_scaled` compresses its timeline
 by `factor` (event windows, rate steps, MMPP dwell times, the control interval, the metrics delay,
-window and EWMA time constant, and the health-check period) so it fits in `factor × duration_s`
-real seconds, and multiplies every arrival rate by `rate_scale` so that proxy, backends and load
-generator fit on the machine. The result is an ordinary `Scenario`: the simulator and the emulated
-backends are handed the very same object (and the proxy its control settings), so whatever the
-scaling changes, it changes for both. The metrics' memory is compressed with the timeline because
-a policy trained on a 10 s window and 1 s intervals would otherwise see, in a 6x compressed run,
-each trouble window through a memory as long as half the run, and react 6x too late.
+window and EWMA time constant, the health-check period and the outcome guard's holds) so it fits in
+`factor × duration_s` real seconds, and multiplies every arrival rate by `rate_scale` so that proxy,
+backends and load generator fit on the machine. The result is an ordinary `Scenario`: the simulator
+and the emulated backends are handed the very same object (and the proxy its control settings), so
+whatever the scaling changes, it changes for both. The metrics' memory is compressed with the
+timeline because a policy trained on a 10 s window and 1 s intervals would otherwise see, in a 6x
+compressed run, each trouble window through a memory as long as half the run, and react 6x too late.
 
 The health-check period is compressed too, but not below the shortest the proxy accepts.
 What is deliberately left alone, because it is a property of the hardware rather than of the
@@ -86,6 +86,13 @@ def time_scaled(scenario: Scenario, factor: float, rate_scale: float = 1.0) -> S
             health=replace(
                 control.health,
                 interval_s=max(control.health.interval_s * factor, _SHORTEST_HEALTH_INTERVAL_S),
+            ),
+            # The guard's holds count in control intervals, as its evidence does: a 30 s hold
+            # left uncompressed outlasted a whole 20 s live run after one trip.
+            outcome_guard=replace(
+                control.outcome_guard,
+                backoff_s=control.outcome_guard.backoff_s * factor,
+                max_backoff_s=control.outcome_guard.max_backoff_s * factor,
             ),
         ),
         backends=backends,
