@@ -55,8 +55,8 @@ failing ranks last as before, one slow answer does not. Measured on the temperin
 worlds (training/temper.py, 5 December 2026): with the stage-4 policy tempered at 0.2, 83.5% ->
 85.6% of worlds within 1.10x their best heuristic on the selection seeds (unguarded 84.5%), 83.5%
 -> 82.5% on the evaluation seeds; at every other scale of the grid +2 points on the evaluation
-seeds (0.25: 82.5% -> 84.5%, the scale now chosen). Where the guard matters most it still holds
-(gen-3-0075: 4.7x the best with it, 13.4x without).
+seeds (0.25: 82.5% -> 84.5%). Where the guard matters most it still holds (gen-3-0075: 4.7x
+the best with it, 13.4x without).
 
 `B` keeps the backends' current costs, so it is pessimistic about the backends the policy
 overloads (the fallback would relieve them) and optimistic about those it leaves idle (the
