@@ -49,10 +49,13 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-112219-s9@40000~t0.2, on `prequal`: seed 9's stage 4 with
-its scores tempered to 0.2, training/temper.py, retrained after Prequal's hot rule began to read
-the weights) measures 0.279, 0.287 and 0.756 here (per seed 0.170, 0.342, 0.373; 0.381, 0.245,
-0.253; 0.781, 0.731, 0.758). Its predecessor, ppo-20261205-085226-s9@40000~t0.25 (retrained on
+"""The shipped policy (ppo-20261205-151111-s9@40000~t0.35, on `prequal`: seed 9's recipe run
+again after the outcome guard's estimate of the fallback was corrected, its scores tempered to
+0.35, training/temper.py) measures 0.272, 0.285 and 0.738 here (per seed 0.166, 0.335, 0.361;
+0.367, 0.250, 0.252; 0.765, 0.716, 0.734). Its predecessor, ppo-20261205-112219-s9@40000~t0.2
+(retrained after Prequal's hot rule began to read the weights), measured 0.279, 0.287 and 0.756
+(per seed 0.170, 0.342, 0.373; 0.381, 0.245, 0.253; 0.781, 0.731, 0.758); the one before it,
+ppo-20261205-085226-s9@40000~t0.25 (retrained on
 the simulator whose paused backends hold their probes), measured 0.314, 0.292 and 0.854 (per
 seed 0.194, 0.387, 0.414; 0.372, 0.256, 0.262; 0.894, 0.827, 0.842); the one before it,
 ppo-20261205-010444-s9@120000~t0.35,
