@@ -244,6 +244,7 @@ def _choose(pq: PrequalState, p: int, now: float, w: FloatArray, count: int, equ
             hot_load = pq.slot_rif[p, s] / share
     best = cold if cold >= 0 else hot
     chosen = pq.slot_backend[p, best]
+    pq.slot_latency[p, best] *= (pq.slot_rif[p, best] + 2.0) / (pq.slot_rif[p, best] + 1.0)
     pq.slot_rif[p, best] += 1
     pq.slot_uses[p, best] += 1
     if pq.slot_uses[p, best] >= _reuse_budget(pq, pq.candidate.shape[0]):

@@ -19,7 +19,12 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   counts it at), also ours: recorded at its own latency, or not at all, a backend that fails
   fast answered probes as idle and fast and drew more requests than under least-latency.
 - `ProbePool`, the balancer side: at most `pool_size` answers, the newest per backend, dropped
-  after `max_age_s` or once used `reuse_budget` times; after each choice `removals` answers go,
+  after `max_age_s` or once used `reuse_budget` times. The chosen answer counts the request it
+  sent (RIF + 1) and its latency moves with it by the backend's own rule, × (RIF + 2) / (RIF + 1),
+  also ours: kept as answered, the fastest answer drew request after request until its RIF passed
+  θ, the 84th percentile — on pools of equal single-worker backends a queue of several behind a
+  lucky estimate (Prequal 1.26x `jsq` on seed 3's worlds where `jsq` was best, 1.08x with it;
+  docs/baselines.md). After each choice `removals` answers go,
   alternately the oldest and the worst (the hot one with the highest RIF, else the highest
   latency). θ is the nearest-rank `q_rif` quantile of the last `RIF_HISTORY` RIFs answered.
 - `PrequalPicker`, the `Picker`: chooses from the pool (at random with fewer than 2 usable
@@ -155,7 +160,8 @@ class ProbePool:
         self, candidate: Sequence[bool], now: float, share: Sequence[float] | None = None
     ) -> int:
         """The hot-cold choice among usable answers, its +1 and removals; -1 when fewer than 2
-        answers are usable (fresh, of a `candidate` backend).
+        answers are usable (fresh, of a `candidate` backend). The +1 moves the chosen answer's
+        latency to the new RIF as the backend scales its own (× (RIF + 2) / (RIF + 1)).
 
         `share`: each candidate's weight relative to the candidates' mean (`relative_shares`);
         an answer is hot when its RIF exceeds θ × its share, with every answer hot the lowest
@@ -176,6 +182,7 @@ class ProbePool:
         else:
             best = usable[min(range(len(usable)), key=lambda i: self.rif[usable[i]] / scale[i])]
         chosen = self.backend[best]
+        self.latency_s[best] *= (self.rif[best] + 2) / (self.rif[best] + 1)
         self.rif[best] += 1
         self.uses[best] += 1
         if self.uses[best] >= reuse_budget(settings, len(candidate)):

@@ -128,9 +128,9 @@ def test_the_reuse_budget_formula() -> None:
 def test_an_answer_serves_at_most_its_reuse_budget() -> None:
     pool = _pool(q_rif=1.0, removals=0)
     pool.add(3, 10, 0.0, 0.0)  # not a candidate below; θ = 10 keeps the others cold
-    pool.add(0, 0, 0.1, 0.0)
-    pool.add(1, 0, 0.2, 0.0)
-    pool.add(2, 0, 0.3, 0.0)
+    pool.add(0, 0, 0.1, 0.0)  # 0.2 s after its first use (the +1 scales it): still ahead of 1
+    pool.add(1, 0, 0.3, 0.0)
+    pool.add(2, 0, 0.9, 0.0)
     hundred = [b != 3 for b in range(100)]  # budget 2 (above)
     assert [pool.choose(hundred, 0.1) for _ in range(4)] == [0, 0, 1, 1]
     assert sorted(b for b in pool.backend if b >= 0) == [2, 3]
@@ -138,7 +138,8 @@ def test_an_answer_serves_at_most_its_reuse_budget() -> None:
 
 def test_removals_alternate_the_oldest_and_the_worst() -> None:
     pool = _pool(q_rif=1.0, removals=1)  # θ = the highest RIF: nothing hot, worst = slowest
-    for b, (at, latency) in enumerate([(0.0, 0.3), (0.1, 0.1), (0.2, 0.2), (0.3, 0.4)]):
+    # 1's 50 ms is 100 then 150 ms after its uses (the +1 scales it): still the fastest
+    for b, (at, latency) in enumerate([(0.0, 0.3), (0.1, 0.05), (0.2, 0.2), (0.3, 0.4)]):
         pool.add(b, 0, latency, at)
     pool.add(4, 10, 0.0, 0.4)  # not a candidate; θ = 10
     first4 = [True, True, True, True, False]
@@ -169,6 +170,21 @@ def test_the_chosen_entry_counts_one_more_request_locally() -> None:
     assert pool.rif[pool.backend.index(0)] == 2  # now hot: the next request goes to 1
     assert pool.choose(ALL4, 0.1) == 1
     assert pool.rif[pool.backend.index(1)] == 2
+
+
+def test_the_chosen_answer_s_latency_moves_to_its_new_rif() -> None:
+    """Kept as answered, the fastest answer drew every request until its RIF passed θ; scaled
+    by (RIF + 2) / (RIF + 1) as the backend scales its own, it yields to the next fastest."""
+    pool = _pool(q_rif=1.0, removals=0)
+    pool.add(2, 5, 1.0, 0.0)  # θ = 5: backends 0 and 1 stay cold for a while
+    pool.add(0, 0, 0.010, 0.0)
+    pool.add(1, 0, 0.015, 0.0)
+    assert pool.choose(ALL4, 0.1) == 0
+    assert pool.latency_s[pool.backend.index(0)] == pytest.approx(0.020)
+    assert pool.choose(ALL4, 0.1) == 1  # 15 ms against 0's 20 ms at RIF 1
+    assert pool.latency_s[pool.backend.index(1)] == pytest.approx(0.030)
+    assert pool.choose(ALL4, 0.1) == 0
+    assert pool.latency_s[pool.backend.index(0)] == pytest.approx(0.030)  # 10 ms × 3 / 1
 
 
 def test_an_answer_replaces_the_backends_entry_else_the_oldest_when_full() -> None:
