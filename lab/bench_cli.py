@@ -243,7 +243,7 @@ def sim2real(
 ) -> None:
     """The same scaled scenarios and balancers in the simulator and live: p99s side by side."""
     from lab.bench import bench_scenario, record_of, simulate
-    from lab.bench_report import compare, markdown, rich_tables
+    from lab.bench_report import compare, describe_spell, fallback_spells, markdown, rich_tables
     from lab.runtime import run_async
 
     use_tracking_uri(tracking_uri)  # where learned:models:/… is looked up
@@ -265,12 +265,16 @@ def sim2real(
     with _stoppable():
         groups = run_async(_live(scenario, balancers, seeds, options, policy, console))
     live_records = [r.record for _, runs in groups for r in runs]
+    spells = fallback_spells([r.episode for _, runs in groups for r in runs])
     comparisons = compare(sim, live_records)
     shown = console if console.is_terminal else Console(width=160)
     for table in rich_tables(comparisons):
         shown.print(table)
+    for spell in spells:
+        shown.print(f"live, {describe_spell(spell)}")
     if json_out is not None:
-        json_out.write_text(json.dumps({"sim": sim, "live": live_records}, indent=1) + "\n")
+        document = {"sim": sim, "live": live_records, "live_fallback": spells}
+        json_out.write_text(json.dumps(document, indent=1) + "\n")
     if markdown_out is not None:
         header = (
             f"Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores "
@@ -279,7 +283,9 @@ def sim2real(
             f"{', '.join(f'{k}={v}' for k, v in options.items() if v is not None)}; "
             f"seeds 0..{seeds - 1}."
         )
-        write_markdown(markdown_out, f"{header}\n\n{markdown(comparisons)}")
+        notes = "".join(f"\n- Live, {describe_spell(spell)}." for spell in spells)
+        body = markdown(comparisons) + (f"\nFallback spells:\n{notes}\n" if notes else "")
+        write_markdown(markdown_out, f"{header}\n\n{body}")
         console.print(f"report written to {markdown_out}")
 
 

@@ -10,14 +10,26 @@ verdicts, so a different best balancer live is the gap that matters most; a live
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rich.table import Table
 
-__all__ = ["TOLERANCE", "Comparison", "Row", "compare", "markdown", "rich_tables"]
+from envs.episode import EpisodeResult
+
+__all__ = [
+    "TOLERANCE",
+    "Comparison",
+    "Row",
+    "compare",
+    "describe_spell",
+    "fallback_spell",
+    "fallback_spells",
+    "markdown",
+    "rich_tables",
+]
 
 TOLERANCE = 0.30
 TIE = 0.05
@@ -176,3 +188,43 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
         lines += ["| " + " | ".join(_cells(row)) + " |" for row in c.rows]
         lines += ["", f"{_verdict(c)}.", ""]
     return "\n".join(lines)
+
+
+def fallback_spell(episode: EpisodeResult) -> dict[str, Any] | None:
+    """Why and when a guarded balancer served its fallback in one run; None if it never did.
+
+    The records keep only the share of intervals on the fallback; a share says nothing of the
+    cause (a regression the outcome guard measured, stale or missing inputs, a model that did
+    not load) nor of whether it came at start-up, where a live run differs most from the
+    simulator. Reasons are counted per polled control interval, `first_s` is the first such
+    interval's start (seconds of the run)."""
+    fallback = [
+        (t, mode.partition(": ")[2] or "unstated")
+        for t, mode in zip(episode.interval_start_s.tolist(), episode.modes, strict=True)
+        if mode.startswith("fallback")
+    ]
+    if not fallback:
+        return None
+    return {
+        "scenario": episode.scenario,
+        "balancer": episode.balancer,
+        "seed": episode.seed,
+        "share": len(fallback) / len(episode.modes),
+        "reasons": dict(Counter(reason for _, reason in fallback)),
+        "first_s": round(float(fallback[0][0]), 3),
+    }
+
+
+def fallback_spells(episodes: Sequence[EpisodeResult]) -> list[dict[str, Any]]:
+    """`fallback_spell` of each run that had one, in run order."""
+    return [s for s in map(fallback_spell, episodes) if s is not None]
+
+
+def describe_spell(spell: dict[str, Any]) -> str:
+    """One line: `learned on gen-1 seed 0: 24% of intervals on the fallback (regression 5)…`."""
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(spell["reasons"].items()))
+    return (
+        f"{spell['balancer']} on {spell['scenario']} seed {spell['seed']}: "
+        f"{spell['share']:.0%} of control intervals on the fallback ({reasons}), "
+        f"the first from {spell['first_s']:.1f} s"
+    )

@@ -15,11 +15,12 @@ import numpy as np
 import psutil
 import pytest
 
+from envs.episode import EpisodeResult
 from envs.evaluate import RECORD_KEYS
 from lab.bench import bench_scenario, run_live
 from lab.bench_cli import MARK_BEGIN, MARK_END, write_markdown
 from lab.bench_proxy import proxy_flags
-from lab.bench_report import compare
+from lab.bench_report import compare, describe_spell, fallback_spell, fallback_spells
 from lab.bench_scenario import arrival_schedule
 from rl_lb.cli import main
 from rl_lb.errors import ConfigError
@@ -148,6 +149,54 @@ def test_comparison_ranks_by_effective_p99_with_ties() -> None:
     assert comparison.disagrees
     tied = compare(sim, [record("a", 10, 10), record("b", 20, 20), record("c", 10, 9.8)])
     assert tied[0].agrees  # live's best (c) is tied for best in the simulator
+
+
+def _episode_with_modes(modes: tuple[str, ...]) -> EpisodeResult:
+    empty = np.zeros(0)
+    return EpisodeResult(
+        scenario="s",
+        balancer="learned",
+        seed=2,
+        backend_names=("a", "b"),
+        timeout_s=1.0,
+        arrival_s=empty,
+        proxy=empty.astype(np.int64),
+        backend=empty.astype(np.int64),
+        latency_s=empty,
+        outcome=empty.astype(np.int64),
+        retries=empty.astype(np.int64),
+        interval_start_s=np.arange(len(modes)) * 0.5,
+        weights=np.zeros((len(modes), 2)),
+        modes=modes,
+    )
+
+
+def test_a_fallback_spell_says_why_and_from_when() -> None:
+    """The records keep only the share on the fallback; the spell adds the reasons and the
+    start, which tell a start-up trip from a regression the guard measured later."""
+    modes = (
+        "primary",
+        "fallback: stale",
+        "primary",
+        "fallback: regression",
+        "fallback: regression",
+    )
+    spell = fallback_spell(_episode_with_modes(modes))
+    assert spell == {
+        "scenario": "s",
+        "balancer": "learned",
+        "seed": 2,
+        "share": 0.6,
+        "reasons": {"stale": 1, "regression": 2},
+        "first_s": 0.5,
+    }
+    assert describe_spell(spell) == (
+        "learned on s seed 2: 60% of control intervals on the fallback "
+        "(regression 2, stale 1), the first from 0.5 s"
+    )
+    never = _episode_with_modes(("primary", "primary"))
+    assert fallback_spell(never) is None
+    assert fallback_spells([never, _episode_with_modes(modes)]) == [spell]
 
 
 def test_markdown_replaces_only_the_marked_report(tmp_path: Path) -> None:
