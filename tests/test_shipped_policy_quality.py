@@ -49,23 +49,24 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-151111-s9@40000~t0.35, on `prequal`: seed 9's recipe run
-again after the outcome guard's estimate of the fallback was corrected, its scores tempered to
-0.35, training/temper.py) measures 0.272, 0.285 and 0.738 here (per seed 0.166, 0.335, 0.361;
-0.367, 0.250, 0.252; 0.765, 0.716, 0.734). Its predecessor, ppo-20261205-112219-s9@40000~t0.2
-(retrained after Prequal's hot rule began to read the weights), measured 0.279, 0.287 and 0.756
-(per seed 0.170, 0.342, 0.373; 0.381, 0.245, 0.253; 0.781, 0.731, 0.758); the one before it,
-ppo-20261205-085226-s9@40000~t0.25 (retrained on
-the simulator whose paused backends hold their probes), measured 0.314, 0.292 and 0.854 (per
-seed 0.194, 0.387, 0.414; 0.372, 0.256, 0.262; 0.894, 0.827, 0.842); the one before it,
-ppo-20261205-010444-s9@120000~t0.35,
-measured 0.300, 0.291 and 0.815 (per seed
-0.189, 0.370, 0.387; 0.382, 0.249, 0.259; 0.868, 0.791, 0.787); untempered it measured 0.289,
-0.285 and 0.786 (per seed 0.179, 0.347, 0.390; 0.367, 0.247, 0.254; 0.823, 0.743, 0.794); the
-one before it, seed 7 of the same recipe (ppo-20261204-203611-s7@40000), 0.327, 0.286 and
-0.889. Its predecessor on `p2c-latency` (ppo-20261204-121900-s7@350280) measured 0.40 and 0.29
-on the first two; the best of 12 random networks drawn with tests/random_policy.py reached 0.89
-on heterogeneous against least-latency with that picker, an untrained one about 1.2."""
+"""The shipped policy (ppo-20261205-164732-s9@80000~t0.2, on `prequal`: stage 4 of seed 9's recipe
+run again after Prequal's used answers began to move their latency with their RIF, its scores
+tempered to 0.2, training/temper.py) measures 0.281, 0.292 and 0.767 here (per seed 0.168, 0.344,
+0.383; 0.377, 0.247, 0.268; 0.760, 0.780, 0.761; the last against the changed `prequal`). Its
+predecessor, ppo-20261205-151111-s9@40000~t0.35 (after the outcome guard's estimate of the fallback
+was corrected), measured 0.272, 0.285 and 0.738 (per seed 0.166, 0.335, 0.361; 0.367, 0.250, 0.252;
+0.765, 0.716, 0.734). The one before it, ppo-20261205-112219-s9@40000~t0.2 (retrained after
+Prequal's hot rule began to read the weights), measured 0.279, 0.287 and 0.756 (per seed 0.170,
+0.342, 0.373; 0.381, 0.245, 0.253; 0.781, 0.731, 0.758); the one before it,
+ppo-20261205-085226-s9@40000~t0.25 (retrained on the simulator whose paused backends hold their
+probes), measured 0.314, 0.292 and 0.854 (per seed 0.194, 0.387, 0.414; 0.372, 0.256, 0.262; 0.894,
+0.827, 0.842); the one before it, ppo-20261205-010444-s9@120000~t0.35, measured 0.300, 0.291 and
+0.815 (per seed 0.189, 0.370, 0.387; 0.382, 0.249, 0.259; 0.868, 0.791, 0.787); untempered it
+measured 0.289, 0.285 and 0.786 (per seed 0.179, 0.347, 0.390; 0.367, 0.247, 0.254; 0.823, 0.743,
+0.794); the one before it, seed 7 of the same recipe (ppo-20261204-203611-s7@40000), 0.327, 0.286
+and 0.889. Its predecessor on `p2c-latency` (ppo-20261204-121900-s7@350280) measured 0.40 and 0.29
+on the first two; the best of 12 random networks drawn with tests/random_policy.py reached 0.89 on
+heterogeneous against least-latency with that picker, an untrained one about 1.2."""
 SEEDS = (1, 2, 3)
 DURATION_S = 30.0
 """Each episode cut from 120 s: long enough for the policy's history to fill and the small
