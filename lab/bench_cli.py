@@ -265,7 +265,8 @@ def sim2real(
     with _stoppable():
         groups = run_async(_live(scenario, balancers, seeds, options, policy, console))
     live_records = [r.record for _, runs in groups for r in runs]
-    spells = fallback_spells([r.episode for _, runs in groups for r in runs])
+    runs_done = [r for _, runs in groups for r in runs]
+    spells = fallback_spells([r.episode for r in runs_done], [r.states for r in runs_done])
     comparisons = compare(sim, live_records)
     shown = console if console.is_terminal else Console(width=160)
     for table in rich_tables(comparisons):

@@ -190,41 +190,68 @@ def markdown(comparisons: Sequence[Comparison]) -> str:
     return "\n".join(lines)
 
 
-def fallback_spell(episode: EpisodeResult) -> dict[str, Any] | None:
+def fallback_spell(
+    episode: EpisodeResult, states: Sequence[dict[str, Any]] | None = None
+) -> dict[str, Any] | None:
     """Why and when a guarded balancer served its fallback in one run; None if it never did.
 
     The records keep only the share of intervals on the fallback; a share says nothing of the
     cause (a regression the outcome guard measured, stale or missing inputs, a model that did
     not load) nor of whether it came at start-up, where a live run differs most from the
     simulator. Reasons are counted per polled control interval, `first_s` is the first such
-    interval's start (seconds of the run)."""
+    interval's start (seconds of the run). With the proxy's polled `/admin/state` documents
+    (one per interval, as `modes`), `guard_at_first` is what its outcome guard had estimated
+    when the first one was polled: the policy's cost against the fallback's, in ms."""
     fallback = [
-        (t, mode.partition(": ")[2] or "unstated")
-        for t, mode in zip(episode.interval_start_s.tolist(), episode.modes, strict=True)
+        (k, t, mode.partition(": ")[2] or "unstated")
+        for k, (t, mode) in enumerate(
+            zip(episode.interval_start_s.tolist(), episode.modes, strict=True)
+        )
         if mode.startswith("fallback")
     ]
     if not fallback:
         return None
-    return {
+    spell: dict[str, Any] = {
         "scenario": episode.scenario,
         "balancer": episode.balancer,
         "seed": episode.seed,
         "share": len(fallback) / len(episode.modes),
-        "reasons": dict(Counter(reason for _, reason in fallback)),
-        "first_s": round(float(fallback[0][0]), 3),
+        "reasons": dict(Counter(reason for _, _, reason in fallback)),
+        "first_s": round(float(fallback[0][1]), 3),
     }
+    if states is not None and len(states) == len(episode.modes):
+        guard = states[fallback[0][0]].get("outcome_guard") or {}
+        policy, fallback_cost = guard.get("policy_cost_s"), guard.get("fallback_cost_s")
+        if policy is not None and fallback_cost is not None:
+            spell["guard_at_first"] = {
+                "policy_ms": round(1e3 * float(policy), 1),
+                "fallback_ms": round(1e3 * float(fallback_cost), 1),
+            }
+    return spell
 
 
-def fallback_spells(episodes: Sequence[EpisodeResult]) -> list[dict[str, Any]]:
-    """`fallback_spell` of each run that had one, in run order."""
-    return [s for s in map(fallback_spell, episodes) if s is not None]
+def fallback_spells(
+    episodes: Sequence[EpisodeResult], states: Sequence[Sequence[dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
+    """`fallback_spell` of each run that had one, in run order (`states`: each run's polls)."""
+    spells = (
+        fallback_spell(e, None if states is None else states[k]) for k, e in enumerate(episodes)
+    )
+    return [s for s in spells if s is not None]
 
 
 def describe_spell(spell: dict[str, Any]) -> str:
     """One line: `learned on gen-1 seed 0: 24% of intervals on the fallback (regression 5)…`."""
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(spell["reasons"].items()))
+    guard = spell.get("guard_at_first")
+    estimate = (
+        f" (the guard's estimates then: policy {guard['policy_ms']:g} ms, "
+        f"fallback {guard['fallback_ms']:g} ms)"
+        if guard
+        else ""
+    )
     return (
         f"{spell['balancer']} on {spell['scenario']} seed {spell['seed']}: "
         f"{spell['share']:.0%} of control intervals on the fallback ({reasons}), "
-        f"the first from {spell['first_s']:.1f} s"
+        f"the first from {spell['first_s']:.1f} s{estimate}"
     )

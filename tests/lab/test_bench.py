@@ -199,6 +199,24 @@ def test_a_fallback_spell_says_why_and_from_when() -> None:
     assert fallback_spells([never, _episode_with_modes(modes)]) == [spell]
 
 
+def test_a_live_spell_carries_the_guards_estimates_at_its_first_interval() -> None:
+    modes = ("primary", "fallback: regression", "fallback: regression")
+    states = [
+        {"outcome_guard": {"policy_cost_s": 0.05, "fallback_cost_s": 0.04}},
+        {"outcome_guard": {"policy_cost_s": 0.3, "fallback_cost_s": 0.1}},
+        {"outcome_guard": None},
+    ]
+    episode = _episode_with_modes(modes)
+    spell = fallback_spell(episode, states)
+    assert spell is not None
+    assert spell["guard_at_first"] == {"policy_ms": 300.0, "fallback_ms": 100.0}
+    assert describe_spell(spell).endswith(
+        "the first from 0.5 s (the guard's estimates then: policy 300 ms, fallback 100 ms)"
+    )
+    assert fallback_spells([episode], [states]) == [spell]
+    assert "guard_at_first" not in (fallback_spell(episode, states[:2]) or {})  # not one per poll
+
+
 def test_markdown_replaces_only_the_marked_report(tmp_path: Path) -> None:
     doc = tmp_path / "doc.md"
     doc.write_text(f"# Title\nanalysis\n{MARK_BEGIN}\nold\n{MARK_END}\nafter\n")
