@@ -237,7 +237,10 @@ def sim2real(
         ),
     ] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write sim and live records here.")
+        Path | None,
+        typer.Option(
+            "--json", help="Write sim and live records here, and live runs' fallback spells."
+        ),
     ] = None,
     tracking_uri: TrackingUriOption = None,
 ) -> None:
@@ -264,8 +267,8 @@ def sim2real(
     ]
     with _stoppable():
         groups = run_async(_live(scenario, balancers, seeds, options, policy, console))
-    live_records = [r.record for _, runs in groups for r in runs]
     runs_done = [r for _, runs in groups for r in runs]
+    live_records = [r.record for r in runs_done]
     spells = fallback_spells([r.episode for r in runs_done], [r.states for r in runs_done])
     comparisons = compare(sim, live_records)
     shown = console if console.is_terminal else Console(width=160)
