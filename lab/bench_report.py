@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.table import Table
 
-from envs.episode import EpisodeResult
+from envs.episode import EpisodeResult, fallback_share_of
 
 __all__ = [
     "TOLERANCE",
@@ -215,7 +215,7 @@ def fallback_spell(
         "scenario": episode.scenario,
         "balancer": episode.balancer,
         "seed": episode.seed,
-        "share": len(fallback) / len(episode.modes),
+        "share": fallback_share_of(episode),
         "reasons": dict(Counter(reason for _, _, reason in fallback)),
         "first_s": round(float(fallback[0][1]), 3),
     }
