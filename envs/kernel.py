@@ -193,7 +193,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     tried[:] = -1
     for attempt in range(sp.max_retries + 1):
         if st.picker[p] == PREQUAL:
-            b = prequal_pick(st.pq, p, st.weights[p], st.avail[p], t, rng)
+            b = prequal_pick(st.pq, p, st.weights[p], st.avail[p], st.inflight[p], t, rng)
             if attempt == 0:
                 _send_probes(st, p, t, rng)
         else:
@@ -302,7 +302,7 @@ def _probe_answer(sp: Spec, st: State, key: int, t: float, held: bool) -> None:
     if _conditions(sp, b, t)[3]:
         return
     rif = st.busy[b] + st.q_len[b]
-    add_probe_answer(st.pq, p, b, rif, latency_estimate(st.pq, b, rif), t)
+    add_probe_answer(st.pq, p, b, rif, latency_estimate(st.pq, b, rif), t, st.inflight[p, b])
 
 
 @jit

@@ -53,6 +53,8 @@ class PrequalState(NamedTuple):
     slot_rif: IntArray
     slot_latency: FloatArray
     slot_at: FloatArray
+    slot_local: IntArray
+    """The proxy's own requests in flight to the slot's backend when the answer arrived."""
     slot_uses: IntArray
     history: IntArray
     """(proxies, RIF_HISTORY): the RIFs of the last answers."""
@@ -86,6 +88,7 @@ def new_prequal(proxies: int, backends: int, settings: PrequalSettings) -> Prequ
         slot_rif=np.zeros((proxies, size), dtype=np.int64),
         slot_latency=np.zeros((proxies, size)),
         slot_at=np.zeros((proxies, size)),
+        slot_local=np.zeros((proxies, size), dtype=np.int64),
         slot_uses=np.zeros((proxies, size), dtype=np.int64),
         history=np.zeros((proxies, RIF_HISTORY), dtype=np.int64),
         meta=np.zeros((proxies, 3), dtype=np.int64),
@@ -172,8 +175,11 @@ def _oldest(pq: PrequalState, p: int) -> int:
 
 
 @jit
-def add(pq: PrequalState, p: int, b: int, rif: int, latency_s: float, now: float) -> None:
-    """`ProbePool.add`: one probe answer of backend b reaches proxy p."""
+def add(
+    pq: PrequalState, p: int, b: int, rif: int, latency_s: float, now: float, local: int
+) -> None:
+    """`ProbePool.add`: one probe answer of backend b reaches proxy p, which has `local` requests
+    in flight to b."""
     k = pq.meta[p, 1]
     pq.history[p, k] = rif
     pq.meta[p, 0] = min(pq.meta[p, 0] + 1, RIF_HISTORY)
@@ -195,6 +201,7 @@ def add(pq: PrequalState, p: int, b: int, rif: int, latency_s: float, now: float
     pq.slot_rif[p, slot] = rif
     pq.slot_latency[p, slot] = latency_s
     pq.slot_at[p, slot] = now
+    pq.slot_local[p, slot] = local
     pq.slot_uses[p, slot] = 0
 
 
@@ -211,9 +218,30 @@ def _reuse_budget(pq: PrequalState, backends: int) -> int:
 
 
 @jit
-def _choose(pq: PrequalState, p: int, now: float, w: FloatArray, count: int, equal: bool) -> int:
+def _rif_now(pq: PrequalState, p: int, s: int, load: IntArray) -> int:
+    """`ProbePool.rif_now` of slot s of proxy p."""
+    return int(max(pq.slot_rif[p, s] + load[pq.slot_backend[p, s]] - pq.slot_local[p, s], 0))
+
+
+@jit
+def _latency_now(pq: PrequalState, p: int, s: int, rif_now: int) -> float:
+    """`ProbePool.latency_now` of slot s of proxy p."""
+    return float(pq.slot_latency[p, s] * (rif_now + 1.0) / (pq.slot_rif[p, s] + 1.0))
+
+
+@jit
+def _choose(
+    pq: PrequalState,
+    p: int,
+    now: float,
+    w: FloatArray,
+    count: int,
+    equal: bool,
+    load: IntArray,
+) -> int:
     """`ProbePool.choose` over the `count` candidates in `pq.candidate` and `pq.order`, with
-    their weights' `relative_shares` unless `equal`; -1 with < 2 usable answers."""
+    their weights' `relative_shares` unless `equal`, the answers read as they stand now by
+    `load` (proxy p's requests in flight per backend); -1 with < 2 usable answers."""
     size = pq.slot_backend.shape[1]
     usable = 0
     for s in range(size):
@@ -230,28 +258,28 @@ def _choose(pq: PrequalState, p: int, now: float, w: FloatArray, count: int, equ
         for k in range(count):
             total += w[pq.order[k]]
     cold, hot = -1, -1
-    hot_load = 0.0
+    cold_latency, hot_load = 0.0, 0.0
     for s in range(size):
         b = pq.slot_backend[p, s]
         if b < 0 or not pq.candidate[b]:
             continue
         share = _share_of(pq, b, w, count, equal, total)
-        if pq.slot_rif[p, s] <= theta * share:
-            if cold < 0 or pq.slot_latency[p, s] < pq.slot_latency[p, cold]:
-                cold = s
-        elif hot < 0 or pq.slot_rif[p, s] / share < hot_load:
+        rif = _rif_now(pq, p, s, load)
+        if rif <= theta * share:
+            latency = _latency_now(pq, p, s, rif)
+            if cold < 0 or latency < cold_latency:
+                cold, cold_latency = s, latency
+        elif hot < 0 or rif / share < hot_load:
             hot = s
-            hot_load = pq.slot_rif[p, s] / share
+            hot_load = rif / share
     best = cold if cold >= 0 else hot
     chosen = pq.slot_backend[p, best]
-    pq.slot_latency[p, best] *= (pq.slot_rif[p, best] + 2.0) / (pq.slot_rif[p, best] + 1.0)
-    pq.slot_rif[p, best] += 1
     pq.slot_uses[p, best] += 1
     if pq.slot_uses[p, best] >= _reuse_budget(pq, pq.candidate.shape[0]):
         pq.slot_backend[p, best] = -1
     for _ in range(pq.removals):
         if pq.meta[p, 2] == 1:
-            slot = _worst(pq, p, theta, w, count, equal, total)
+            slot = _worst(pq, p, theta, w, count, equal, total, load, best)
         else:
             slot = _oldest(pq, p)
         if slot < 0:
@@ -272,21 +300,32 @@ def _share_of(
 
 @jit
 def _worst(
-    pq: PrequalState, p: int, theta: float, w: FloatArray, count: int, equal: bool, total: float
+    pq: PrequalState,
+    p: int,
+    theta: float,
+    w: FloatArray,
+    count: int,
+    equal: bool,
+    total: float,
+    load: IntArray,
+    chosen: int,
 ) -> int:
-    """The hot answer with the highest RIF / share, else the one with the highest latency."""
+    """The hot answer with the highest RIF / share, else the one with the highest latency, both
+    as they stand now, slot `chosen` with the request it is about to send."""
     hot, slow = -1, -1
-    hot_load = 0.0
+    hot_load, slow_latency = 0.0, 0.0
     for s in range(pq.slot_backend.shape[1]):
         b = pq.slot_backend[p, s]
         if b < 0:
             continue
         share = _share_of(pq, b, w, count, equal, total)
-        load = pq.slot_rif[p, s] / share
-        if pq.slot_rif[p, s] > theta * share and (hot < 0 or load > hot_load):
-            hot, hot_load = s, load
-        if slow < 0 or pq.slot_latency[p, s] > pq.slot_latency[p, slow]:
-            slow = s
+        rif = _rif_now(pq, p, s, load) + (1 if s == chosen else 0)
+        per_share = rif / share
+        if rif > theta * share and (hot < 0 or per_share > hot_load):
+            hot, hot_load = s, per_share
+        latency = _latency_now(pq, p, s, rif)
+        if slow < 0 or latency > slow_latency:
+            slow, slow_latency = s, latency
     return hot if hot >= 0 else slow
 
 
@@ -312,13 +351,20 @@ def _candidates(pq: PrequalState, w: FloatArray, avail: np.ndarray) -> tuple[int
 
 @jit
 def pick(
-    pq: PrequalState, p: int, w: FloatArray, avail: np.ndarray, now: float, rng: np.ndarray
+    pq: PrequalState,
+    p: int,
+    w: FloatArray,
+    avail: np.ndarray,
+    load: IntArray,
+    now: float,
+    rng: np.ndarray,
 ) -> int:
-    """The choice of `PrequalPicker.pick` (without its probes: see `targets`); -1 if none."""
+    """The choice of `PrequalPicker.pick` (without its probes: see `targets`) with proxy p's
+    requests in flight per backend `load`; -1 if none."""
     count, equal = _candidates(pq, w, avail)
     if count == 0:
         return -1
-    chosen = _choose(pq, p, now, w, count, equal)
+    chosen = _choose(pq, p, now, w, count, equal, load)
     if chosen < 0:
         chosen = pq.order[_draw_index(pq, w, 0, count, equal, rng)]
     return int(chosen)

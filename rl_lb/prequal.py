@@ -19,12 +19,14 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   counts it at), also ours: recorded at its own latency, or not at all, a backend that fails
   fast answered probes as idle and fast and drew more requests than under least-latency.
 - `ProbePool`, the balancer side: at most `pool_size` answers, the newest per backend, dropped
-  after `max_age_s` or once used `reuse_budget` times. The chosen answer counts the request it
-  sent (RIF + 1) and its latency moves with it by the backend's own rule, × (RIF + 2) / (RIF + 1),
-  also ours: kept as answered, the fastest answer drew request after request until its RIF passed
-  θ, the 84th percentile — on pools of equal single-worker backends a queue of several behind a
-  lucky estimate (Prequal 1.26x `jsq` on seed 3's worlds where `jsq` was best, 1.08x with it;
-  docs/baselines.md). After each choice `removals` answers go,
+  after `max_age_s` or once used `reuse_budget` times. An answer's RIF is read corrected by the
+  proxy's own requests to that backend since it arrived (`load` − `local`: the ones it sent since
+  count, the ones answered since no longer do), and its latency moves with it by the backend's own
+  rule, × (corrected RIF + 1) / (RIF + 1). The paper adds 1 to the chosen answer's RIF; ours also
+  counts the requests that ended meanwhile and the ones sent by another answer of the same
+  backend, and its latency: kept as answered, the fastest answer drew request after request until
+  its RIF passed θ, the 84th percentile — on pools of equal single-worker backends a queue of
+  several behind a lucky estimate (docs/baselines.md). After each choice `removals` answers go,
   alternately the oldest and the worst (the hot one with the highest RIF, else the highest
   latency). θ is the nearest-rank `q_rif` quantile of the last `RIF_HISTORY` RIFs answered.
 - `PrequalPicker`, the `Picker`: chooses from the pool (at random with fewer than 2 usable
@@ -120,6 +122,8 @@ class ProbePool:
         self.rif = [0] * size
         self.latency_s = [0.0] * size
         self.received_at = [0.0] * size
+        self.local = [0] * size
+        """The proxy's own requests in flight to the slot's backend when the answer arrived."""
         self.uses = [0] * size
         self.history: list[int] = []
         self._history_next = 0
@@ -128,8 +132,10 @@ class ProbePool:
         self._remove_worst_next = False
         """The removals alternate: the oldest first, then the worst."""
 
-    def add(self, backend: int, rif: int, latency_s: float, now: float) -> None:
-        """A probe answer: replaces the backend's entry, else fills a free slot, else the oldest."""
+    def add(self, backend: int, rif: int, latency_s: float, now: float, local: int = 0) -> None:
+        """A probe answer: replaces the backend's entry, else fills a free slot, else the oldest.
+        `local`: the proxy's own requests in flight to `backend` now (`choose` reads the answer
+        corrected by how they change)."""
         if len(self.history) < RIF_HISTORY:
             self.history.append(rif)
         else:
@@ -144,6 +150,7 @@ class ProbePool:
         self.rif[slot] = rif
         self.latency_s[slot] = latency_s
         self.received_at[slot] = now
+        self.local[slot] = local
         self.uses[slot] = 0
 
     def threshold(self) -> float:
@@ -157,16 +164,22 @@ class ProbePool:
         return sum(b >= 0 for b in self.backend)
 
     def choose(
-        self, candidate: Sequence[bool], now: float, share: Sequence[float] | None = None
+        self,
+        candidate: Sequence[bool],
+        load: Sequence[int],
+        now: float,
+        share: Sequence[float] | None = None,
     ) -> int:
-        """The hot-cold choice among usable answers, its +1 and removals; -1 when fewer than 2
-        answers are usable (fresh, of a `candidate` backend). The +1 moves the chosen answer's
-        latency to the new RIF as the backend scales its own (× (RIF + 2) / (RIF + 1)).
+        """The hot-cold choice among usable answers and the removals; -1 when fewer than 2
+        answers are usable (fresh, of a `candidate` backend).
 
-        `share`: each candidate's weight relative to the candidates' mean (`relative_shares`);
-        an answer is hot when its RIF exceeds θ × its share, with every answer hot the lowest
-        RIF / share wins, and the worst answer to remove is the hot one of the highest RIF /
-        share. None (equal weights) is the published rule."""
+        `load`: per backend, the proxy's own requests in flight to it now. Each answer is read
+        as it stands now (`rif_now`, `latency_now`): its RIF moved by what `load` moved since
+        the answer came (`local`), its latency scaled to that. `share`: each candidate's weight
+        relative to the candidates' mean (`relative_shares`); an answer is hot when its RIF
+        exceeds θ × its share, with every answer hot the lowest RIF / share wins, and the worst
+        answer to remove is the hot one of the highest RIF / share. None (equal weights) is the
+        published rule."""
         settings = self.settings
         for slot, b in enumerate(self.backend):
             if b >= 0 and now - self.received_at[slot] > settings.max_age_s:
@@ -175,29 +188,42 @@ class ProbePool:
         if len(usable) < 2:
             return -1
         theta = self.threshold()
+        rif = self.rif_now(load)
         scale = [self._share_of(s, candidate, share) for s in usable]
-        cold = [s for s, k in zip(usable, scale, strict=True) if self.rif[s] <= theta * k]
+        cold = [s for s, k in zip(usable, scale, strict=True) if rif[s] <= theta * k]
         if cold:
-            best = min(cold, key=lambda s: self.latency_s[s])
+            best = min(cold, key=lambda s: self.latency_now(s, rif[s]))
         else:
-            best = usable[min(range(len(usable)), key=lambda i: self.rif[usable[i]] / scale[i])]
+            best = usable[min(range(len(usable)), key=lambda i: rif[usable[i]] / scale[i])]
         chosen = self.backend[best]
-        self.latency_s[best] *= (self.rif[best] + 2) / (self.rif[best] + 1)
-        self.rif[best] += 1
         self.uses[best] += 1
         if self.uses[best] >= reuse_budget(settings, len(candidate)):
             self.backend[best] = -1
+        rif[best] += 1  # the request this choice sends, which `load` does not count yet
         for _ in range(settings.removals):
             occupied = [s for s, b in enumerate(self.backend) if b >= 0]
             if not occupied:
                 break
             if self._remove_worst_next:
-                slot = self._worst(occupied, theta, candidate, share)
+                slot = self._worst(occupied, theta, rif, candidate, share)
             else:
                 slot = self._oldest()
             self.backend[slot] = -1
             self._remove_worst_next = not self._remove_worst_next
         return chosen
+
+    def rif_now(self, load: Sequence[int]) -> list[int]:
+        """Per slot: the answer's RIF corrected by the proxy's own requests to its backend since
+        (sent since: + 1 each; answered since: − 1 each, at least 0); 0 for a free slot."""
+        return [
+            max(r + load[b] - sent, 0) if b >= 0 else 0
+            for b, r, sent in zip(self.backend, self.rif, self.local, strict=True)
+        ]
+
+    def latency_now(self, slot: int, rif_now: int) -> float:
+        """The slot's latency scaled to `rif_now` as the backend scales its own (`LatencyByRif`):
+        × (rif_now + 1) / (RIF answered + 1)."""
+        return self.latency_s[slot] * (rif_now + 1) / (self.rif[slot] + 1)
 
     def _oldest(self) -> int:
         occupied = [s for s, b in enumerate(self.backend) if b >= 0]
@@ -207,16 +233,17 @@ class ProbePool:
         self,
         occupied: list[int],
         theta: float,
+        rif: list[int],
         candidate: Sequence[bool],
         share: Sequence[float] | None,
     ) -> int:
         """The hot entry with the highest RIF / share, else the one with the highest latency:
-        hot as `choose` judges it."""
+        hot as `choose` judges it, RIF and latency as they stand now (`rif`: `rif_now`)."""
         scale = {s: self._share_of(s, candidate, share) for s in occupied}
-        hot = [s for s in occupied if self.rif[s] > theta * scale[s]]
+        hot = [s for s in occupied if rif[s] > theta * scale[s]]
         if hot:
-            return max(hot, key=lambda s: (self.rif[s] / scale[s], -s))
-        return max(occupied, key=lambda s: (self.latency_s[s], -s))
+            return max(hot, key=lambda s: (rif[s] / scale[s], -s))
+        return max(occupied, key=lambda s: (self.latency_now(s, rif[s]), -s))
 
     def _share_of(
         self, slot: int, candidate: Sequence[bool], share: Sequence[float] | None
@@ -366,7 +393,7 @@ class PrequalPicker:
         if not backends:
             raise NoBackendAvailable("no backend is available (all unhealthy or ejected)")
         now = self.clock()
-        chosen = self.pool.choose(table.mask, now, table.share)
+        chosen = self.pool.choose(table.mask, view.in_flight, now, table.share)
         self.picks += 1
         if chosen < 0:
             self.blind_picks += 1
@@ -376,7 +403,8 @@ class PrequalPicker:
             self.prober(targets)
         else:
             for b in targets:
-                self.pool.add(b, *own_view_answer(view.in_flight[b], view.cost(b)), now)
+                rif = view.in_flight[b]
+                self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, rif)
         return chosen
 
     def targets(self, table: _Candidates) -> list[int]:

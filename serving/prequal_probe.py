@@ -116,13 +116,13 @@ class Prober:
             backend = monitor.backends[i]
             counts = self.counts[backend.url]
             if self.own_view(backend.url, now):
-                picker.pool.add(i, *self._own_view(i), now)
+                picker.pool.add(i, *self._own_view(i), now, monitor.metrics.in_flight[i])
                 counts["own-view"] += 1
             elif not self._take_token(backend.url, now):
                 # Over the probe budget: answered from the proxy's own view too. Skipped, the
                 # pool ran dry under load and Prequal drew blind (at random), which sent a
                 # backend that fails fast its full share (docs/proxy.md, "Prequal probes").
-                picker.pool.add(i, *self._own_view(i), now)
+                picker.pool.add(i, *self._own_view(i), now, monitor.metrics.in_flight[i])
                 counts["limited"] += 1
             else:
                 task = asyncio.get_running_loop().create_task(self._probe(picker, backend))
@@ -186,8 +186,10 @@ class Prober:
             return
         self.unsupported_since.pop(backend.url, None)
         counts["answered"] += 1
-        if backend.index >= 0 and picker.prober is not None:
-            picker.pool.add(backend.index, answer[0], answer[1], self.monitor.clock())
+        i = backend.index
+        if i >= 0 and picker.prober is not None:
+            local = self.monitor.metrics.in_flight[i]  # in flight now: `choose` reads the change
+            picker.pool.add(i, answer[0], answer[1], self.monitor.clock(), local)
 
     def state(self) -> dict[str, Any] | None:
         """For /admin/state: per backend, who answers its probes and how probes ended."""

@@ -42,6 +42,16 @@ def _pool(**settings: float) -> ProbePool:
 
 
 ALL4 = [True] * 4
+IDLE = [0] * 100
+"""The proxy's requests in flight per backend, for choices that do not send (none, ever)."""
+
+
+def _send(pool: ProbePool, candidate: Sequence[bool], load: list[int], now: float) -> int:
+    """One choice whose request the proxy then sends (its in-flight count goes up)."""
+    chosen = pool.choose(candidate, load, now)
+    if chosen >= 0:
+        load[chosen] += 1
+    return chosen
 
 
 # --- the rule, by hand ---------------------------------------------------------------------------
@@ -68,7 +78,7 @@ def test_cold_beats_hot_whatever_the_latency_and_the_lowest_latency_among_cold()
     pool.add(0, 10, 0.001, 0.0)  # hot, fastest
     pool.add(1, 1, 1.0, 0.0)
     pool.add(2, 2, 2.0, 0.0)  # θ = 2nd smallest of [10, 1, 2] = 2: 1 and 2 cold
-    assert pool.choose(ALL4, 0.1) == 1
+    assert pool.choose(ALL4, IDLE, 0.1) == 1
 
 
 def test_all_hot_gives_the_lowest_rif() -> None:
@@ -77,7 +87,7 @@ def test_all_hot_gives_the_lowest_rif() -> None:
         pool.add(3, 0, 0.001, 0.0)
     pool.add(0, 7, 0.5, 0.0)
     pool.add(1, 5, 0.9, 0.0)  # history [0, 0, 0, 7, 5]: θ = 0, so both candidates are hot
-    assert pool.choose([True, True, False, False], 0.1) == 1
+    assert pool.choose([True, True, False, False], IDLE, 0.1) == 1
 
 
 def test_a_backend_of_k_times_the_mean_weight_is_hot_only_above_k_times_theta() -> None:
@@ -89,12 +99,12 @@ def test_a_backend_of_k_times_the_mean_weight_is_hot_only_above_k_times_theta() 
         return pool
 
     three = [True, True, True, False]
-    assert pool_of_three().choose(three, 0.1) == 1  # published: 0 hot, 1 and 2 cold
+    assert pool_of_three().choose(three, IDLE, 0.1) == 1  # published: 0 hot, 1 and 2 cold
     share = relative_shares([0.6, 0.2, 0.2, 0.0], [0, 1, 2], 1.0)
     assert share == pytest.approx([1.8, 0.6, 0.6, 0.0])
-    assert pool_of_three().choose(three, 0.1, share) == 1  # 0 hot above 3.6, 2 above 1.2
+    assert pool_of_three().choose(three, IDLE, 0.1, share) == 1  # 0 hot above 3.6, 2 above 1.2
     share = relative_shares([0.8, 0.1, 0.1, 0.0], [0, 1, 2], 1.0)
-    assert pool_of_three().choose(three, 0.1, share) == 0  # 0 cold up to 4.8; 1, 2 hot
+    assert pool_of_three().choose(three, IDLE, 0.1, share) == 0  # 0 cold up to 4.8; 1, 2 hot
 
 
 def test_all_hot_gives_the_lowest_rif_per_share() -> None:
@@ -103,7 +113,7 @@ def test_all_hot_gives_the_lowest_rif_per_share() -> None:
         pool.add(3, 0, 0.001, 0.0)
     pool.add(0, 7, 0.5, 0.0)
     pool.add(1, 5, 0.9, 0.0)  # θ = 0: both hot; 7 / 2 < 5 / 1
-    assert pool.choose([True, True, False, False], 0.1, [2.0, 1.0, 0.0, 0.0]) == 0
+    assert pool.choose([True, True, False, False], IDLE, 0.1, [2.0, 1.0, 0.0, 0.0]) == 0
 
 
 def test_stale_entries_are_dropped_and_fewer_than_two_usable_is_no_choice() -> None:
@@ -111,9 +121,9 @@ def test_stale_entries_are_dropped_and_fewer_than_two_usable_is_no_choice() -> N
     pool.add(0, 1, 0.01, 0.0)
     pool.add(1, 1, 0.02, 0.6)
     pool.add(2, 1, 0.03, 0.7)
-    assert pool.choose(ALL4, 1.05) == 1  # the answer of backend 0 is 1.05 s old: dropped
+    assert pool.choose(ALL4, IDLE, 1.05) == 1  # the answer of backend 0 is 1.05 s old: dropped
     assert pool.backend.count(0) == 0
-    assert pool.choose(ALL4, 1.65) == -1  # only backend 2's answer is younger than 1 s
+    assert pool.choose(ALL4, IDLE, 1.65) == -1  # only backend 2's answer is younger than 1 s
     assert pool.entries() == 1
 
 
@@ -128,11 +138,12 @@ def test_the_reuse_budget_formula() -> None:
 def test_an_answer_serves_at_most_its_reuse_budget() -> None:
     pool = _pool(q_rif=1.0, removals=0)
     pool.add(3, 10, 0.0, 0.0)  # not a candidate below; θ = 10 keeps the others cold
-    pool.add(0, 0, 0.1, 0.0)  # 0.2 s after its first use (the +1 scales it): still ahead of 1
+    pool.add(0, 0, 0.1, 0.0)  # 0.2 s after its first use (RIF 1 now): still ahead of 1
     pool.add(1, 0, 0.3, 0.0)
     pool.add(2, 0, 0.9, 0.0)
     hundred = [b != 3 for b in range(100)]  # budget 2 (above)
-    assert [pool.choose(hundred, 0.1) for _ in range(4)] == [0, 0, 1, 1]
+    load = [0] * 100
+    assert [_send(pool, hundred, load, 0.1) for _ in range(4)] == [0, 0, 1, 1]
     assert sorted(b for b in pool.backend if b >= 0) == [2, 3]
 
 
@@ -143,13 +154,13 @@ def test_removals_alternate_the_oldest_and_the_worst() -> None:
         pool.add(b, 0, latency, at)
     pool.add(4, 10, 0.0, 0.4)  # not a candidate; θ = 10
     first4 = [True, True, True, True, False]
-    assert pool.choose(first4, 0.5) == 1
+    assert pool.choose(first4, IDLE, 0.5) == 1
     assert sorted(b for b in pool.backend if b >= 0) == [1, 2, 3, 4]  # the oldest (0) went
-    assert pool.choose(first4, 0.5) == 1
+    assert pool.choose(first4, IDLE, 0.5) == 1
     assert sorted(b for b in pool.backend if b >= 0) == [1, 2, 4]  # the worst (3, slowest) went
-    assert pool.choose(first4, 0.5) == 1
+    assert pool.choose(first4, IDLE, 0.5) == 1
     assert sorted(b for b in pool.backend if b >= 0) == [2, 4]  # the oldest again (1)
-    assert pool.choose(first4, 0.5) == -1
+    assert pool.choose(first4, IDLE, 0.5) == -1
 
 
 def test_the_worst_is_the_hot_entry_with_the_highest_rif_before_any_latency() -> None:
@@ -158,33 +169,41 @@ def test_the_worst_is_the_hot_entry_with_the_highest_rif_before_any_latency() ->
     pool.add(1, 1, 0.8, 0.1)  # slowest after 0, but cold
     pool.add(2, 4, 0.01, 0.2)  # hot: the worst
     pool.add(3, 1, 0.05, 0.3)  # θ = 2nd smallest of [1, 1, 4, 1] = 1
-    assert pool.choose(ALL4, 0.5) == 3
+    assert pool.choose(ALL4, IDLE, 0.5) == 3
     assert sorted(b for b in pool.backend if b >= 0) == [1, 3]
 
 
-def test_the_chosen_entry_counts_one_more_request_locally() -> None:
+def test_an_answer_is_read_moved_by_the_proxys_own_requests_since_it_came() -> None:
     pool = _pool(q_rif=0.0, removals=0)
-    pool.add(0, 1, 0.1, 0.0)
+    load = [3, 0, 0, 0]  # the proxy's requests in flight, per backend
+    pool.add(0, 1, 0.1, 0.0, local=3)  # three of ours were at backend 0 when it answered 1
     pool.add(1, 1, 0.2, 0.0)  # θ = 1: both cold
-    assert pool.choose(ALL4, 0.1) == 0
-    assert pool.rif[pool.backend.index(0)] == 2  # now hot: the next request goes to 1
-    assert pool.choose(ALL4, 0.1) == 1
-    assert pool.rif[pool.backend.index(1)] == 2
+    assert _send(pool, ALL4, load, 0.1) == 0
+    assert pool.rif_now(load)[pool.backend.index(0)] == 2  # one more of ours: hot
+    assert _send(pool, ALL4, load, 0.1) == 1
+    load[0] -= 2  # two of ours answered since: 1 + 2 - 3 = 0, cold again
+    slot = pool.backend.index(0)
+    assert pool.rif_now(load)[slot] == 0
+    assert pool.latency_now(slot, 0) == pytest.approx(0.05)  # 0.1 at RIF 1, × 1 / 2
+    assert _send(pool, ALL4, load, 0.1) == 0
+    load[0] = 0  # never below 0, whatever came back
+    assert pool.rif_now(load)[slot] == 0
 
 
 def test_the_chosen_answer_s_latency_moves_to_its_new_rif() -> None:
     """Kept as answered, the fastest answer drew every request until its RIF passed θ; scaled
-    by (RIF + 2) / (RIF + 1) as the backend scales its own, it yields to the next fastest."""
+    by (RIF now + 1) / (RIF + 1) as the backend scales its own, it yields to the next fastest."""
     pool = _pool(q_rif=1.0, removals=0)
+    load = [0] * 4
     pool.add(2, 5, 1.0, 0.0)  # θ = 5: backends 0 and 1 stay cold for a while
     pool.add(0, 0, 0.010, 0.0)
     pool.add(1, 0, 0.015, 0.0)
-    assert pool.choose(ALL4, 0.1) == 0
-    assert pool.latency_s[pool.backend.index(0)] == pytest.approx(0.020)
-    assert pool.choose(ALL4, 0.1) == 1  # 15 ms against 0's 20 ms at RIF 1
-    assert pool.latency_s[pool.backend.index(1)] == pytest.approx(0.030)
-    assert pool.choose(ALL4, 0.1) == 0
-    assert pool.latency_s[pool.backend.index(0)] == pytest.approx(0.030)  # 10 ms × 3 / 1
+    assert _send(pool, ALL4, load, 0.1) == 0
+    assert pool.latency_now(1, pool.rif_now(load)[1]) == pytest.approx(0.020)  # slot 1: 0's
+    assert _send(pool, ALL4, load, 0.1) == 1  # 15 ms against 0's 20 ms at RIF 1
+    assert _send(pool, ALL4, load, 0.1) == 0  # 20 ms against 1's 30 ms
+    assert pool.latency_now(1, pool.rif_now(load)[1]) == pytest.approx(0.030)  # 10 ms × 3 / 1
+    assert pool.rif[:3] == [5, 0, 0]  # the answers themselves are kept as answered
 
 
 def test_an_answer_replaces_the_backends_entry_else_the_oldest_when_full() -> None:
@@ -363,14 +382,18 @@ def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
     picker = PrequalPicker(replay, settings, clock=lambda: now[0])
     picker.prober = sent.extend
     twin = nb_prequal.new_prequal(1, backends, settings)
+    in_flight = np.zeros(backends, dtype=np.int64)  # the proxy's own requests, per backend
     for _ in range(1500):
         now[0] += float(events.exponential(0.004))
-        if events.random() < 0.5:  # probe answers
+        if events.random() < 0.5:  # probe answers, and some of the proxy's requests answered
             for _ in range(int(events.integers(1, 4))):
                 b, rif = int(events.integers(backends)), int(events.integers(0, 6))
                 latency = float(events.choice([0.01, 0.02, 0.015, 0.03]))
-                picker.pool.add(b, rif, latency, now[0])
-                nb_prequal.add(twin, 0, b, rif, latency, now[0])
+                local = int(in_flight[b])
+                picker.pool.add(b, rif, latency, now[0], local)
+                nb_prequal.add(twin, 0, b, rif, latency, now[0], local)
+                done = int(events.integers(backends))
+                in_flight[done] = max(in_flight[done] - int(events.integers(0, 3)), 0)
             continue
         kind = events.random()
         if kind < 0.2:  # some excluded, two levels: weighted draws among the rest
@@ -383,16 +406,20 @@ def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
         picker.update(w)
         sent.clear()
         try:
-            theirs = picker.pick(View([0] * backends, available.tolist(), [0.0] * backends))
+            view = View(in_flight.tolist(), available.tolist(), [0.0] * backends)
+            theirs = picker.pick(view)
         except NoBackendAvailable:
             theirs = -1
-        ours = nb_prequal.pick(twin, 0, w, available, now[0], rng)
+        ours = nb_prequal.pick(twin, 0, w, available, in_flight, now[0], rng)
         count = nb_prequal.targets(twin, w, available, rng) if ours >= 0 else 0
         assert ours == theirs
+        if ours >= 0:
+            in_flight[ours] += 1
         assert twin.order[:count].tolist() == sent
         assert twin.slot_backend[0].tolist() == picker.pool.backend
         assert twin.slot_rif[0].tolist() == picker.pool.rif
         assert twin.slot_uses[0].tolist() == picker.pool.uses
+        assert twin.slot_local[0].tolist() == picker.pool.local
     assert nb_random.uniform(rng) == draws[replay.used]  # both used the same number of draws
 
 
@@ -417,7 +444,7 @@ def test_the_twin_threshold_is_the_references() -> None:
     for _ in range(300):
         b, rif = int(events.integers(4)), int(events.integers(0, 40))
         pool.add(b, rif, 0.01, 0.0)
-        nb_prequal.add(twin, 0, b, rif, 0.01, 0.0)
+        nb_prequal.add(twin, 0, b, rif, 0.01, 0.0, 0)
         assert nb_prequal.threshold(twin, 0) == pool.threshold()
 
 
@@ -548,7 +575,7 @@ class RebuildingPicker:
                 weights[b] * len(backends) / total if candidate[b] else 0.0
                 for b in range(len(weights))
             ]
-        chosen = self.pool.choose(candidate, now, share)
+        chosen = self.pool.choose(candidate, view.in_flight, now, share)
         if chosen < 0:
             chosen = backends[self._draw_index(backends, 0)]
         count = probe_count(self.pool.settings.probes, len(backends), self._rng.random)
@@ -560,7 +587,8 @@ class RebuildingPicker:
             self.prober(order[:count])
         else:
             for b in order[:count]:
-                self.pool.add(b, *own_view_answer(view.in_flight[b], view.cost(b)), now)
+                rif = view.in_flight[b]
+                self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, rif)
         return chosen
 
     def _draw_index(self, backends: list[int], start: int) -> int:
@@ -659,8 +687,8 @@ def test_kept_candidates_pick_and_probe_exactly_as_rebuilding_them(name: str) ->
             for _ in range(int(events.integers(1, 4))):
                 b, rif = int(events.integers(n)), int(events.integers(0, 6))
                 latency = float(events.choice([0.01, 0.02, 0.03]))
-                kept.pool.add(b, rif, latency, now[0])
-                reference.pool.add(b, rif, latency, now[0])
+                kept.pool.add(b, rif, latency, now[0], in_flight[b])
+                reference.pool.add(b, rif, latency, now[0], in_flight[b])
         b = int(events.integers(n))
         in_flight[b] = int(events.integers(0, 8))
         costs[b] = float(events.exponential(0.02))
