@@ -56,7 +56,7 @@ slow backend got as many requests as the fast ones."""
 
 
 async def _through_proxy(**settings: Any) -> tuple[dict[str, Any], str, list[str], Any]:
-    """300 requests (10 at a time) through a prequal proxy: its state, /metrics, the backends,
+    """300 requests (10 clients) through a prequal proxy: its state, /metrics, the backends,
     and one probe answered by the first backend directly."""
     async with EmulatedPool(LIVE, seed=3) as pool:
         config = ProxyConfig(
@@ -76,12 +76,16 @@ async def _through_proxy(**settings: Any) -> tuple[dict[str, Any], str, list[str
                     assert response.status == 200
                     await response.read()
 
-            for _ in range(30):
-                await asyncio.gather(*(one() for _ in range(10)))
-                # the batch's probes come back before the next batch is picked: without the
-                # pause, on a loaded machine (CI's test workers on 2 cores) they were still out,
-                # Prequal drew blind and the slow backend got a third of the requests
-                await asyncio.sleep(0.05)
+            async def client() -> None:
+                for _ in range(30):
+                    await one()
+
+            # Ten clients, each sending its next request when the last is answered: the slow
+            # backend's requests stay in flight while the fast ones come and go, as under real
+            # load. Batches of ten, each waiting for its slowest, picked ten at once from a pool
+            # whose every answer said RIF 0: Prequal's RIF rule then shares them out evenly, and
+            # on a loaded machine (CI, 2 cores) the slow backend got a third of the requests.
+            await asyncio.gather(*(client() for _ in range(10)))
             async with session.get(f"{admin}/admin/state") as response:
                 state = await response.json()
             async with session.get(f"{admin}/metrics") as response:
