@@ -302,7 +302,8 @@ def _probe_answer(sp: Spec, st: State, key: int, t: float, held: bool) -> None:
     if _conditions(sp, b, t)[3]:
         return
     rif = st.busy[b] + st.q_len[b]
-    add_probe_answer(st.pq, p, b, rif, latency_estimate(st.pq, b, rif), t, st.inflight[p, b])
+    estimate = latency_estimate(st.pq, b, rif, t)
+    add_probe_answer(st.pq, p, b, rif, estimate, t, st.inflight[p, b])
 
 
 @jit
@@ -399,7 +400,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
             if kind == _ERROR_ANSWER:
                 # Priced at the error penalty, as the peak-EWMA prices it: a backend that fails
                 # fast must not answer Prequal's probes as the fastest (rl_lb.prequal).
-                record_latency(st.pq, b, st.l_rif[s], st.m.penalty)
+                record_latency(st.pq, b, st.l_rif[s], st.m.penalty, True, t)
                 _answer(sp, st, r, t, True)
                 st.l_refs[s] -= 1
                 continue
@@ -409,7 +410,7 @@ def advance(sp: Spec, st: State, t_end: float, rng: np.ndarray) -> int:
                 push(st, t + extra, r, _SERVICE)
                 continue
             st.busy[b] -= 1
-            record_latency(st.pq, b, st.l_rif[s], t - st.r_arrival[r])
+            record_latency(st.pq, b, st.l_rif[s], t - st.r_arrival[r], False, t)
             if st.q_len[b] > 0:
                 nxt = st.q_head[b]
                 st.q_head[b] = st.l_qnext[_slot(st, nxt)]

@@ -20,13 +20,20 @@ import numpy as np
 from envs.jit import jit
 from envs.nb_random import uniform
 from rl_lb.control import PrequalSettings
-from rl_lb.prequal import LATENCY_NEIGHBOURS, LATENCY_RING, REUSE_DELTA, RIF_HISTORY
+from rl_lb.prequal import (
+    FAILURE_WINDOW_S,
+    LATENCY_NEIGHBOURS,
+    LATENCY_RING,
+    REUSE_DELTA,
+    RIF_HISTORY,
+)
 from rl_lb.types import FloatArray, IntArray
 
 __all__ = [
     "TWIN_OF",
     "PrequalState",
     "add",
+    "failure_price",
     "latency_estimate",
     "new_prequal",
     "pick",
@@ -63,6 +70,8 @@ class PrequalState(NamedTuple):
     ring_rif: IntArray
     """(backends, LATENCY_RING): RIF found by each recent request on arrival."""
     ring_latency: FloatArray
+    ring_failed_at: FloatArray
+    """When each entry's request failed; -inf for one that did not."""
     ring_meta: IntArray
     """Per backend: [count, next slot]."""
     taken: np.ndarray
@@ -94,6 +103,7 @@ def new_prequal(proxies: int, backends: int, settings: PrequalSettings) -> Prequ
         meta=np.zeros((proxies, 3), dtype=np.int64),
         ring_rif=np.zeros((backends, LATENCY_RING), dtype=np.int64),
         ring_latency=np.zeros((backends, LATENCY_RING)),
+        ring_failed_at=np.full((backends, LATENCY_RING), -np.inf),
         ring_meta=np.zeros((backends, 2), dtype=np.int64),
         taken=np.zeros(LATENCY_RING, dtype=np.bool_),
         nearest=np.zeros(LATENCY_NEIGHBOURS),
@@ -103,18 +113,39 @@ def new_prequal(proxies: int, backends: int, settings: PrequalSettings) -> Prequ
 
 
 @jit
-def record_latency(pq: PrequalState, b: int, rif_at_arrival: int, latency_s: float) -> None:
+def record_latency(
+    pq: PrequalState, b: int, rif_at_arrival: int, latency_s: float, failed: bool, now: float
+) -> None:
     """`LatencyByRif.record` of backend b."""
     k = pq.ring_meta[b, 1]
     pq.ring_rif[b, k] = rif_at_arrival
     pq.ring_latency[b, k] = latency_s
+    pq.ring_failed_at[b, k] = now if failed else -np.inf
     pq.ring_meta[b, 0] = min(pq.ring_meta[b, 0] + 1, LATENCY_RING)
     pq.ring_meta[b, 1] = (k + 1) % LATENCY_RING
 
 
 @jit
-def latency_estimate(pq: PrequalState, b: int, rif: int) -> float:
-    """`LatencyByRif.estimate` of backend b: the median of the nearest in RIF, newer on ties."""
+def latency_estimate(pq: PrequalState, b: int, rif: int, now: float) -> float:
+    """`LatencyByRif.estimate` of backend b: the median of the nearest in RIF (newer on ties)
+    plus the price of its recent failures."""
+    return _median(pq, b, rif) + failure_price(pq, b, now)
+
+
+@jit
+def failure_price(pq: PrequalState, b: int, now: float) -> float:
+    """`LatencyByRif.failure_price` of backend b."""
+    count = pq.ring_meta[b, 0]
+    total = 0.0
+    for k in range(count):
+        if now - pq.ring_failed_at[b, k] <= FAILURE_WINDOW_S:
+            total += pq.ring_latency[b, k]
+    return float(total / count) if count else 0.0
+
+
+@jit
+def _median(pq: PrequalState, b: int, rif: int) -> float:
+    """The median of the `LATENCY_NEIGHBOURS` nearest in RIF, newer on ties, scaled to `rif`."""
     count = pq.ring_meta[b, 0]
     if count == 0:
         return 0.0

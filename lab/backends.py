@@ -259,7 +259,8 @@ class EmulatedBackend:
             return web.Response(text="ok\n")
         if request.path == PROBE_PATH:
             rif = self.in_flight
-            answer = {"rif": rif, "latency_ms": self.latency.estimate(rif) * 1000.0}
+            estimate = self.latency.estimate(rif, time.monotonic())
+            answer = {"rif": rif, "latency_ms": estimate * 1000.0}
             return web.json_response(answer)
         await request.read()
         now = time.monotonic()
@@ -267,7 +268,7 @@ class EmulatedBackend:
         if event is not None and event.error_rate > 0 and self._rng.random() < event.error_rate:
             rif = self.in_flight
             await self._sleep_until(self._work_end(now, event.error_latency_s))
-            self.latency.record(rif, self.error_penalty_s)
+            self.latency.record(rif, self.error_penalty_s, failed=True, now=time.monotonic())
             return web.Response(status=503, text="injected error\n")
         if self._servers.waiting(now) >= self.spec.queue_limit:
             return web.Response(status=503, text="queue full\n")

@@ -17,7 +17,9 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   with four proxies, half-slow.toml's p99 went from ~900 ms to ~115 ms with it).
   A failed request counts at the error penalty (`metrics.error-penalty`, what the peak-EWMA
   counts it at), also ours: recorded at its own latency, or not at all, a backend that fails
-  fast answered probes as idle and fast and drew more requests than under least-latency.
+  fast answered probes as idle and fast and drew more requests than under least-latency. And the
+  failures of the last `FAILURE_WINDOW_S` add their price spread over the ring (the failed
+  share × the penalty): the median alone ignores failures below half (`failure_price`).
 - `ProbePool`, the balancer side: at most `pool_size` answers, the newest per backend, dropped
   after `max_age_s` or once used `reuse_budget` times. An answer's RIF is read corrected by the
   proxy's own requests to that backend since it arrived (`load` − `local`: the ones it sent since
@@ -63,10 +65,16 @@ import numpy.typing as npt
 
 from rl_lb.availability import Availability
 from rl_lb.control import PrequalSettings
-from rl_lb.prequal_answer import LATENCY_NEIGHBOURS, LATENCY_RING, own_view_answer
+from rl_lb.prequal_answer import (
+    FAILURE_WINDOW_S,
+    LATENCY_NEIGHBOURS,
+    LATENCY_RING,
+    own_view_answer,
+)
 from rl_lb.types import Clock, LoadView, NoBackendAvailable
 
-__all__ = [  # LATENCY_*: the backend side's, re-exported so the twin's check covers them
+__all__ = [  # these three: the backend side's, re-exported so the twin's check covers them
+    "FAILURE_WINDOW_S",
     "LATENCY_NEIGHBOURS",
     "LATENCY_RING",
     "REUSE_DELTA",

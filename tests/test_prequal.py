@@ -30,7 +30,12 @@ from rl_lb.prequal import (
     reuse_budget,
     rif_threshold,
 )
-from rl_lb.prequal_answer import LATENCY_RING, LatencyByRif, own_view_answer
+from rl_lb.prequal_answer import (
+    FAILURE_WINDOW_S,
+    LATENCY_RING,
+    LatencyByRif,
+    own_view_answer,
+)
 from rl_lb.scenarios import load_scenario, time_scaled
 from rl_lb.types import Clock, NoBackendAvailable
 
@@ -231,6 +236,20 @@ def test_latency_estimate_is_the_median_near_the_current_rif() -> None:
     assert estimate.estimate(9) == pytest.approx(0.5)  # the 7 nearest in RIF are at 9
 
 
+def test_recent_failures_add_their_price_spread_over_the_ring() -> None:
+    """A backend failing fast in 2 of 8 requests: the median (of 7) stays at 10 ms, the answer
+    is 10 ms + 2/8 × the 5 s penalty; once FAILURE_WINDOW_S has passed, 10 ms again."""
+    estimate = LatencyByRif()
+    for k in range(8):
+        if k in (2, 5):
+            estimate.record(0, 5.0, failed=True, now=100.0)
+        else:
+            estimate.record(0, 0.010, now=100.0)
+    assert estimate.estimate(0, 100.0) == pytest.approx(0.010 + 1.25)
+    assert estimate.estimate(0, 100.0 + FAILURE_WINDOW_S) == pytest.approx(1.26)
+    assert estimate.estimate(0, 100.1 + FAILURE_WINDOW_S) == pytest.approx(0.010)
+
+
 def test_the_latency_ring_forgets_the_oldest() -> None:
     estimate = LatencyByRif()
     for _ in range(LATENCY_RING):
@@ -427,13 +446,22 @@ def test_the_twin_estimates_latency_as_the_reference() -> None:
     events = np.random.default_rng(9)
     reference = LatencyByRif()
     twin = nb_prequal.new_prequal(1, 2, PrequalSettings())
+    t = 0.0
+    priced = 0
     for _ in range(400):
+        t += float(events.exponential(0.5))
         rif, latency = int(events.integers(0, 12)), float(events.exponential(0.02))
-        reference.record(rif, latency)
-        nb_prequal.record_latency(twin, 1, rif, latency)
-        now = int(events.integers(0, 14))
-        assert nb_prequal.latency_estimate(twin, 1, now) == reference.estimate(now)
-    assert nb_prequal.latency_estimate(twin, 0, 3) == LatencyByRif().estimate(3) == 0.0
+        failed = bool(events.random() < 0.1)
+        if failed:
+            latency = 5.0
+        reference.record(rif, latency, failed=failed, now=t)
+        nb_prequal.record_latency(twin, 1, rif, latency, failed, t)
+        rif_now = int(events.integers(0, 14))
+        estimate = reference.estimate(rif_now, t)
+        assert nb_prequal.latency_estimate(twin, 1, rif_now, t) == estimate
+        priced += reference.failure_price(t) > 0
+    assert 50 < priced < 400  # failures priced, and forgotten after FAILURE_WINDOW_S
+    assert nb_prequal.latency_estimate(twin, 0, 3, t) == LatencyByRif().estimate(3, t) == 0.0
 
 
 def test_the_twin_threshold_is_the_references() -> None:

@@ -250,4 +250,5 @@ async def test_a_failed_request_counts_at_the_error_penalty_in_probe_answers() -
         assert [(await timed(session, pool.urls[0]))[0] for _ in range(3)] == [503] * 3
         async with session.get(pool.urls[0] + PROBE_PATH) as response:
             answer = await response.json()
-    assert answer == {"rif": 0, "latency_ms": DEFAULT_ERROR_PENALTY_S * 1000.0}
+    # the median of its answers (all failed: the penalty) and its failed share (all) × it
+    assert answer == {"rif": 0, "latency_ms": 2 * DEFAULT_ERROR_PENALTY_S * 1000.0}
