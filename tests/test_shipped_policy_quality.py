@@ -49,10 +49,13 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-164732-s9@80000~t0.2, on `prequal`: stage 4 of seed 9's recipe
-run again after Prequal's used answers began to move their latency with their RIF, its scores
-tempered to 0.2, training/temper.py) measures 0.281, 0.292 and 0.767 here (per seed 0.168, 0.344,
-0.383; 0.377, 0.247, 0.268; 0.760, 0.780, 0.761; the last against the changed `prequal`). Its
+"""The shipped policy (ppo-20261205-201508-s9@120000~t0.25, on `prequal`: seed 9's recipe run
+again after Prequal's pool began to read its answers moved by the proxy's own requests and its
+estimate to price recent failures, its scores tempered to 0.25, training/temper.py) measures
+0.269, 0.295 and 0.808 here (per seed 0.166, 0.321, 0.363; 0.377, 0.260, 0.261; 0.802, 0.795,
+0.828; the last against the changed `prequal`). ppo-20261205-164732-s9@80000~t0.2 (after
+Prequal's used answers began to move their latency with their RIF) measured 0.281, 0.292 and
+0.767 (per seed 0.168, 0.344, 0.383; 0.377, 0.247, 0.268; 0.760, 0.780, 0.761). Its
 predecessor, ppo-20261205-151111-s9@40000~t0.35 (after the outcome guard's estimate of the fallback
 was corrected), measured 0.272, 0.285 and 0.738 (per seed 0.166, 0.335, 0.361; 0.367, 0.250, 0.252;
 0.765, 0.716, 0.734). The one before it, ppo-20261205-112219-s9@40000~t0.2 (retrained after
