@@ -283,7 +283,8 @@ class EmulatedBackend:
             await self._sleep_until(end)
         finally:
             self.in_flight -= 1
-        self.latency.record(rif, time.monotonic() - now)
+        ended = time.monotonic()
+        self.latency.record(rif, ended - now, failed=False, now=ended)
         return web.Response(text=f"{request.method} {self.name}\n")
 
 

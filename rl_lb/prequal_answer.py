@@ -51,11 +51,10 @@ class LatencyByRif:
         """When each entry's request failed; -inf for one that did not."""
         self._next = 0
 
-    def record(
-        self, rif_at_arrival: int, latency_s: float, *, failed: bool = False, now: float = 0.0
-    ) -> None:
+    def record(self, rif_at_arrival: int, latency_s: float, *, failed: bool, now: float) -> None:
         """One answered request: the RIF it found on arrival (itself not counted), its latency
-        (the error penalty for a failed one), and for a failed one when it failed."""
+        (the error penalty for a failed one), whether it failed, and when it ended (the clock
+        `estimate` is given)."""
         failed_at = now if failed else -math.inf
         if len(self._rif) < LATENCY_RING:
             self._rif.append(rif_at_arrival)
@@ -67,7 +66,7 @@ class LatencyByRif:
             self._failed_at[self._next] = failed_at
         self._next = (self._next + 1) % LATENCY_RING
 
-    def estimate(self, rif: int, now: float = 0.0) -> float:
+    def estimate(self, rif: int, now: float) -> float:
         """The median of the nearest in RIF, each scaled to `rif` (a queue's latency grows with
         the requests ahead of it), plus `failure_price`."""
         return self._median(rif) + self.failure_price(now)

@@ -224,16 +224,16 @@ def test_an_answer_replaces_the_backends_entry_else_the_oldest_when_full() -> No
 
 def test_latency_estimate_is_the_median_near_the_current_rif() -> None:
     estimate = LatencyByRif()
-    assert estimate.estimate(3) == 0.0  # no answer yet: looks fast, so it gets tried
+    assert estimate.estimate(3, 0.0) == 0.0  # no answer yet: looks fast, so it gets tried
     for latency in (0.030, 0.090, 0.060):
-        estimate.record(2, latency)
-    assert estimate.estimate(2) == pytest.approx(0.060)
-    assert estimate.estimate(5) == pytest.approx(0.120)  # scaled by (5 + 1) / (2 + 1)
+        estimate.record(2, latency, failed=False, now=0.0)
+    assert estimate.estimate(2, 0.0) == pytest.approx(0.060)
+    assert estimate.estimate(5, 0.0) == pytest.approx(0.120)  # scaled by (5 + 1) / (2 + 1)
     for _ in range(10):
-        estimate.record(0, 1.0)
+        estimate.record(0, 1.0, failed=False, now=0.0)
     for _ in range(7):
-        estimate.record(9, 0.5)
-    assert estimate.estimate(9) == pytest.approx(0.5)  # the 7 nearest in RIF are at 9
+        estimate.record(9, 0.5, failed=False, now=0.0)
+    assert estimate.estimate(9, 0.0) == pytest.approx(0.5)  # the 7 nearest in RIF are at 9
 
 
 def test_recent_failures_add_their_price_spread_over_the_ring() -> None:
@@ -244,7 +244,7 @@ def test_recent_failures_add_their_price_spread_over_the_ring() -> None:
         if k in (2, 5):
             estimate.record(0, 5.0, failed=True, now=100.0)
         else:
-            estimate.record(0, 0.010, now=100.0)
+            estimate.record(0, 0.010, failed=False, now=100.0)
     assert estimate.estimate(0, 100.0) == pytest.approx(0.010 + 1.25)
     assert estimate.estimate(0, 100.0 + FAILURE_WINDOW_S) == pytest.approx(1.26)
     assert estimate.estimate(0, 100.1 + FAILURE_WINDOW_S) == pytest.approx(0.010)
@@ -253,10 +253,10 @@ def test_recent_failures_add_their_price_spread_over_the_ring() -> None:
 def test_the_latency_ring_forgets_the_oldest() -> None:
     estimate = LatencyByRif()
     for _ in range(LATENCY_RING):
-        estimate.record(1, 9.0)
+        estimate.record(1, 9.0, failed=False, now=0.0)
     for _ in range(LATENCY_RING):
-        estimate.record(1, 0.1)
-    assert estimate.estimate(1) == pytest.approx(0.1)
+        estimate.record(1, 0.1, failed=False, now=0.0)
+    assert estimate.estimate(1, 0.0) == pytest.approx(0.1)
 
 
 # --- the picker ----------------------------------------------------------------------------------
