@@ -140,10 +140,11 @@ class ProbePool:
         self._remove_worst_next = False
         """The removals alternate: the oldest first, then the worst."""
 
-    def add(self, backend: int, rif: int, latency_s: float, now: float, local: int = 0) -> None:
+    def add(self, backend: int, rif: int, latency_s: float, now: float, *, local: int) -> None:
         """A probe answer: replaces the backend's entry, else fills a free slot, else the oldest.
         `local`: the proxy's own requests in flight to `backend` now (`choose` reads the answer
-        corrected by how they change)."""
+        corrected by how they change; required: a forgotten 0 would count them all as sent
+        since)."""
         if len(self.history) < RIF_HISTORY:
             self.history.append(rif)
         else:
@@ -412,7 +413,7 @@ class PrequalPicker:
         else:
             for b in targets:
                 rif = view.in_flight[b]
-                self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, rif)
+                self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, local=rif)
         return chosen
 
     def targets(self, table: _Candidates) -> list[int]:

@@ -116,13 +116,13 @@ class Prober:
             backend = monitor.backends[i]
             counts = self.counts[backend.url]
             if self.own_view(backend.url, now):
-                picker.pool.add(i, *self._own_view(i), now, monitor.metrics.in_flight[i])
+                self._add_own_view(picker, i, now)
                 counts["own-view"] += 1
             elif not self._take_token(backend.url, now):
                 # Over the probe budget: answered from the proxy's own view too. Skipped, the
                 # pool ran dry under load and Prequal drew blind (at random), which sent a
                 # backend that fails fast its full share (docs/proxy.md, "Prequal probes").
-                picker.pool.add(i, *self._own_view(i), now, monitor.metrics.in_flight[i])
+                self._add_own_view(picker, i, now)
                 counts["limited"] += 1
             else:
                 task = asyncio.get_running_loop().create_task(self._probe(picker, backend))
@@ -133,11 +133,15 @@ class Prober:
         """(picks, blind picks) of every prequal picker attached."""
         return sum(p.picks for p in self._pickers), sum(p.blind_picks for p in self._pickers)
 
-    def _own_view(self, i: int) -> tuple[int, float]:
+    def _add_own_view(self, picker: PrequalPicker, i: int, now: float) -> None:
+        """Backend i's probe answered at once from the proxy's own view (its in-flight count is
+        both the answer's RIF and the pool's `local`)."""
         metrics = self.monitor.metrics
-        return own_view_answer(
-            metrics.in_flight[i], metrics.cost(i), metrics.error_rate(i), metrics.error_penalty_s
+        rif = metrics.in_flight[i]
+        answer = own_view_answer(
+            rif, metrics.cost(i), metrics.error_rate(i), metrics.error_penalty_s
         )
+        picker.pool.add(i, *answer, now, local=rif)
 
     def _take_token(self, url: str, now: float) -> bool:
         burst = max(self.rate, 1.0)
@@ -189,7 +193,7 @@ class Prober:
         i = backend.index
         if i >= 0 and picker.prober is not None:
             local = self.monitor.metrics.in_flight[i]  # in flight now: `choose` reads the change
-            picker.pool.add(i, answer[0], answer[1], self.monitor.clock(), local)
+            picker.pool.add(i, answer[0], answer[1], self.monitor.clock(), local=local)
 
     def state(self) -> dict[str, Any] | None:
         """For /admin/state: per backend, who answers its probes and how probes ended."""

@@ -73,34 +73,34 @@ def test_theta_is_the_nearest_rank_quantile_of_the_rif_sample() -> None:
 def test_theta_comes_from_every_answer_not_only_the_pool() -> None:
     pool = _pool(q_rif=0.5)
     for rif in (7, 1, 1, 9):  # backend 0 answers four times: one entry, four RIFs seen
-        pool.add(0, rif, 0.01, 0.0)
+        pool.add(0, rif, 0.01, 0.0, local=0)
     assert pool.entries() == 1
     assert pool.threshold() == 1  # ⌈2⌉ = 2nd smallest of [1, 1, 7, 9]
 
 
 def test_cold_beats_hot_whatever_the_latency_and_the_lowest_latency_among_cold() -> None:
     pool = _pool(q_rif=0.5, removals=0)
-    pool.add(0, 10, 0.001, 0.0)  # hot, fastest
-    pool.add(1, 1, 1.0, 0.0)
-    pool.add(2, 2, 2.0, 0.0)  # θ = 2nd smallest of [10, 1, 2] = 2: 1 and 2 cold
+    pool.add(0, 10, 0.001, 0.0, local=0)  # hot, fastest
+    pool.add(1, 1, 1.0, 0.0, local=0)
+    pool.add(2, 2, 2.0, 0.0, local=0)  # θ = 2nd smallest of [10, 1, 2] = 2: 1 and 2 cold
     assert pool.choose(ALL4, IDLE, 0.1) == 1
 
 
 def test_all_hot_gives_the_lowest_rif() -> None:
     pool = _pool(q_rif=0.5, removals=0)
     for _ in range(3):
-        pool.add(3, 0, 0.001, 0.0)
-    pool.add(0, 7, 0.5, 0.0)
-    pool.add(1, 5, 0.9, 0.0)  # history [0, 0, 0, 7, 5]: θ = 0, so both candidates are hot
+        pool.add(3, 0, 0.001, 0.0, local=0)
+    pool.add(0, 7, 0.5, 0.0, local=0)
+    pool.add(1, 5, 0.9, 0.0, local=0)  # history [0, 0, 0, 7, 5]: θ = 0, so both candidates are hot
     assert pool.choose([True, True, False, False], IDLE, 0.1) == 1
 
 
 def test_a_backend_of_k_times_the_mean_weight_is_hot_only_above_k_times_theta() -> None:
     def pool_of_three() -> ProbePool:
         pool = _pool(q_rif=0.5, removals=0)
-        pool.add(0, 4, 0.001, 0.0)  # fastest, RIF 4
-        pool.add(1, 1, 0.5, 0.0)
-        pool.add(2, 2, 0.9, 0.0)  # θ = 2nd smallest of [4, 1, 2] = 2
+        pool.add(0, 4, 0.001, 0.0, local=0)  # fastest, RIF 4
+        pool.add(1, 1, 0.5, 0.0, local=0)
+        pool.add(2, 2, 0.9, 0.0, local=0)  # θ = 2nd smallest of [4, 1, 2] = 2
         return pool
 
     three = [True, True, True, False]
@@ -115,17 +115,17 @@ def test_a_backend_of_k_times_the_mean_weight_is_hot_only_above_k_times_theta() 
 def test_all_hot_gives_the_lowest_rif_per_share() -> None:
     pool = _pool(q_rif=0.5, removals=0)
     for _ in range(3):
-        pool.add(3, 0, 0.001, 0.0)
-    pool.add(0, 7, 0.5, 0.0)
-    pool.add(1, 5, 0.9, 0.0)  # θ = 0: both hot; 7 / 2 < 5 / 1
+        pool.add(3, 0, 0.001, 0.0, local=0)
+    pool.add(0, 7, 0.5, 0.0, local=0)
+    pool.add(1, 5, 0.9, 0.0, local=0)  # θ = 0: both hot; 7 / 2 < 5 / 1
     assert pool.choose([True, True, False, False], IDLE, 0.1, [2.0, 1.0, 0.0, 0.0]) == 0
 
 
 def test_stale_entries_are_dropped_and_fewer_than_two_usable_is_no_choice() -> None:
     pool = _pool(max_age_s=1.0, removals=0)
-    pool.add(0, 1, 0.01, 0.0)
-    pool.add(1, 1, 0.02, 0.6)
-    pool.add(2, 1, 0.03, 0.7)
+    pool.add(0, 1, 0.01, 0.0, local=0)
+    pool.add(1, 1, 0.02, 0.6, local=0)
+    pool.add(2, 1, 0.03, 0.7, local=0)
     assert pool.choose(ALL4, IDLE, 1.05) == 1  # the answer of backend 0 is 1.05 s old: dropped
     assert pool.backend.count(0) == 0
     assert pool.choose(ALL4, IDLE, 1.65) == -1  # only backend 2's answer is younger than 1 s
@@ -142,10 +142,10 @@ def test_the_reuse_budget_formula() -> None:
 
 def test_an_answer_serves_at_most_its_reuse_budget() -> None:
     pool = _pool(q_rif=1.0, removals=0)
-    pool.add(3, 10, 0.0, 0.0)  # not a candidate below; θ = 10 keeps the others cold
-    pool.add(0, 0, 0.1, 0.0)  # 0.2 s after its first use (RIF 1 now): still ahead of 1
-    pool.add(1, 0, 0.3, 0.0)
-    pool.add(2, 0, 0.9, 0.0)
+    pool.add(3, 10, 0.0, 0.0, local=0)  # not a candidate below; θ = 10 keeps the others cold
+    pool.add(0, 0, 0.1, 0.0, local=0)  # 0.2 s after its first use (RIF 1 now): still ahead of 1
+    pool.add(1, 0, 0.3, 0.0, local=0)
+    pool.add(2, 0, 0.9, 0.0, local=0)
     hundred = [b != 3 for b in range(100)]  # budget 2 (above)
     load = [0] * 100
     assert [_send(pool, hundred, load, 0.1) for _ in range(4)] == [0, 0, 1, 1]
@@ -156,8 +156,8 @@ def test_removals_alternate_the_oldest_and_the_worst() -> None:
     pool = _pool(q_rif=1.0, removals=1)  # θ = the highest RIF: nothing hot, worst = slowest
     # 1's 50 ms is 100 then 150 ms after its uses (the +1 scales it): still the fastest
     for b, (at, latency) in enumerate([(0.0, 0.3), (0.1, 0.05), (0.2, 0.2), (0.3, 0.4)]):
-        pool.add(b, 0, latency, at)
-    pool.add(4, 10, 0.0, 0.4)  # not a candidate; θ = 10
+        pool.add(b, 0, latency, at, local=0)
+    pool.add(4, 10, 0.0, 0.4, local=0)  # not a candidate; θ = 10
     first4 = [True, True, True, True, False]
     assert pool.choose(first4, IDLE, 0.5) == 1
     assert sorted(b for b in pool.backend if b >= 0) == [1, 2, 3, 4]  # the oldest (0) went
@@ -170,10 +170,10 @@ def test_removals_alternate_the_oldest_and_the_worst() -> None:
 
 def test_the_worst_is_the_hot_entry_with_the_highest_rif_before_any_latency() -> None:
     pool = _pool(q_rif=0.5, removals=2)
-    pool.add(0, 1, 0.9, 0.0)  # the oldest, removed first
-    pool.add(1, 1, 0.8, 0.1)  # slowest after 0, but cold
-    pool.add(2, 4, 0.01, 0.2)  # hot: the worst
-    pool.add(3, 1, 0.05, 0.3)  # θ = 2nd smallest of [1, 1, 4, 1] = 1
+    pool.add(0, 1, 0.9, 0.0, local=0)  # the oldest, removed first
+    pool.add(1, 1, 0.8, 0.1, local=0)  # slowest after 0, but cold
+    pool.add(2, 4, 0.01, 0.2, local=0)  # hot: the worst
+    pool.add(3, 1, 0.05, 0.3, local=0)  # θ = 2nd smallest of [1, 1, 4, 1] = 1
     assert pool.choose(ALL4, IDLE, 0.5) == 3
     assert sorted(b for b in pool.backend if b >= 0) == [1, 3]
 
@@ -182,7 +182,7 @@ def test_an_answer_is_read_moved_by_the_proxys_own_requests_since_it_came() -> N
     pool = _pool(q_rif=0.0, removals=0)
     load = [3, 0, 0, 0]  # the proxy's requests in flight, per backend
     pool.add(0, 1, 0.1, 0.0, local=3)  # three of ours were at backend 0 when it answered 1
-    pool.add(1, 1, 0.2, 0.0)  # θ = 1: both cold
+    pool.add(1, 1, 0.2, 0.0, local=0)  # θ = 1: both cold
     assert _send(pool, ALL4, load, 0.1) == 0
     assert pool.rif_now(load)[pool.backend.index(0)] == 2  # one more of ours: hot
     assert _send(pool, ALL4, load, 0.1) == 1
@@ -200,9 +200,9 @@ def test_the_chosen_answer_s_latency_moves_to_its_new_rif() -> None:
     by (RIF now + 1) / (RIF + 1) as the backend scales its own, it yields to the next fastest."""
     pool = _pool(q_rif=1.0, removals=0)
     load = [0] * 4
-    pool.add(2, 5, 1.0, 0.0)  # θ = 5: backends 0 and 1 stay cold for a while
-    pool.add(0, 0, 0.010, 0.0)
-    pool.add(1, 0, 0.015, 0.0)
+    pool.add(2, 5, 1.0, 0.0, local=0)  # θ = 5: backends 0 and 1 stay cold for a while
+    pool.add(0, 0, 0.010, 0.0, local=0)
+    pool.add(1, 0, 0.015, 0.0, local=0)
     assert _send(pool, ALL4, load, 0.1) == 0
     assert pool.latency_now(1, pool.rif_now(load)[1]) == pytest.approx(0.020)  # slot 1: 0's
     assert _send(pool, ALL4, load, 0.1) == 1  # 15 ms against 0's 20 ms at RIF 1
@@ -213,12 +213,12 @@ def test_the_chosen_answer_s_latency_moves_to_its_new_rif() -> None:
 
 def test_an_answer_replaces_the_backends_entry_else_the_oldest_when_full() -> None:
     pool = _pool(pool_size=2)
-    pool.add(0, 3, 0.1, 0.0)
-    pool.add(1, 3, 0.1, 0.1)
-    pool.add(0, 5, 0.2, 0.2)  # replaces backend 0's entry, uses reset
+    pool.add(0, 3, 0.1, 0.0, local=0)
+    pool.add(1, 3, 0.1, 0.1, local=0)
+    pool.add(0, 5, 0.2, 0.2, local=0)  # replaces backend 0's entry, uses reset
     assert pool.backend == [0, 1]
     assert pool.rif == [5, 3]
-    pool.add(2, 1, 0.3, 0.3)  # full: the oldest (backend 1's, at 0.1) goes
+    pool.add(2, 1, 0.3, 0.3, local=0)  # full: the oldest (backend 1's, at 0.1) goes
     assert pool.backend == [0, 2]
 
 
@@ -409,7 +409,7 @@ def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
                 b, rif = int(events.integers(backends)), int(events.integers(0, 6))
                 latency = float(events.choice([0.01, 0.02, 0.015, 0.03]))
                 local = int(in_flight[b])
-                picker.pool.add(b, rif, latency, now[0], local)
+                picker.pool.add(b, rif, latency, now[0], local=local)
                 nb_prequal.add(twin, 0, b, rif, latency, now[0], local)
                 done = int(events.integers(backends))
                 in_flight[done] = max(in_flight[done] - int(events.integers(0, 3)), 0)
@@ -471,7 +471,7 @@ def test_the_twin_threshold_is_the_references() -> None:
     assert nb_prequal.threshold(twin, 0) == pool.threshold() == math.inf
     for _ in range(300):
         b, rif = int(events.integers(4)), int(events.integers(0, 40))
-        pool.add(b, rif, 0.01, 0.0)
+        pool.add(b, rif, 0.01, 0.0, local=0)
         nb_prequal.add(twin, 0, b, rif, 0.01, 0.0, 0)
         assert nb_prequal.threshold(twin, 0) == pool.threshold()
 
@@ -616,7 +616,7 @@ class RebuildingPicker:
         else:
             for b in order[:count]:
                 rif = view.in_flight[b]
-                self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, rif)
+                self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, local=rif)
         return chosen
 
     def _draw_index(self, backends: list[int], start: int) -> int:
@@ -715,8 +715,8 @@ def test_kept_candidates_pick_and_probe_exactly_as_rebuilding_them(name: str) ->
             for _ in range(int(events.integers(1, 4))):
                 b, rif = int(events.integers(n)), int(events.integers(0, 6))
                 latency = float(events.choice([0.01, 0.02, 0.03]))
-                kept.pool.add(b, rif, latency, now[0], in_flight[b])
-                reference.pool.add(b, rif, latency, now[0], in_flight[b])
+                kept.pool.add(b, rif, latency, now[0], local=in_flight[b])
+                reference.pool.add(b, rif, latency, now[0], local=in_flight[b])
         b = int(events.integers(n))
         in_flight[b] = int(events.integers(0, 8))
         costs[b] = float(events.exponential(0.02))
