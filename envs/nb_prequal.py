@@ -26,6 +26,7 @@ from rl_lb.prequal import (
     LATENCY_RING,
     REUSE_DELTA,
     RIF_HISTORY,
+    WEIGHTED_LATENCY_BAND,
 )
 from rl_lb.types import FloatArray, IntArray
 
@@ -303,6 +304,8 @@ def _choose(
         elif hot < 0 or rif / share < hot_load:
             hot = s
             hot_load = rif / share
+    if cold >= 0 and not equal:
+        cold = _least_loaded_of_the_fastest(pq, p, w, count, total, load, theta, cold_latency)
     best = cold if cold >= 0 else hot
     chosen = pq.slot_backend[p, best]
     pq.slot_uses[p, best] += 1
@@ -318,6 +321,40 @@ def _choose(
         pq.slot_backend[p, slot] = -1
         pq.meta[p, 2] = 1 - pq.meta[p, 2]
     return int(chosen)
+
+
+@jit
+def _least_loaded_of_the_fastest(
+    pq: PrequalState,
+    p: int,
+    w: FloatArray,
+    count: int,
+    total: float,
+    load: IntArray,
+    theta: float,
+    fastest: float,
+) -> int:
+    """`ProbePool._least_loaded_of_the_fastest` (unequal weights): among the cold answers of
+    latency within `WEIGHTED_LATENCY_BAND` of `fastest`, the lowest RIF / share, then the
+    lowest latency, then the first slot."""
+    band = fastest * (1.0 + WEIGHTED_LATENCY_BAND)
+    best = -1
+    best_load, best_latency = 0.0, 0.0
+    for s in range(pq.slot_backend.shape[1]):
+        b = pq.slot_backend[p, s]
+        if b < 0 or not pq.candidate[b]:
+            continue
+        share = _share_of(pq, b, w, count, False, total)
+        rif = _rif_now(pq, p, s, load)
+        if rif > theta * share:
+            continue
+        latency = _latency_now(pq, p, s, rif)
+        if latency > band:
+            continue
+        per_share = rif / share
+        if best < 0 or per_share < best_load or (per_share == best_load and latency < best_latency):
+            best, best_load, best_latency = s, per_share, latency
+    return best
 
 
 @jit

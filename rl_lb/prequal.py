@@ -38,10 +38,13 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   replacement) and the pick without answers are drawn in proportion to them, and the hot-cold
   rule reads each backend's RIF against its share of the weight (`relative_shares`: hot above
   θ × weight / mean weight), so a backend built for four times the mean load is not hot at the
-  load it is built for. Equal weights (the `prequal` preset's) give exactly the published
-  algorithm: uniform draws, θ for all. This is how a weight policy steers Prequal: the learned
-  one pairs with it to keep Prequal's hot-cold choice and still shun what Prequal cannot see in
-  a probe (a backend that fails fast looks idle and fast) and say which backends are big.
+  load it is built for; among the cold answers within `WEIGHTED_LATENCY_BAND` of the lowest
+  latency, the lowest RIF / share wins (ours: the lowest of a few noisy latency estimates is
+  mostly luck among equal backends). Equal weights (the `prequal` preset's) give exactly the
+  published algorithm: uniform draws, θ for all, the lowest latency among the cold. This is
+  how a weight policy steers Prequal: the learned one pairs with it to keep Prequal's hot-cold
+  choice and still shun what Prequal cannot see in a probe (a backend that fails fast looks
+  idle and fast) and say which backends are big.
   Without a prober it answers its own probes from what the proxy sees (`LoadView`: in-flight
   and peak-EWMA latency) — the proxy's fallback for backends that do not answer probes.
 
@@ -79,6 +82,7 @@ __all__ = [  # these three: the backend side's, re-exported so the twin's check 
     "LATENCY_RING",
     "REUSE_DELTA",
     "RIF_HISTORY",
+    "WEIGHTED_LATENCY_BAND",
     "PrequalPicker",
     "ProbePool",
     "Prober",
@@ -91,6 +95,9 @@ RIF_HISTORY = 128
 """RIF values (from probe answers, over all backends) behind the hot threshold θ."""
 REUSE_DELTA = 1.0
 """δ of the reuse budget (prequal-rs's default)."""
+WEIGHTED_LATENCY_BAND = 1.0
+"""Under unequal weights, the cold answers within (1 + this) × the lowest latency count as
+equally fast, and the lowest RIF / share among them wins (`ProbePool.choose`)."""
 
 Prober = Callable[[Sequence[int]], None]
 """Sends probes to the given backends; their answers go to `ProbePool.add` later."""
@@ -186,9 +193,10 @@ class ProbePool:
         as it stands now (`rif_now`, `latency_now`): its RIF moved by what `load` moved since
         the answer came (`local`), its latency scaled to that. `share`: each candidate's weight
         relative to the candidates' mean (`relative_shares`); an answer is hot when its RIF
-        exceeds θ × its share, with every answer hot the lowest RIF / share wins, and the worst
-        answer to remove is the hot one of the highest RIF / share. None (equal weights) is the
-        published rule."""
+        exceeds θ × its share, the cold answer chosen is the least loaded of the fastest
+        (`_least_loaded_of_the_fastest`), with every answer hot the lowest RIF / share wins, and
+        the worst answer to remove is the hot one of the highest RIF / share. None (equal
+        weights) is the published rule."""
         settings = self.settings
         for slot, b in enumerate(self.backend):
             if b >= 0 and now - self.received_at[slot] > settings.max_age_s:
@@ -200,7 +208,10 @@ class ProbePool:
         rif = self.rif_now(load)
         scale = [self._share_of(s, candidate, share) for s in usable]
         cold = [s for s, k in zip(usable, scale, strict=True) if rif[s] <= theta * k]
-        if cold:
+        if cold and share is not None:
+            by_slot = dict(zip(usable, scale, strict=True))
+            best = self._least_loaded_of_the_fastest(cold, rif, by_slot)
+        elif cold:
             best = min(cold, key=lambda s: self.latency_now(s, rif[s]))
         else:
             best = usable[min(range(len(usable)), key=lambda i: rif[usable[i]] / scale[i])]
@@ -220,6 +231,26 @@ class ProbePool:
             self.backend[slot] = -1
             self._remove_worst_next = not self._remove_worst_next
         return chosen
+
+    def _least_loaded_of_the_fastest(
+        self, cold: list[int], rif: list[int], scale: dict[int, float]
+    ) -> int:
+        """Among the cold answers whose latency is within `WEIGHTED_LATENCY_BAND` of the
+        lowest, the lowest RIF / share (then the lowest latency, then the first slot).
+
+        Why, and only under unequal weights: a latency estimate is the median of a few recent
+        requests, so among equal backends the lowest is mostly luck, and the published rule
+        sent a request behind a queue of several on one-worker backends while one with none
+        waited (1.17x `jsq` by geometric mean where `jsq` was the best heuristic). A weight
+        policy has already said which backends are big (their shares), so RIF / share is its
+        measure of load; latency still rules out the clearly slower (a backend in trouble, one
+        that fails fast: priced at the penalty). Equal weights keep the published rule: with no
+        one to say which backends are big, the lowest RIF would send the requests to an idle
+        slow one."""
+        latency = {s: self.latency_now(s, rif[s]) for s in cold}
+        band = min(latency.values()) * (1.0 + WEIGHTED_LATENCY_BAND)
+        near = [s for s in cold if latency[s] <= band]
+        return min(near, key=lambda s: (rif[s] / scale[s], latency[s]))
 
     def rif_now(self, load: Sequence[int]) -> list[int]:
         """Per slot: the answer's RIF corrected by the proxy's own requests to its backend since

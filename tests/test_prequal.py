@@ -22,6 +22,7 @@ from rl_lb.availability import Availability
 from rl_lb.balancers import make_balancer
 from rl_lb.control import PrequalSettings
 from rl_lb.prequal import (
+    WEIGHTED_LATENCY_BAND,
     PrequalPicker,
     ProbePool,
     Prober,
@@ -110,6 +111,24 @@ def test_a_backend_of_k_times_the_mean_weight_is_hot_only_above_k_times_theta() 
     assert pool_of_three().choose(three, IDLE, 0.1, share) == 1  # 0 hot above 3.6, 2 above 1.2
     share = relative_shares([0.8, 0.1, 0.1, 0.0], [0, 1, 2], 1.0)
     assert pool_of_three().choose(three, IDLE, 0.1, share) == 0  # 0 cold up to 4.8; 1, 2 hot
+
+
+def test_under_unequal_weights_the_least_loaded_of_the_nearly_fastest_cold_answers_wins() -> None:
+    def pool_of_four() -> ProbePool:
+        pool = _pool(q_rif=1.0, removals=0)  # θ = the highest RIF answered: all cold
+        pool.add(0, 3, 0.040, 0.0, local=0)  # the fastest, behind a queue of 3
+        pool.add(1, 1, 0.070, 0.0, local=0)  # within 2x the fastest: as fast
+        pool.add(2, 0, 0.200, 0.0, local=0)  # idle but 5x slower
+        pool.add(3, 1, 0.075, 0.0, local=0)  # as fast, as loaded as 1, slower
+        return pool
+
+    assert WEIGHTED_LATENCY_BAND == 1.0
+    assert pool_of_four().choose(ALL4, IDLE, 0.1) == 0  # published: the lowest latency
+    even = relative_shares([0.3, 0.3, 0.3, 0.3], [0, 1, 2, 3], 1.2)
+    assert pool_of_four().choose(ALL4, IDLE, 0.1, even) == 1  # 1 before 3: lower latency
+    share = relative_shares([0.1, 0.1, 0.1, 0.7], [0, 1, 2, 3], 1.0)
+    # 0 is hot now (3 > θ 3 x 0.4); 1 the fastest cold, 3 within 2x of it and 1 / 2.8 < 1 / 0.4
+    assert pool_of_four().choose(ALL4, IDLE, 0.1, share) == 3
 
 
 def test_all_hot_gives_the_lowest_rif_per_share() -> None:
