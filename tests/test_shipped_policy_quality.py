@@ -49,11 +49,14 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-201508-s9@120000~t0.25, on `prequal`: seed 9's recipe run
-again after Prequal's pool began to read its answers moved by the proxy's own requests and its
-estimate to price recent failures, its scores tempered to 0.25, training/temper.py) measures
-0.269, 0.295 and 0.808 here (per seed 0.166, 0.321, 0.363; 0.377, 0.260, 0.261; 0.802, 0.795,
-0.828; the last against the changed `prequal`). ppo-20261205-164732-s9@80000~t0.2 (after
+"""The shipped policy (ppo-20261205-223855-s9@120000~t0.25, on `prequal`: seed 9's stage 4 run
+again after Prequal, under a weight policy, began to choose the least loaded of its nearly
+fastest cold answers, its scores tempered to 0.25, training/temper.py) measures 0.274, 0.282 and
+0.825 here (per seed 0.164, 0.330, 0.380; 0.367, 0.248, 0.247; 0.793, 0.817, 0.865).
+ppo-20261205-201508-s9@120000~t0.25 (after Prequal's pool began to read its answers moved by
+the proxy's own requests and its estimate to price recent failures) measured 0.269, 0.295 and
+0.808 (per seed 0.166, 0.321, 0.363; 0.377, 0.260, 0.261; 0.802, 0.795, 0.828; the last against
+the changed `prequal`). ppo-20261205-164732-s9@80000~t0.2 (after
 Prequal's used answers began to move their latency with their RIF) measured 0.281, 0.292 and
 0.767 (per seed 0.168, 0.344, 0.383; 0.377, 0.247, 0.268; 0.760, 0.780, 0.761). Its
 predecessor, ppo-20261205-151111-s9@40000~t0.35 (after the outcome guard's estimate of the fallback
