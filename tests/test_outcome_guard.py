@@ -96,6 +96,20 @@ def test_one_slow_answer_is_not_a_regression_the_fallback_would_have_avoided() -
     assert estimate(slow_for_good, SETTINGS.min_answers).log_ratio > 1.0  # type: ignore[union-attr]
 
 
+def test_one_request_in_service_is_no_queue() -> None:
+    """Eight backends answering 2 a second each (one proxy of many), one request in flight on
+    the first: priced by `in-flight / throughput` it waited 0.5 s, 25x its tail, and the guard
+    read a regression; it is no queue. Three in flight at that rate still read as one (1 s)."""
+    quiet = pool(GOOD, [1 / 8] * 8)
+    quiet = dataclasses.replace(quiet, throughput_rps=np.full(8, 2.0))
+    one = dataclasses.replace(quiet, in_flight=np.array([1.0] + [0.0] * 7))
+    assert estimate(one, SETTINGS.min_answers).log_ratio == pytest.approx(0.0)  # type: ignore[union-attr]
+    queue = dataclasses.replace(quiet, in_flight=np.array([3.0] + [0.0] * 7))
+    queued = estimate(queue, SETTINGS.min_answers)
+    assert queued is not None
+    assert queued.policy_s == pytest.approx(1.0 / 8 + 7 / 8 * float(quiet.p99_s[1]))
+
+
 def test_the_policy_is_judged_only_once_the_window_holds_its_own_traffic() -> None:
     guard = OutcomeGuard(OutcomeGuardSettings(backoff_s=10.0))
     bad = bad_shift(np.random.default_rng(4))

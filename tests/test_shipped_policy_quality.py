@@ -49,10 +49,12 @@ BARS = (
     Bar("slow-backend", "round-robin", 0.5),
     Bar("heterogeneous", "prequal", 0.95),
 )
-"""The shipped policy (ppo-20261205-223855-s9@120000~t0.25, on `prequal`: seed 9's stage 4 run
+"""The shipped policy (ppo-20261206-012026-s9@120000~t0.25, on `prequal`: seed 9's stage 4 run
 again after Prequal, under a weight policy, began to choose the least loaded of its nearly
-fastest cold answers, its scores tempered to 0.25, training/temper.py) measures 0.274, 0.282 and
-0.825 here (per seed 0.164, 0.330, 0.380; 0.367, 0.248, 0.247; 0.793, 0.817, 0.865).
+fastest cold answers, its scores tempered to 0.25, training/temper.py; run again after the
+outcome guard's queue term became `in-flight - 1`, the same network as
+ppo-20261205-223855-s9@120000~t0.25) measures 0.274, 0.282 and 0.825 here (per seed 0.164,
+0.330, 0.380; 0.367, 0.248, 0.247; 0.793, 0.817, 0.865).
 ppo-20261205-201508-s9@120000~t0.25 (after Prequal's pool began to read its answers moved by
 the proxy's own requests and its estimate to price recent failures) measured 0.269, 0.295 and
 0.808 (per seed 0.166, 0.321, 0.363; 0.377, 0.260, 0.261; 0.802, 0.795, 0.828; the last against
