@@ -98,7 +98,7 @@ def test_one_slow_answer_is_not_a_regression_the_fallback_would_have_avoided() -
 
 def test_one_request_in_service_is_no_queue() -> None:
     """Eight backends answering 2 a second each (one proxy of many), one request in flight on
-    the first: priced by `in-flight / throughput` it waited 0.5 s, 25x its tail, and the guard
+    the first: priced by `in-flight / throughput` it waited 0.5 s, 8x its tail, and the guard
     read a regression; it is no queue. Three in flight at that rate still read as one (1 s)."""
     quiet = pool(GOOD, [1 / 8] * 8)
     quiet = dataclasses.replace(quiet, throughput_rps=np.full(8, 2.0))
