@@ -104,14 +104,16 @@ STUDIES = (
 )  # fmt: skip
 
 
+_LOOKED_AT = frozenset(i for study in STUDIES for i in study.worlds)
+
+
+def _is_studied(world: World) -> bool:
+    return world.seed == HELDOUT_SEED and world.index in _LOOKED_AT
+
+
 def studied(results: Sequence[WorldResult]) -> set[int]:
     """Indices of the held-out worlds among `results` that a change was studied on."""
-    looked_at = {i for study in STUDIES for i in study.worlds}
-    return {
-        r.world.index
-        for r in results
-        if r.world.seed == HELDOUT_SEED and r.world.index in looked_at
-    }
+    return {r.world.index for r in results if _is_studied(r.world)}
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ def render_summary(results: Sequence[WorldResult], command: str, policy: str) ->
 def _studied_lines(results: Sequence[WorldResult]) -> list[str]:
     """Which worlds are not blind, and the figures over the others (nothing if none are)."""
     seen = studied(results)
-    blind = [r for r in results if r.world.index not in seen or r.world.seed != HELDOUT_SEED]
+    blind = [r for r in results if not _is_studied(r.world)]
     if not seen or not blind:
         return []
     lines = [
