@@ -275,7 +275,7 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
 def _send_probes(st: State, p: int, t: float, rng: np.ndarray) -> None:
     """Prequal's probes for one request of proxy p: answers arrive one round trip later, as
     `p × backends + b` events (`_probe_answer`), for later requests."""
-    count = targets(st.pq, st.weights[p], st.avail[p], rng)
+    count = targets(st.pq, st.weights[p], st.avail[p], st.inflight[p], rng)
     n = st.busy.shape[0]
     for k in range(count):
         push(st, t + st.pq.probe_rtt_s, p * n + st.pq.order[k], _PROBE)

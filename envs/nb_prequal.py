@@ -21,6 +21,7 @@ from envs.jit import jit
 from envs.nb_random import uniform
 from rl_lb.control import PrequalSettings
 from rl_lb.prequal import (
+    BUSY_PROBE_WEIGHT,
     FAILURE_WINDOW_S,
     LATENCY_NEIGHBOURS,
     LATENCY_RING,
@@ -439,9 +440,19 @@ def pick(
 
 
 @jit
-def targets(pq: PrequalState, w: FloatArray, avail: np.ndarray, rng: np.ndarray) -> int:
-    """`PrequalPicker.targets`: how many backends to probe, left first in `pq.order`."""
+def targets(
+    pq: PrequalState, w: FloatArray, avail: np.ndarray, load: IntArray, rng: np.ndarray
+) -> int:
+    """`PrequalPicker.targets`: how many backends to probe, left first in `pq.order`; `load`:
+    the proxy's requests in flight per backend (`BUSY_PROBE_WEIGHT` under unequal weights, put
+    on `w` for the draws and taken off after: × and ÷ a power of two are exact)."""
     count, equal = _candidates(pq, w, avail)
+    biased = not equal
+    if biased:
+        for k in range(count):
+            if load[pq.order[k]] > 0:
+                w[pq.order[k]] *= BUSY_PROBE_WEIGHT
+        equal = _equal_rest(pq, w, 0, count)
     probes = int(pq.probes)
     fraction = pq.probes - probes
     if fraction > 0.0 and uniform(rng) < fraction:
@@ -450,6 +461,10 @@ def targets(pq: PrequalState, w: FloatArray, avail: np.ndarray, rng: np.ndarray)
     for k in range(probes):
         j = _draw_index(pq, w, k, count, equal, rng)
         pq.order[k], pq.order[j] = pq.order[j], pq.order[k]
+    if biased:
+        for k in range(count):
+            if load[pq.order[k]] > 0:
+                w[pq.order[k]] /= BUSY_PROBE_WEIGHT
     return probes
 
 

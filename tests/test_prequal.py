@@ -22,6 +22,7 @@ from rl_lb.availability import Availability
 from rl_lb.balancers import make_balancer
 from rl_lb.control import PrequalSettings
 from rl_lb.prequal import (
+    BUSY_PROBE_WEIGHT,
     WEIGHTED_LATENCY_BAND,
     PrequalPicker,
     ProbePool,
@@ -378,6 +379,29 @@ def test_unequal_weights_steer_the_probes_in_proportion_and_equal_ones_draw_unif
     assert uniform == order[:2]
 
 
+def test_under_unequal_weights_a_backend_the_proxy_sends_to_is_probed_at_a_fraction() -> None:
+    """The proxy's own requests in flight say a backend is busy; probes go mostly where they
+    may find an idle one (`BUSY_PROBE_WEIGHT`). Equal weights keep the published uniform draws
+    whatever the proxy has in flight."""
+
+    def probe_shares(weights: list[float], in_flight: list[int]) -> list[float]:
+        sent: list[int] = []
+        picker = PrequalPicker(random.Random(7), PrequalSettings(probes=1.0))
+        picker.prober = sent.extend
+        picker.update(np.array(weights))
+        view = View(in_flight, [True] * 4, [0.01] * 4)
+        for _ in range(4000):
+            picker.pick(view)
+        return [sent.count(b) / len(sent) for b in range(4)]
+
+    assert BUSY_PROBE_WEIGHT == 0.25
+    busy = [3, 0, 1, 0]
+    total = 1.0 * 0.25 + 1.0 + 2.0 * 0.25 + 4.0
+    expected = [0.25 / total, 1.0 / total, 0.5 / total, 4.0 / total]
+    assert probe_shares([1.0, 1.0, 2.0, 4.0], busy) == pytest.approx(expected, abs=0.03)
+    assert probe_shares([1.0] * 4, busy) == pytest.approx([0.25] * 4, abs=0.03)
+
+
 def test_the_prequal_preset() -> None:
     balancer = make_balancer("prequal")
     assert isinstance(balancer.picker, PrequalPicker)
@@ -449,7 +473,7 @@ def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
         except NoBackendAvailable:
             theirs = -1
         ours = nb_prequal.pick(twin, 0, w, available, in_flight, now[0], rng)
-        count = nb_prequal.targets(twin, w, available, rng) if ours >= 0 else 0
+        count = nb_prequal.targets(twin, w, available, in_flight, rng) if ours >= 0 else 0
         assert ours == theirs
         if ours >= 0:
             in_flight[ours] += 1
@@ -627,8 +651,14 @@ class RebuildingPicker:
             chosen = backends[self._draw_index(backends, 0)]
         count = probe_count(self.pool.settings.probes, len(backends), self._rng.random)
         order = list(backends)
+        probe_weights = self._weights
+        if share is not None:  # unequal: the backends it sends to drawn at a fraction
+            probe_weights = [
+                w * BUSY_PROBE_WEIGHT if view.in_flight[b] > 0 else w
+                for b, w in enumerate(self._weights)
+            ]
         for k in range(count):
-            j = self._draw_index(order, k)
+            j = self._draw_index(order, k, probe_weights)
             order[k], order[j] = order[j], order[k]
         if self.prober is not None:
             self.prober(order[:count])
@@ -638,9 +668,11 @@ class RebuildingPicker:
                 self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, local=rif)
         return chosen
 
-    def _draw_index(self, backends: list[int], start: int) -> int:
+    def _draw_index(
+        self, backends: list[int], start: int, weights: list[float] | None = None
+    ) -> int:
         u = self._rng.random()
-        weights = self._weights
+        weights = self._weights if weights is None else weights
         if len(weights) != self._backends or all(
             weights[b] == weights[backends[start]] for b in backends[start + 1 :]
         ):
