@@ -101,6 +101,17 @@ STUDIES = (
         "the evaluation seeds",
         (53, 114),
     ),
+    Study(
+        "the seed noise of the misses and near misses (6 December 2026)",
+        "simulator seeds 0-9",
+        (4, 7, 12, 21, 32, 33, 44, 45, 50, 51, 59, 70, 74, 84, 94, 96, 102, 105, 108, 110, 120,
+         122, 127, 132, 139, 150, 154, 155, 159, 165, 183, 198),
+    ),
+    Study(
+        "Prequal's probes drawn away from the proxy's busy backends (6 December 2026)",
+        "simulator seeds 0-3; 45 traced on seed 0",
+        (12, 21, 45, 50, 102, 108, 120, 127),
+    ),
 )  # fmt: skip
 
 
