@@ -35,7 +35,8 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   answers), then asks its prober to probe `probes` random backends, whose answers serve later
   requests, never the current one. Weights steer the randomness: a backend of weight 0 is never
   a candidate, and when the candidates' weights differ, both the probe targets (drawn without
-  replacement) and the pick without answers are drawn in proportion to them, and the hot-cold
+  replacement; a backend the proxy has requests in flight to at `BUSY_PROBE_WEIGHT` of its
+  weight) and the pick without answers are drawn in proportion to them, and the hot-cold
   rule reads each backend's RIF against its share of the weight (`relative_shares`: hot above
   θ × weight / mean weight), so a backend built for four times the mean load is not hot at the
   load it is built for; among the cold answers within `WEIGHTED_LATENCY_BAND` of the lowest
