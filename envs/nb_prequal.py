@@ -472,9 +472,9 @@ def targets(
 def _draw_index(
     pq: PrequalState, w: FloatArray, start: int, count: int, equal: bool, rng: np.ndarray
 ) -> int:
-    """`PrequalPicker._draw_index`: an index in order[start:count] from one draw, uniformly when
-    their weights are equal (`equal`: all the candidates' are), else in proportion to them
-    (summed left to right)."""
+    """`PrequalPicker._draw_index` (start 0) and `_draw_probe`: an index in order[start:count]
+    from one draw, uniformly when their weights are equal (`equal`: all the candidates' are),
+    else in proportion to them (summed left to right)."""
     u = uniform(rng)
     if equal or _equal_rest(pq, w, start, count):
         return start + int(u * (count - start))

@@ -317,8 +317,8 @@ class _Candidates(NamedTuple):
     """Running sums of the weights in order, added as `_draw_index` adds them, so a draw from
     the whole list is a binary search with the same result; empty when `equal`."""
     weight: npt.NDArray[np.float64]
-    """The weight of each entry of `backends` (swapped with them) when unequal, else empty: a
-    draw from the rest of the list adds them in numpy."""
+    """The weight of each entry of `backends` when unequal, else empty: `targets` draws the
+    probes from it (with `BUSY_PROBE_WEIGHT` on), a copy at a time."""
     share: list[float] | None
     """Per backend: its weight relative to the candidates' mean (`relative_shares`); None
     when `equal`."""
@@ -446,7 +446,7 @@ class PrequalPicker:
         self.picks += 1
         if chosen < 0:
             self.blind_picks += 1
-            chosen = backends[self._draw_index(table, 0)]
+            chosen = backends[self._draw_index(table)]
         targets = self.targets(table, view.in_flight)
         if self.prober is not None:
             self.prober(targets)
@@ -456,7 +456,7 @@ class PrequalPicker:
                 self.pool.add(b, *own_view_answer(rif, view.cost(b)), now, local=rif)
         return chosen
 
-    def targets(self, table: _Candidates, in_flight: Sequence[int] | None = None) -> list[int]:
+    def targets(self, table: _Candidates, in_flight: Sequence[int]) -> list[int]:
         """Backends to probe for one request: drawn without replacement (a partial shuffle of
         the kept candidates, undone after; its k-th step draws from the rest, by weight).
 
@@ -471,14 +471,11 @@ class PrequalPicker:
         at may be idle. Equal weights keep the published uniform draws."""
         order = table.backends
         count = probe_count(self.pool.settings.probes, len(order), self._rng.random)
-        weight = table.weight
-        equal = table.equal
-        if not equal and in_flight is not None:
+        weight, equal = table.weight, table.equal  # empty when equal
+        if not equal:  # a new array: the shuffle swaps it and need not swap it back
             busy = np.fromiter((in_flight[b] > 0 for b in order), dtype=bool, count=len(order))
             weight = np.where(busy, weight * BUSY_PROBE_WEIGHT, weight)
             equal = bool(np.all(weight == weight[0]))
-        elif not equal:
-            weight = weight.copy()
         swapped: list[int] = []
         try:
             for k in range(count):
@@ -496,8 +493,11 @@ class PrequalPicker:
     def _draw_probe(
         self, weight: npt.NDArray[np.float64], equal: bool, start: int, count: int
     ) -> int:
-        """`_draw_index` over the probe draws' own `weight` (aligned with the candidates as the
-        shuffle left them; empty when `equal`): an index in [start, count)."""
+        """An index in [start, count) drawn with one random number over the probe draws' own
+        `weight` (aligned with the candidates as the shuffle left them; empty when `equal`):
+        uniformly when the rest are equal, else in proportion to them, the first whose running
+        sum (added left to right, as the twin) exceeds u × the sum, the last if u × the sum
+        rounded up to it."""
         u = self._rng.random()
         if equal:
             return start + int(u * (count - start))
@@ -507,22 +507,16 @@ class PrequalPicker:
         sums = np.add.accumulate(rest)
         return min(start + int(np.searchsorted(sums, u * float(sums[-1]), side="right")), count - 1)
 
-    def _draw_index(self, table: _Candidates, start: int) -> int:
-        """An index in backends[start:] drawn with one random number: uniformly when their
-        weights are equal, else in proportion to them: the first whose running sum (added left
-        to right, as the twin; `accumulate` and `np.add.accumulate` add in that order) exceeds
-        u × the sum, the last if u × the sum rounded up to it."""
+    def _draw_index(self, table: _Candidates) -> int:
+        """The pick without answers: an index in `backends` drawn with one random number,
+        uniformly when their weights are equal, else by a binary search of the kept running
+        sums (`accumulate` adds left to right, as the twin), the last if u × the sum rounded up
+        to it: O(log N)."""
         u = self._rng.random()
         last = len(table.backends) - 1
         if table.equal:
-            return start + int(u * (last + 1 - start))
-        if start == 0:  # the kept running sums: O(log N)
-            return min(bisect_right(table.cum, u * table.cum[-1]), last)
-        rest = table.weight[start:]
-        if bool(np.all(rest == rest[0])):
-            return start + int(u * (last + 1 - start))
-        sums = np.add.accumulate(rest)
-        return min(start + int(np.searchsorted(sums, u * float(sums[-1]), side="right")), last)
+            return int(u * (last + 1))
+        return min(bisect_right(table.cum, u * table.cum[-1]), last)
 
     def reset(self) -> None:
         self.pool = ProbePool(self.pool.settings)
