@@ -62,6 +62,7 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Sequence
 from itertools import accumulate
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -473,8 +474,10 @@ class PrequalPicker:
         count = probe_count(self.pool.settings.probes, len(order), self._rng.random)
         weight, equal = table.weight, table.equal  # empty when equal
         if not equal:  # a new array: the shuffle swaps it and need not swap it back
-            busy = np.fromiter((in_flight[b] > 0 for b in order), dtype=bool, count=len(order))
-            weight = np.where(busy, weight * BUSY_PROBE_WEIGHT, weight)
+            # unequal means 2 candidates or more, so the getter returns a tuple (C-speed gather:
+            # half the cost of a generator at 1,000 backends)
+            load = np.fromiter(itemgetter(*order)(in_flight), dtype=np.int64, count=len(order))
+            weight = np.where(load > 0, weight * BUSY_PROBE_WEIGHT, weight)
             equal = bool(np.all(weight == weight[0]))
         swapped: list[int] = []
         try:
