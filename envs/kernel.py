@@ -193,7 +193,9 @@ def _arrive(sp: Spec, st: State, t: float, rng: np.ndarray) -> None:
     tried[:] = -1
     for attempt in range(sp.max_retries + 1):
         if st.picker[p] == PREQUAL:
-            b = prequal_pick(st.pq, p, st.weights[p], st.avail[p], st.inflight[p], t, rng)
+            b = prequal_pick(
+                st.pq, p, st.weights[p], st.avail[p], st.inflight[p], st.m.window_errors[p], t, rng
+            )
             if attempt == 0:
                 _send_probes(st, p, t, rng)
         else:

@@ -25,6 +25,7 @@ from rl_lb.prequal import (
     FAILURE_WINDOW_S,
     LATENCY_NEIGHBOURS,
     LATENCY_RING,
+    REFUGE_LATENCY_RATIO,
     REUSE_DELTA,
     RIF_HISTORY,
     WEIGHTED_LATENCY_BAND,
@@ -271,10 +272,12 @@ def _choose(
     count: int,
     equal: bool,
     load: IntArray,
+    errors: IntArray,
 ) -> int:
     """`ProbePool.choose` over the `count` candidates in `pq.candidate` and `pq.order`, with
     their weights' `relative_shares` unless `equal`, the answers read as they stand now by
-    `load` (proxy p's requests in flight per backend); -1 with < 2 usable answers."""
+    `load` (proxy p's requests in flight per backend), `errors` its failures per backend in
+    the metrics window (`LoadView.error_rate` > 0); -1 with < 2 usable answers."""
     size = pq.slot_backend.shape[1]
     usable = 0
     for s in range(size):
@@ -290,6 +293,17 @@ def _choose(
     if not equal:
         for k in range(count):
             total += w[pq.order[k]]
+    bar = -1.0  # REFUGE_LATENCY_RATIO x the fastest hot answer's latency; -1: none hot
+    if not equal:
+        for s in range(size):
+            b = pq.slot_backend[p, s]
+            if b < 0 or not pq.candidate[b]:
+                continue
+            rif = _rif_now(pq, p, s, load)
+            if rif > theta * _share_of(pq, b, w, count, equal, total):
+                latency = REFUGE_LATENCY_RATIO * _latency_now(pq, p, s, rif)
+                if bar < 0.0 or latency < bar:
+                    bar = latency
     cold, hot = -1, -1
     cold_latency, hot_load = 0.0, 0.0
     for s in range(size):
@@ -300,13 +314,17 @@ def _choose(
         rif = _rif_now(pq, p, s, load)
         if rif <= theta * share:
             latency = _latency_now(pq, p, s, rif)
+            if _no_refuge(b, latency, bar, errors):
+                continue
             if cold < 0 or latency < cold_latency:
                 cold, cold_latency = s, latency
         elif hot < 0 or rif / share < hot_load:
             hot = s
             hot_load = rif / share
     if cold >= 0 and not equal:
-        cold = _least_loaded_of_the_fastest(pq, p, w, count, total, load, theta, cold_latency)
+        cold = _least_loaded_of_the_fastest(
+            pq, p, w, count, total, load, theta, cold_latency, bar, errors
+        )
     best = cold if cold >= 0 else hot
     chosen = pq.slot_backend[p, best]
     pq.slot_uses[p, best] += 1
@@ -334,10 +352,12 @@ def _least_loaded_of_the_fastest(
     load: IntArray,
     theta: float,
     fastest: float,
+    bar: float,
+    errors: IntArray,
 ) -> int:
     """`ProbePool._least_loaded_of_the_fastest` (unequal weights): among the cold answers of
-    latency within `WEIGHTED_LATENCY_BAND` of `fastest`, the lowest RIF / share, then the
-    lowest latency, then the first slot."""
+    latency within `WEIGHTED_LATENCY_BAND` of `fastest` (refuges: `_no_refuge`), the lowest
+    RIF / share, then the lowest latency, then the first slot."""
     band = fastest * (1.0 + WEIGHTED_LATENCY_BAND)
     best = -1
     best_load, best_latency = 0.0, 0.0
@@ -350,12 +370,19 @@ def _least_loaded_of_the_fastest(
         if rif > theta * share:
             continue
         latency = _latency_now(pq, p, s, rif)
-        if latency > band:
+        if latency > band or _no_refuge(b, latency, bar, errors):
             continue
         per_share = rif / share
         if best < 0 or per_share < best_load or (per_share == best_load and latency < best_latency):
             best, best_load, best_latency = s, per_share, latency
     return best
+
+
+@jit
+def _no_refuge(b: int, latency: float, bar: float, errors: IntArray) -> bool:
+    """`ProbePool._refuges` leaves out the cold answer of backend b: it failed at this proxy
+    and is slower than `bar` (none when no answer is hot: bar < 0)."""
+    return bar >= 0.0 and errors[b] > 0 and latency > bar
 
 
 @jit
@@ -425,15 +452,17 @@ def pick(
     w: FloatArray,
     avail: np.ndarray,
     load: IntArray,
+    errors: IntArray,
     now: float,
     rng: np.ndarray,
 ) -> int:
     """The choice of `PrequalPicker.pick` (without its probes: see `targets`) with proxy p's
-    requests in flight per backend `load`; -1 if none."""
+    requests in flight per backend `load` and failures in its metrics window `errors`; -1 if
+    none."""
     count, equal = _candidates(pq, w, avail)
     if count == 0:
         return -1
-    chosen = _choose(pq, p, now, w, count, equal, load)
+    chosen = _choose(pq, p, now, w, count, equal, load, errors)
     if chosen < 0:
         chosen = pq.order[_draw_index(pq, w, 0, count, equal, rng)]
     return int(chosen)

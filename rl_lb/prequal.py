@@ -41,13 +41,16 @@ Three pieces, shared by the proxy and the simulator's numba twin (`envs.nb_prequ
   θ × weight / mean weight), so a backend built for four times the mean load is not hot at the
   load it is built for; among the cold answers within `WEIGHTED_LATENCY_BAND` of the lowest
   latency, the lowest RIF / share wins (ours: the lowest of a few noisy latency estimates is
-  mostly luck among equal backends). Equal weights (the `prequal` preset's) give exactly the
-  published algorithm: uniform draws, θ for all, the lowest latency among the cold. This is
-  how a weight policy steers Prequal: the learned one pairs with it to keep Prequal's hot-cold
-  choice and still shun what Prequal cannot see in a probe (a backend that fails fast looks
-  idle and fast) and say which backends are big.
-  Without a prober it answers its own probes from what the proxy sees (`LoadView`: in-flight
-  and peak-EWMA latency) — the proxy's fallback for backends that do not answer probes.
+  mostly luck among equal backends), and the cold answer of a backend failing at this proxy
+  (`LoadView.error_rate`) slower than the fastest hot answer is no refuge (ours: a backend that
+  fails fast holds no requests, so it was taken whenever every other answer was hot, whatever
+  its failure price; `REFUGE_LATENCY_RATIO`). Equal weights (the `prequal` preset's) give
+  exactly the published algorithm: uniform draws, θ for all, the lowest latency among the cold.
+  This is how a weight policy steers Prequal: the learned one pairs with it to keep Prequal's
+  hot-cold choice and still shun what Prequal cannot see in a probe (a backend that fails fast
+  looks idle and fast) and say which backends are big. Without a prober it answers its own
+  probes from what the proxy sees (`LoadView`: in-flight and peak-EWMA latency) — the proxy's
+  fallback for backends that do not answer probes.
 
 Ties are broken by slot order and the random draws are consumed in a fixed order (one for a
 random pick, one for a fractional probe count, one per probe target) so the twin makes the very
@@ -85,6 +88,7 @@ __all__ = [
     "FAILURE_WINDOW_S",
     "LATENCY_NEIGHBOURS",
     "LATENCY_RING",
+    "REFUGE_LATENCY_RATIO",
     "REUSE_DELTA",
     "RIF_HISTORY",
     "WEIGHTED_LATENCY_BAND",
@@ -104,6 +108,10 @@ BUSY_PROBE_WEIGHT = 0.25
 """Under unequal weights, a backend the proxy already has requests in flight to is drawn as a
 probe target at this fraction of its weight (`PrequalPicker.targets` says why). A power of two,
 so the twin puts it on a weight and takes it off exactly."""
+REFUGE_LATENCY_RATIO = 1.0
+"""Under unequal weights, a cold answer of a backend failing at this proxy (errors in its
+metrics window) is no refuge when it is more than this many times slower than the fastest hot
+answer: the choice is made without it (`ProbePool.choose` says why)."""
 WEIGHTED_LATENCY_BAND = 1.0
 """Under unequal weights, the cold answers within (1 + this) × the lowest latency count as
 equally fast, and the lowest RIF / share among them wins (`ProbePool.choose`)."""
@@ -194,6 +202,7 @@ class ProbePool:
         load: Sequence[int],
         now: float,
         share: Sequence[float] | None = None,
+        error_rate: Callable[[int], float] | None = None,
     ) -> int:
         """The hot-cold choice among usable answers and the removals; -1 when fewer than 2
         answers are usable (fresh, of a `candidate` backend).
@@ -205,7 +214,12 @@ class ProbePool:
         exceeds θ × its share, the cold answer chosen is the least loaded of the fastest
         (`_least_loaded_of_the_fastest`), with every answer hot the lowest RIF / share wins, and
         the worst answer to remove is the hot one of the highest RIF / share. None (equal
-        weights) is the published rule."""
+        weights) is the published rule.
+
+        `error_rate`: per backend, its failed share at this proxy (`LoadView.error_rate`); with
+        it, under unequal weights, a cold answer of a backend that failed in the window and is
+        more than `REFUGE_LATENCY_RATIO` × slower than the fastest hot answer is left out of
+        this choice (`_refuges`)."""
         settings = self.settings
         for slot, b in enumerate(self.backend):
             if b >= 0 and now - self.received_at[slot] > settings.max_age_s:
@@ -215,15 +229,17 @@ class ProbePool:
             return -1
         theta = self.threshold()
         rif = self.rif_now(load)
-        scale = [self._share_of(s, candidate, share) for s in usable]
-        cold = [s for s, k in zip(usable, scale, strict=True) if rif[s] <= theta * k]
+        scale = {s: self._share_of(s, candidate, share) for s in usable}
+        cold = [s for s in usable if rif[s] <= theta * scale[s]]
+        hot = [s for s in usable if rif[s] > theta * scale[s]]
+        if cold and hot and share is not None and error_rate is not None:
+            cold = self._refuges(cold, hot, rif, error_rate)
         if cold and share is not None:
-            by_slot = dict(zip(usable, scale, strict=True))
-            best = self._least_loaded_of_the_fastest(cold, rif, by_slot)
+            best = self._least_loaded_of_the_fastest(cold, rif, scale)
         elif cold:
             best = min(cold, key=lambda s: self.latency_now(s, rif[s]))
         else:
-            best = usable[min(range(len(usable)), key=lambda i: rif[usable[i]] / scale[i])]
+            best = min(hot, key=lambda s: rif[s] / scale[s])
         chosen = self.backend[best]
         self.uses[best] += 1
         if self.uses[best] >= reuse_budget(settings, len(candidate)):
@@ -240,6 +256,27 @@ class ProbePool:
             self.backend[slot] = -1
             self._remove_worst_next = not self._remove_worst_next
         return chosen
+
+    def _refuges(
+        self, cold: list[int], hot: list[int], rif: list[int], error_rate: Callable[[int], float]
+    ) -> list[int]:
+        """The cold answers but those of a backend failing at this proxy that are more than
+        `REFUGE_LATENCY_RATIO` × slower than the fastest hot answer (latencies as they stand).
+
+        Why: a backend that fails fast holds no requests, so its answer is always cold, and the
+        hot-cold rule took it whenever every other answer was hot, whatever its latency. On
+        `fast-failure` (one of five backends answers half its requests with a 1 ms 503), one
+        episode of the learned pairing: 779 such choices, answers of 1.4 to 6.9 s (the failure
+        price) against hot ones of 16 to 33 ms, all 372 of its failures. The proxy's own
+        failures say which answers these are: the same rule for every slow cold answer (× 1, 4
+        and 20) also kept needed slow backends out, and lost the held-out worlds it won back
+        (docs/training.md)."""
+        bar = REFUGE_LATENCY_RATIO * min(self.latency_now(s, rif[s]) for s in hot)
+        return [
+            s
+            for s in cold
+            if self.latency_now(s, rif[s]) <= bar or error_rate(self.backend[s]) <= 0.0
+        ]
 
     def _least_loaded_of_the_fastest(
         self, cold: list[int], rif: list[int], scale: dict[int, float]
@@ -443,7 +480,7 @@ class PrequalPicker:
         if not backends:
             raise NoBackendAvailable("no backend is available (all unhealthy or ejected)")
         now = self.clock()
-        chosen = self.pool.choose(table.mask, view.in_flight, now, table.share)
+        chosen = self.pool.choose(table.mask, view.in_flight, now, table.share, view.error_rate)
         self.picks += 1
         if chosen < 0:
             self.blind_picks += 1

@@ -209,6 +209,10 @@ class LoadView(Protocol):
         """Peak-EWMA latency (s) of one backend decayed to now; errors count as the penalty."""
         ...
 
+    def error_rate(self, index: int) -> float:
+        """Failed share of one backend's answers in the metrics window (0 without answers)."""
+        ...
+
 
 @runtime_checkable
 class WeightPolicy(Protocol):

@@ -57,6 +57,7 @@ class PoolView:
         self.in_flight = metrics.in_flight
         self.available: list[bool] = Availability()  # the picker sees its changes in O(1)
         self.cost = metrics.cost
+        self.error_rate = metrics.error_rate
 
 
 PoolFactory = Callable[[str], UpstreamPool]

@@ -206,6 +206,9 @@ class Loaded:
     def cost(self, index: int) -> float:
         return 0.02
 
+    def error_rate(self, index: int) -> float:
+        return 0.0
+
 
 @pytest.mark.parametrize("picker", ["p2c", "p2c-latency"])
 def test_the_forced_pair_share_is_what_the_two_choices_pickers_force(picker: str) -> None:

@@ -43,6 +43,9 @@ class View:
         self.asked.append(index)
         return self.costs[index]
 
+    def error_rate(self, index: int) -> float:
+        return 0.0
+
 
 SHARE_PICKERS = [n for n in PICKER_NAMES if n != "prequal"]
 """Pickers whose shares follow the weights; prequal chooses by probed load and latency

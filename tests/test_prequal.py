@@ -23,6 +23,7 @@ from rl_lb.balancers import make_balancer
 from rl_lb.control import PrequalSettings
 from rl_lb.prequal import (
     BUSY_PROBE_WEIGHT,
+    REFUGE_LATENCY_RATIO,
     WEIGHTED_LATENCY_BAND,
     PrequalPicker,
     ProbePool,
@@ -100,7 +101,7 @@ def test_all_hot_gives_the_lowest_rif() -> None:
 def test_a_backend_of_k_times_the_mean_weight_is_hot_only_above_k_times_theta() -> None:
     def pool_of_three() -> ProbePool:
         pool = _pool(q_rif=0.5, removals=0)
-        pool.add(0, 4, 0.001, 0.0, local=0)  # fastest, RIF 4
+        pool.add(0, 4, 0.030, 0.0, local=0)  # fastest, RIF 4 (1 within 20x: a refuge)
         pool.add(1, 1, 0.5, 0.0, local=0)
         pool.add(2, 2, 0.9, 0.0, local=0)  # θ = 2nd smallest of [4, 1, 2] = 2
         return pool
@@ -130,6 +131,42 @@ def test_under_unequal_weights_the_least_loaded_of_the_nearly_fastest_cold_answe
     share = relative_shares([0.1, 0.1, 0.1, 0.7], [0, 1, 2, 3], 1.0)
     # 0 is hot now (3 > θ 3 x 0.4); 1 the fastest cold, 3 within 2x of it and 1 / 2.8 < 1 / 0.4
     assert pool_of_four().choose(ALL4, IDLE, 0.1, share) == 3
+
+
+def test_a_failing_backend_s_cold_answer_slower_than_every_hot_one_is_no_refuge() -> None:
+    """Under unequal weights only (`ProbePool._refuges`)."""
+
+    def pool_of_four() -> ProbePool:
+        pool = _pool(q_rif=0.5, removals=0)
+        for _ in range(4):
+            pool.add(4, 0, 0.001, 0.0, local=0)  # θ = 0 (and 4 is no candidate)
+        pool.add(0, 5, 0.030, 0.0, local=0)  # hot
+        pool.add(1, 4, 0.020, 0.0, local=0)  # hot, the fastest: the bar is 1 x 0.020 s
+        pool.add(2, 0, 2.5, 0.0, local=0)  # cold: idle, priced for its failures
+        pool.add(3, 0, 0.3, 0.0, local=0)  # cold: idle and slow
+        return pool
+
+    four = [True, True, True, True, False]
+    share = relative_shares([0.3, 0.3, 0.2, 0.2, 0.0], [0, 1, 2, 3], 1.0)
+    failing = [0, 0, 3, 0, 0]
+    assert REFUGE_LATENCY_RATIO == 1.0
+    # published, and without the proxy's failures: cold beats hot (3 before 2: faster)
+    assert (
+        pool_of_four().choose(four, IDLE, 0.1, error_rate=View([], [], [], failing).error_rate) == 3
+    )
+    assert pool_of_four().choose(four, IDLE, 0.1, share) == 3
+    # 2 failing and slower than the bar: left out; 3 is slower still, but not failing
+    only_2 = View([], [], [], failing).error_rate
+    pool = pool_of_four()
+    pool.backend[pool.backend.index(3)] = -1  # without 3
+    assert pool.choose(four, IDLE, 0.1, share, only_2) == 1  # the hot one of lowest RIF / share
+    assert pool_of_four().choose(four, IDLE, 0.1, share, only_2) == 3
+    both = View([], [], [], [0, 0, 3, 1, 0]).error_rate
+    assert pool_of_four().choose(four, IDLE, 0.1, share, both) == 1
+    fast_enough = pool_of_four()
+    fast_enough.latency_s[fast_enough.backend.index(2)] = 0.019  # within the bar: a refuge
+    fast_enough.backend[fast_enough.backend.index(3)] = -1
+    assert fast_enough.choose(four, IDLE, 0.1, share, both) == 2
 
 
 def test_all_hot_gives_the_lowest_rif_per_share() -> None:
@@ -287,9 +324,14 @@ class View:
     in_flight: list[int]
     available: list[bool]
     costs: list[float]
+    errors: list[int] | None = None
+    """Failures in the window per backend (none without)."""
 
     def cost(self, index: int) -> float:
         return self.costs[index]
+
+    def error_rate(self, index: int) -> float:
+        return 0.0 if self.errors is None else min(self.errors[index] / 10, 1.0)
 
 
 def test_probes_serve_later_requests_never_the_current_one() -> None:
@@ -450,7 +492,7 @@ def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
         if events.random() < 0.5:  # probe answers, and some of the proxy's requests answered
             for _ in range(int(events.integers(1, 4))):
                 b, rif = int(events.integers(backends)), int(events.integers(0, 6))
-                latency = float(events.choice([0.01, 0.02, 0.015, 0.03]))
+                latency = float(events.choice([0.01, 0.02, 0.015, 0.03, 2.5]))  # 2.5: failing
                 local = int(in_flight[b])
                 picker.pool.add(b, rif, latency, now[0], local=local)
                 nb_prequal.add(twin, 0, b, rif, latency, now[0], local)
@@ -465,14 +507,15 @@ def test_the_twin_makes_the_same_choices_from_the_same_draws(name: str) -> None:
         else:  # the preset's equal weights: Prequal's uniform draws
             w = np.ones(backends)
         available = events.random(backends) < 0.85
+        errors = (events.random(backends) < 0.3) * events.integers(1, 4, backends)  # failing
         picker.update(w)
         sent.clear()
         try:
-            view = View(in_flight.tolist(), available.tolist(), [0.0] * backends)
+            view = View(in_flight.tolist(), available.tolist(), [0.0] * backends, errors.tolist())
             theirs = picker.pick(view)
         except NoBackendAvailable:
             theirs = -1
-        ours = nb_prequal.pick(twin, 0, w, available, in_flight, now[0], rng)
+        ours = nb_prequal.pick(twin, 0, w, available, in_flight, errors, now[0], rng)
         count = nb_prequal.targets(twin, w, available, in_flight, rng) if ours >= 0 else 0
         assert ours == theirs
         if ours >= 0:

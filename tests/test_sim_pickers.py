@@ -50,6 +50,9 @@ class View:
     def cost(self, index: int) -> float:
         return self.costs[index]
 
+    def error_rate(self, index: int) -> float:
+        return 0.0
+
 
 @njit
 def _uniforms(rng, count):  # type: ignore[no-untyped-def]
