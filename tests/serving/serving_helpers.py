@@ -161,13 +161,18 @@ async def admin_json(
         return response.status, json.loads(text) if text.startswith(("{", "[")) else text
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until `check()` holds (polling), failing the test after `timeout` seconds."""
+async def eventually(
+    check: Callable[[], bool], timeout: float = 5.0, what: str | Callable[[], str] = ""
+) -> None:
+    """Wait until `check()` holds (polling), failing the test after `timeout` seconds; `what`
+    (or what it returns then) names the condition in the failure, so a test with several says
+    which one did not hold and with what state."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():
         if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
+            said = what() if callable(what) else what
+            raise AssertionError(f"condition not met in time{f': {said}' if said else ''}")
         await asyncio.sleep(0.02)
 
 

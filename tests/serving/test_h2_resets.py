@@ -78,12 +78,18 @@ async def test_a_client_cancelling_expired_calls_keeps_its_connection(
         assert codes == {grpc.StatusCode.DEADLINE_EXCEEDED}
         assert len(outcomes) == CALLS
         # the streams that lived out their deadline are not premature (each counted once)
-        await eventually(lambda: h2.client_resets["late"] >= MAX_STREAMS * 9 // 10)
+        await eventually(
+            lambda: h2.client_resets["late"] >= MAX_STREAMS * 9 // 10,
+            what=lambda: f"late resets >= {MAX_STREAMS * 9 // 10}: {dict(h2.client_resets)}",
+        )
         assert h2.client_resets["premature"] + h2.client_resets["late"] <= CALLS
         assert dict(h2.goaways) == {}
         assert h2.connections == {connection}  # the same connection carries on
         assert await unary(b"after", timeout=5) == b"g0:after"
-        await eventually(lambda: proxy.monitor.backends[0].active == 0)
+        await eventually(
+            lambda: proxy.monitor.backends[0].active == 0,
+            what=lambda: f"no request in flight: {proxy.monitor.backends[0].active} left",
+        )
     finally:
         await channel.close()
 
