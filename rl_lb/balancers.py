@@ -157,6 +157,15 @@ class GuardedBalancer(Balancer):
                     self.fallback.name,
                     guard.hold_until - now,
                 )
+            elif guard.early_return is not None:
+                log.info(
+                    "balancer %s: %s's traffic cost %.1f ms, no less than the policy's %.1f ms "
+                    "at its regression: the policy serves again",
+                    self.name,
+                    self.fallback.name,
+                    1000 * guard.early_return.fallback_s,
+                    1000 * guard.early_return.policy_s,
+                )
             if not reason and guard.holding(now):
                 reason = "regression"
             elif not reason and weights is not None and snapshot.live.any():

@@ -88,8 +88,19 @@ accumulates. Only intervals the policy served count, and only with two or more k
 
 Backoff: a trip holds the fallback for `backoff_s`, doubled for each further trip, capped at
 `max_backoff_s`; a policy that serves `max_backoff_s` without a trip starts again from
-`backoff_s`. So switches into the fallback are at least `backoff_s` apart and grow rarer while
-the policy keeps failing: it cannot flap.
+`backoff_s`. So the holds grow while the policy keeps failing, and a policy that keeps failing
+against a fallback that does better spends its time on the fallback: it cannot flap.
+
+Why a hold can end early: a trip is a prediction, and the hold tests it. The trip says the
+fallback's traffic would cost `threshold` x less than the policy's; once the metrics window holds
+only the fallback's traffic, the guard prices what that traffic got (`served_cost`) and, when it
+is no cheaper than the policy's traffic was at the trip, the hold ends (the trip still doubles the
+next one). `B` is blind to the load the fallback would move (above), most of all in pools of two,
+where least-latency puts all the traffic on one backend: on held-out generated worlds of two
+backends its traffic then cost up to 4x the policy's at the trip (docs/training.md, "A hold ends
+when the fallback does no better", has the figures). When neither does better, the two take
+turns: a hold ends a window after its trip and the policy is judged a window after it serves
+again, so switches into the fallback are then at least two metrics windows apart.
 
 Probes: a backend with fewer than `min_answers` answers in the window is unknown, and a policy
 that starves every backend but one would leave the guard blind. Such backends get a weight
@@ -117,6 +128,7 @@ __all__ = [
     "forced_pair_share",
     "pair_share_bound",
     "ranked_shares",
+    "served_cost",
     "spread_weights",
 ]
 
@@ -237,6 +249,19 @@ def known_backends(snapshot: PoolSnapshot, min_answers: int) -> BoolArray:
     return known
 
 
+def _costs(
+    snapshot: PoolSnapshot, known: BoolArray, error_penalty_s: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Per known backend: its answers a second, its cost (p99 or queue wait, plus errors) and
+    its typical cost (median or queue wait, plus errors): see the module's notes."""
+    throughput = snapshot.throughput_rps[known]
+    little = np.maximum(snapshot.in_flight[known] - 1.0, 0.0) / throughput  # the queue behind
+    errors = snapshot.error_rate[known] * error_penalty_s
+    cost = np.maximum(np.maximum(snapshot.p99_s[known], little) + errors, 1e-9)  # log(0/0)
+    typical = np.maximum(snapshot.p50_s[known], little) + errors
+    return throughput, cost, typical
+
+
 def estimate(
     snapshot: PoolSnapshot,
     min_answers: int,
@@ -244,20 +269,30 @@ def estimate(
 ) -> Estimate | None:
     """The policy's cost and the fallback's estimated cost, or None with fewer than 2 known.
 
-    The fallback's shares go by rank of the typical cost (median or queue wait, plus errors);
-    each backend is priced by its tail (p99 or queue wait, plus errors): see the module's notes.
+    The fallback's shares go by rank of the typical cost; each backend is priced by its cost.
     """
     known = known_backends(snapshot, min_answers)
     if known.sum() < 2:
         return None
-    throughput = snapshot.throughput_rps[known]
-    little = np.maximum(snapshot.in_flight[known] - 1.0, 0.0) / throughput  # the queue behind
-    errors = snapshot.error_rate[known] * error_penalty_s
-    cost = np.maximum(np.maximum(snapshot.p99_s[known], little) + errors, 1e-9)  # log(0/0)
-    typical = np.maximum(snapshot.p50_s[known], little) + errors
+    throughput, cost, typical = _costs(snapshot, known, error_penalty_s)
     policy = float(np.dot(throughput / throughput.sum(), cost))
     fallback = float(np.dot(ranked_shares(typical), cost))
     return Estimate(policy, fallback)
+
+
+def served_cost(
+    snapshot: PoolSnapshot,
+    min_answers: int,
+    error_penalty_s: float = DEFAULT_ERROR_PENALTY_S,
+) -> float | None:
+    """What the window's traffic got, priced as `estimate` prices the policy's (answer-share-
+    weighted cost over the known backends), or None when no backend is known. One known is
+    enough: a fallback that sends everything to one backend is still measured."""
+    known = known_backends(snapshot, min_answers)
+    if not known.any():
+        return None
+    throughput, cost, _ = _costs(snapshot, known, error_penalty_s)
+    return float(np.dot(throughput / throughput.sum(), cost))
 
 
 class OutcomeGuard:
@@ -282,6 +317,15 @@ class OutcomeGuard:
         self.fallback_until = -math.inf
         """When the fallback last served: the window must start after it to judge the policy."""
         self.last: Estimate | None = None
+        self.tripped_at = math.inf
+        """When the current hold's trip happened (inf: none yet)."""
+        self.trip_cost_s = math.inf
+        """What the policy's traffic cost at that trip: the fallback must do better."""
+        self.early_return: Estimate | None = None
+        """Set by the `observe` that ended a hold early: (the policy's cost at the trip, the
+        fallback's measured cost); None otherwise."""
+        self.early_returns = 0
+        """Holds ended early since `reset`."""
 
     def holding(self, now: float) -> bool:
         """True while a regression keeps the fallback serving."""
@@ -299,9 +343,12 @@ class OutcomeGuard:
         others (the fallback served it) say nothing about the policy and only reset the CUSUM.
         """
         s = self.settings
+        self.early_return = None
         if not served_by_policy:
             self.evidence, self.primary_since, self.last = 0.0, None, None
             self.fallback_until = now
+            if self.holding(now) and now - snapshot.window_s >= self.tripped_at:
+                self._test_the_hold(snapshot, now)
             return False
         if self.primary_since is None:
             self.primary_since = now
@@ -320,7 +367,17 @@ class OutcomeGuard:
         self.hold_until = now + self.current_hold_s()
         self.trips += 1
         self.evidence, self.primary_since = 0.0, None
+        self.tripped_at, self.trip_cost_s = now, self.last.policy_s
         return True
+
+    def _test_the_hold(self, snapshot: PoolSnapshot, now: float) -> None:
+        """End the hold now when the fallback's traffic (the whole window is its own) cost no
+        less than the policy's did at the trip: the trip's premise did not hold."""
+        served = served_cost(snapshot, self.settings.min_answers, self.error_penalty_s)
+        if served is not None and served >= self.trip_cost_s:
+            self.hold_until = now
+            self.early_return = Estimate(self.trip_cost_s, served)
+            self.early_returns += 1
 
     def shape(self, weights: FloatArray, snapshot: PoolSnapshot) -> FloatArray:
         """The policy's `weights` (normalised over live backends) as served: spread so that no

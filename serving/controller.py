@@ -214,6 +214,7 @@ class Controller:
             "holding": holding,
             "returns_in_s": guard.hold_until - now if holding else None,
             "trips_in_a_row": guard.trips,
+            "holds_ended_early": guard.early_returns,
             "next_hold_s": guard.current_hold_s(),
         }
 

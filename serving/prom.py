@@ -131,6 +131,11 @@ def _guard(state: dict[str, Any] | None) -> Iterator[Metric]:
         ("hold_remaining_seconds", "Time until the policy serves again", state["returns_in_s"]),
     ):
         yield GaugeMetricFamily(f"rl_lb_outcome_guard_{name}", text, value=value or 0.0)
+    yield CounterMetricFamily(
+        "rl_lb_outcome_guard_holds_ended_early",
+        "Regression holds ended because the fallback's traffic cost no less than the policy's did",
+        value=state["holds_ended_early"],
+    )
 
 
 class ProxyMetrics:

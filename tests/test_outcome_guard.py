@@ -185,6 +185,62 @@ def test_it_does_not_flap() -> None:
     )
 
 
+def hold_after_a_trip(fallback: PoolSnapshot) -> tuple[OutcomeGuard, list[bool]]:
+    """A guard tripped at 0 s by `bad_shift`, then fed `fallback` as the fallback's intervals
+    through its first hold: whether it still held after each."""
+    guard = OutcomeGuard()
+    assert guard.observe(bad_shift(np.random.default_rng(5)), 0.0, served_by_policy=True)
+    held = []
+    for t in range(1, int(SETTINGS.backoff_s)):
+        guard.observe(fallback, float(t), served_by_policy=False)
+        held.append(guard.holding(float(t)))
+    return guard, held
+
+
+def test_a_hold_ends_a_window_after_its_trip_when_the_fallback_does_no_better() -> None:
+    """The trip predicted the fallback's traffic would cost `threshold` x less; once the window
+    holds only the fallback's traffic and it costs as much as the policy's did, the policy
+    serves again (and the trip still doubles the next hold)."""
+    tripping = bad_shift(np.random.default_rng(5))
+    guard, held = hold_after_a_trip(tripping)
+    window = int(tripping.window_s)
+    assert held == [True] * (window - 1) + [False] * (len(held) - window + 1)
+    assert guard.early_returns == 1
+    assert guard.current_hold_s() == 2 * SETTINGS.backoff_s
+
+
+def test_a_fallback_that_does_better_keeps_its_hold() -> None:
+    """Half the policy's cost at the trip is still above what the trip predicted (1 /
+    threshold of it), but it is better: the hold stands."""
+    tripping = bad_shift(np.random.default_rng(5))
+    half = dataclasses.replace(
+        tripping,
+        **{name: getattr(tripping, name) * 0.5 for name in ("ewma_s", "p50_s", "p95_s", "p99_s")},
+    )
+    guard, held = hold_after_a_trip(half)
+    assert all(held)
+    assert guard.early_returns == 0
+    guard, held = hold_after_a_trip(pool(GOOD))
+    assert all(held)
+    assert guard.early_returns == 0
+
+
+def test_against_a_fallback_no_better_switches_are_two_windows_apart() -> None:
+    """Policy and fallback alike bad for ten minutes: a hold ends a window after its trip, the
+    policy is judged a window after it serves again, so they take turns no faster."""
+    guard = OutcomeGuard()
+    bad = bad_shift(np.random.default_rng(6))
+    primary, trips, returns = True, [], []
+    for t in range(600):
+        if guard.observe(bad, float(t), served_by_policy=primary):
+            trips.append(t)
+        if guard.early_return is not None:
+            returns.append(t)
+        primary = not guard.holding(float(t))
+    assert list(np.diff(trips)) == [2 * bad.window_s] * (len(trips) - 1)
+    assert [r - t for r, t in zip(returns, trips, strict=False)] == [bad.window_s] * len(returns)
+
+
 def test_unknown_backends_get_the_probe_floor() -> None:
     guard = OutcomeGuard()
     snapshot = pool([0.02] * 4, [1.0, 0.0, 0.0, 0.0])

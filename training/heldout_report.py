@@ -118,6 +118,17 @@ STUDIES = (
         "evaluation seeds (so no figure here is blind to that choice)",
         (45, 51, 94, 110),
     ),
+    Study(
+        "Prequal's equal-weight rule for weights within 1.25x of each other (6 December 2026, "
+        "not kept: 97.0% -> 94.0% of the tempering's worlds)",
+        "the evaluation seeds; 139's weights on simulator seeds 0-1",
+        (7, 56, 74, 139, 155, 159),
+    ),
+    Study(
+        "the outcome guard's hold ended when the fallback does no better (6 December 2026)",
+        "the evaluation seeds, 94 and 134 traced before the rule was written, 167 after",
+        (94, 134, 167),
+    ),
 )  # fmt: skip
 
 

@@ -75,6 +75,7 @@ async def test_a_bad_policy_is_switched_off_and_let_back_visibly(
     assert metric(metrics, "rl_lb_fallback_decisions_total", '{reason="regression"}') >= 1
     assert metric(metrics, "rl_lb_outcome_guard_evidence_limit") == pytest.approx(0.5)
     assert metric(metrics, "rl_lb_outcome_guard_holding") in (0.0, 1.0)
+    assert metric(metrics, "rl_lb_outcome_guard_holds_ended_early_total") >= 0.0
     logged = [r.getMessage() for r in caplog.records if r.name == "rl_lb.serving.controller"]
     switched = [m for m in logged if m.startswith("balancer mode fallback (regression)")]
     assert switched
