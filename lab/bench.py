@@ -30,7 +30,7 @@ from envs import kernel
 from envs.episode import EpisodeResult, run_episode, summarise
 from lab.bench_load import LoadProcess
 from lab.bench_protocols import backend_pool, check_protocol, protocol_flags
-from lab.bench_proxy import free_port, proxy_flags, running_proxies
+from lab.bench_proxy import free_ports, proxy_flags, running_proxies
 from lab.bench_scenario import arrival_schedule
 from lab.loadgen import CAUSES, MAX_REQUESTS, LoadResult
 from rl_lb.balancers import Balancer, make_balancer
@@ -232,7 +232,7 @@ async def _run_one(
     targets = np.random.default_rng([seed, 1]).integers(replicas, size=len(schedule))
     flags = proxy_flags(scenario, balancer, policy) + protocol_flags(protocol, balancer)
     polls: list[tuple[float, dict[str, Any]]] = []
-    ports = [free_port() for _ in range(replicas)]
+    ports = free_ports(replicas)
     async with backend_pool(protocol, _shifted(scenario, lead), seed) as pool:
         start_at = pool.started_at + lead
         # The children start side by side: interpreters take a second or two each.

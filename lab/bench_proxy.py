@@ -25,7 +25,14 @@ from rl_lb.control import ControlSpec
 from rl_lb.errors import ConfigError
 from rl_lb.scenarios import Scenario
 
-__all__ = ["ProxyProcess", "control_flags", "free_port", "proxy_flags", "running_proxies"]
+__all__ = [
+    "ProxyProcess",
+    "control_flags",
+    "free_port",
+    "free_ports",
+    "proxy_flags",
+    "running_proxies",
+]
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
@@ -35,9 +42,28 @@ RL_LB = [sys.executable, "-m", "rl_lb.cli"]
 
 def free_port() -> int:
     """A loopback port nobody listens on now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, avoid: Sequence[int] = ()) -> list[int]:
+    """`count` distinct loopback ports nobody listens on now, none of them in `avoid` (ports
+    already handed out and not yet bound). Why: the kernel may hand a port it just gave a
+    closed probe out again, so ports drawn one at a time can collide (a proxy and its admin
+    API once drew the same one); the probes here stay bound until all are drawn."""
+    probes: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probes.append(probe)
+            probe.bind((HOST, 0))
+            port = int(probe.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+        return ports
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def control_flags(control: ControlSpec) -> list[str]:
@@ -116,9 +142,9 @@ async def running_proxies(
     """Start one `rl-lb serve` per port in front of `backends` (side by side: an interpreter
     takes a second or so to start), wait until all are ready, always stop them all."""
     proxies: list[ProxyProcess] = []
+    admin_ports = free_ports(len(ports), avoid=ports)
     try:
-        for port in ports:
-            admin_port = free_port()
+        for port, admin_port in zip(ports, admin_ports, strict=True):
             log = workdir / f"proxy-{port}.log"
             command: list[Any] = [*RL_LB, "serve", "--listen", f"{HOST}:{port}"]
             command += ["--admin", f"{HOST}:{admin_port}", *flags]

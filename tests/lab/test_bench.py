@@ -19,7 +19,7 @@ from envs.episode import EpisodeResult
 from envs.evaluate import RECORD_KEYS
 from lab.bench import bench_scenario, run_live
 from lab.bench_cli import MARK_BEGIN, MARK_END, write_markdown
-from lab.bench_proxy import proxy_flags
+from lab.bench_proxy import free_ports, proxy_flags
 from lab.bench_report import compare, describe_spell, fallback_spell, fallback_spells
 from lab.bench_scenario import arrival_schedule
 from rl_lb.cli import main
@@ -279,3 +279,13 @@ def test_bench_sim2real_prints_and_writes_the_comparison(
     assert text.startswith("analysis stays\n")
     assert "| least-latency |" in text
     assert "| round-robin |" in text
+
+
+def test_free_ports_are_distinct_and_avoid_those_handed_out() -> None:
+    """A proxy and its admin API once drew the same port (CI, 6 December 2026): ports handed
+    out together are distinct, and those already handed out are never drawn again."""
+    first = free_ports(64)
+    second = free_ports(64, avoid=first)
+    assert len(set(first)) == 64
+    assert len(set(second)) == 64
+    assert not set(first) & set(second)
