@@ -201,7 +201,9 @@ def fallback_spell(
     simulator. Reasons are counted per polled control interval, `first_s` is the first such
     interval's start (seconds of the run). With the proxy's polled `/admin/state` documents
     (one per interval, as `modes`), `guard_at_first` is what its outcome guard had estimated
-    when the first one was polled: the policy's cost against the fallback's, in ms."""
+    when the first one was polled: the policy's cost against the fallback's, in ms, and
+    `holds_ended_early` how many of its holds it ended because the fallback did no better (the
+    last poll's count, when not 0)."""
     fallback = [
         (k, t, mode.partition(": ")[2] or "unstated")
         for k, (t, mode) in enumerate(
@@ -227,6 +229,11 @@ def fallback_spell(
                 "policy_ms": round(1e3 * float(policy), 1),
                 "fallback_ms": round(1e3 * float(fallback_cost), 1),
             }
+        ended = max(
+            int((st.get("outcome_guard") or {}).get("holds_ended_early", 0)) for st in states
+        )
+        if ended:
+            spell["holds_ended_early"] = ended
     return spell
 
 
@@ -250,8 +257,10 @@ def describe_spell(spell: dict[str, Any]) -> str:
         if guard
         else ""
     )
+    ended = spell.get("holds_ended_early", 0)
+    early = f"; {ended} hold(s) ended early, the fallback no better" if ended else ""
     return (
         f"{spell['balancer']} on {spell['scenario']} seed {spell['seed']}: "
         f"{spell['share']:.0%} of control intervals on the fallback ({reasons}), "
-        f"the first from {spell['first_s']:.1f} s{estimate}"
+        f"the first from {spell['first_s']:.1f} s{estimate}{early}"
     )

@@ -215,6 +215,22 @@ def test_a_live_spell_carries_the_guards_estimates_at_its_first_interval() -> No
     )
     assert fallback_spells([episode], [states]) == [spell]
     assert "guard_at_first" not in (fallback_spell(episode, states[:2]) or {})  # not one per poll
+    assert "holds_ended_early" not in spell
+
+
+def test_a_live_spell_says_when_holds_ended_early() -> None:
+    """The fallback did no better, so the guard let the policy back before the hold's end."""
+    modes = ("fallback: regression", "fallback: regression", "primary")
+    guard = {"policy_cost_s": 0.3, "fallback_cost_s": 0.1}
+    states = [
+        {"outcome_guard": {**guard, "holds_ended_early": 0}},
+        {"outcome_guard": {**guard, "holds_ended_early": 0}},
+        {"outcome_guard": {**guard, "holds_ended_early": 1}},
+    ]
+    spell = fallback_spell(_episode_with_modes(modes), states)
+    assert spell is not None
+    assert spell["holds_ended_early"] == 1
+    assert describe_spell(spell).endswith("; 1 hold(s) ended early, the fallback no better")
 
 
 def test_markdown_replaces_only_the_marked_report(tmp_path: Path) -> None:
