@@ -203,7 +203,7 @@ def fallback_spell(
     (one per interval, as `modes`), `guard_at_first` is what its outcome guard had estimated
     when the first one was polled: the policy's cost against the fallback's, in ms, and
     `holds_ended_early` how many of its holds it ended because the fallback did no better (the
-    last poll's count, when not 0)."""
+    highest count any poll reported, when not 0: a counter, and the last poll may have none)."""
     fallback = [
         (k, t, mode.partition(": ")[2] or "unstated")
         for k, (t, mode) in enumerate(
