@@ -262,6 +262,12 @@ def _costs(
     return throughput, cost, typical
 
 
+def _answer_weighted(throughput: FloatArray, cost: FloatArray) -> float:
+    """The costs weighted by each backend's share of the answers: what the traffic got. One
+    formula for the policy's side of `estimate` and for `served_cost`, which a hold compares."""
+    return float(np.dot(throughput / throughput.sum(), cost))
+
+
 def estimate(
     snapshot: PoolSnapshot,
     min_answers: int,
@@ -275,9 +281,8 @@ def estimate(
     if known.sum() < 2:
         return None
     throughput, cost, typical = _costs(snapshot, known, error_penalty_s)
-    policy = float(np.dot(throughput / throughput.sum(), cost))
     fallback = float(np.dot(ranked_shares(typical), cost))
-    return Estimate(policy, fallback)
+    return Estimate(_answer_weighted(throughput, cost), fallback)
 
 
 def served_cost(
@@ -292,7 +297,7 @@ def served_cost(
     if not known.any():
         return None
     throughput, cost, _ = _costs(snapshot, known, error_penalty_s)
-    return float(np.dot(throughput / throughput.sum(), cost))
+    return _answer_weighted(throughput, cost)
 
 
 class OutcomeGuard:

@@ -191,7 +191,7 @@ def hold_after_a_trip(fallback: PoolSnapshot) -> tuple[OutcomeGuard, list[bool]]
     guard = OutcomeGuard()
     assert guard.observe(bad_shift(np.random.default_rng(5)), 0.0, served_by_policy=True)
     held = []
-    for t in range(1, int(SETTINGS.backoff_s)):
+    for t in range(1, int(guard.settings.backoff_s)):
         guard.observe(fallback, float(t), served_by_policy=False)
         held.append(guard.holding(float(t)))
     return guard, held
@@ -206,7 +206,7 @@ def test_a_hold_ends_a_window_after_its_trip_when_the_fallback_does_no_better() 
     window = int(tripping.window_s)
     assert held == [True] * (window - 1) + [False] * (len(held) - window + 1)
     assert guard.early_returns == 1
-    assert guard.current_hold_s() == 2 * SETTINGS.backoff_s
+    assert guard.current_hold_s() == 2 * guard.settings.backoff_s
 
 
 def test_a_fallback_that_does_better_keeps_its_hold() -> None:
